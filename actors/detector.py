@@ -1,0 +1,205 @@
+"""Person detection: pluggable decoders (MoveNet MultiPose, RTMDet, YOLOX) around one ONNX model.
+
+A decoder turns a frame into model inputs (one per tile) and model outputs back into person boxes
+in image pixels. Preparation and decoding are pure functions of arrays, so they run wherever the
+frame is (the ingress) while only the input tensors travel to the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from posefleet.actors import geometry
+from posefleet.actors.runtime import OnnxModel
+from posefleet.config import DetectorConfig
+
+
+@dataclass
+class Detections:
+    """Person detections of one frame in image pixels."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    keypoints: np.ndarray | None = None  # [N, 17, 3] when the detector gives them
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, idx: np.ndarray) -> Detections:
+        kps = None if self.keypoints is None else self.keypoints[idx]
+        return Detections(self.boxes[idx], self.scores[idx], kps)
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Detections()
+        kps = None
+        if all(p.keypoints is not None for p in parts):
+            kps = np.concatenate([p.keypoints for p in parts])  # type: ignore[misc]
+        return Detections(
+            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps
+        )
+
+
+class DetectorDecoder(ABC):
+    """Frame -> model inputs, and model outputs -> :class:`Detections`, for one model family."""
+
+    def __init__(self, cfg: DetectorConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
+        """One BGR uint8 image region -> ``[1, ...]`` model input and its letterbox."""
+
+    @abstractmethod
+    def decode(self, outputs: list[np.ndarray], lb: geometry.Letterbox) -> Detections:
+        """One input's outputs -> detections in image pixels (before NMS across tiles)."""
+
+    def regions(self, w: int, h: int) -> list[tuple[int, int, int, int]]:
+        """Image regions to run on: the whole frame, plus overlapping tiles when tiling is on."""
+        t = self.cfg.tiling
+        full = [(0, 0, w, h)]
+        if not t.enabled or (t.cols == 1 and t.rows == 1) or w / h < t.min_aspect:
+            return full
+        tiles = geometry.tile_rects(w, h, t.cols, t.rows, t.overlap)
+        return (full if t.include_full_frame else []) + tiles
+
+    def prepare(self, frame: np.ndarray) -> tuple[list[np.ndarray], list[geometry.Letterbox]]:
+        """All model inputs for a frame (one per region), each with the mapping back to the frame."""
+        h, w = frame.shape[:2]
+        tensors, boxes = [], []
+        for x0, y0, x1, y1 in self.regions(w, h):
+            tensor, lb = self.prepare_region(frame[y0:y1, x0:x1])
+            tensors.append(tensor)
+            boxes.append(geometry.Letterbox(lb.scale, lb.pad_x, lb.pad_y, lb.in_w, lb.in_h, x0, y0))
+        return tensors, boxes
+
+    def merge(self, parts: list[Detections], w: int, h: int) -> Detections:
+        """Merge per-region detections: threshold, NMS across overlapping tiles, clip to the frame."""
+        dets = Detections.concat(parts)
+        if not len(dets):
+            return dets
+        dets = dets.take(np.flatnonzero(dets.scores >= self.cfg.score_threshold))
+        dets.boxes = geometry.clip_boxes(dets.boxes, w, h)
+        sizes = dets.boxes[:, 2:] - dets.boxes[:, :2]
+        dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
+        keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
+        return dets.take(keep)
+
+
+class MoveNetDecoder(DetectorDecoder):
+    """MoveNet MultiPose: uint8 RGB NHWC, any H and W that are multiples of 32; out ``[1, 6, 56]``.
+
+    Each row: 17 x (y, x, score) normalised to the input, box (ymin, xmin, ymax, xmax), score.
+    """
+
+    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
+        h, w = region.shape[:2]
+        in_w, in_h = geometry.aspect_input_size(w, h, self.cfg.input_size)
+        canvas, lb = geometry.letterbox(region, in_w, in_h)
+        return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)[None], lb
+
+    def decode(self, outputs: list[np.ndarray], lb: geometry.Letterbox) -> Detections:
+        rows = outputs[0].reshape(-1, 56)
+        size = np.array([lb.in_w, lb.in_h], np.float32)
+        kps = rows[:, :51].reshape(-1, 17, 3)
+        kp_xy = lb.to_image(kps[:, :, [1, 0]] * size)
+        keypoints = np.concatenate([kp_xy, kps[:, :, 2:3]], axis=2).astype(np.float32)
+        corners = rows[:, [52, 51, 54, 53]].reshape(-1, 2, 2) * size
+        boxes = lb.to_image(corners).reshape(-1, 4)
+        return Detections(boxes.astype(np.float32), rows[:, 55].astype(np.float32), keypoints)
+
+
+class _MMDetStyleDecoder(DetectorDecoder):
+    """RTMDet/YOLOX as exported by mmdeploy/rtmlib: top-left letterbox on 114 grey, BGR, NCHW."""
+
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    person_label = 0
+
+    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
+        size = self.cfg.input_size
+        canvas, lb = geometry.letterbox(region, size, size, center=False, pad_value=114)
+        x = canvas.astype(np.float32)
+        if self.mean is not None and self.std is not None:
+            x = (x - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), lb
+
+    def decode(self, outputs: list[np.ndarray], lb: geometry.Letterbox) -> Detections:
+        if len(outputs) >= 2:  # end2end export: dets [1, N, 5] and labels [1, N]
+            dets = outputs[0].reshape(-1, 5)
+            labels = outputs[1].reshape(-1)
+            dets = dets[labels == self.person_label]
+            boxes, scores = dets[:, :4], dets[:, 4]
+        else:
+            boxes, scores = self.decode_raw(outputs[0])
+        boxes = lb.to_image(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        return Detections(boxes.astype(np.float32), scores.astype(np.float32))
+
+    def decode_raw(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError(f"{type(self).__name__} needs an end2end export with 'dets' and 'labels' outputs")
+
+
+class RTMDetDecoder(_MMDetStyleDecoder):
+    mean = (103.53, 116.28, 123.675)
+    std = (57.375, 57.12, 58.395)
+
+
+class YOLOXDecoder(_MMDetStyleDecoder):
+    """YOLOX: end2end (dets, labels) or raw ``[1, A, 5 + C]`` grid outputs at strides 8/16/32."""
+
+    strides = (8, 16, 32)
+
+    def decode_raw(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = raw.reshape(-1, raw.shape[-1])
+        size = self.cfg.input_size
+        grids, strides = [], []
+        for s in self.strides:
+            n = size // s
+            yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+            grids.append(np.stack([xx, yy], -1).reshape(-1, 2))
+            strides.append(np.full((n * n, 1), s))
+        grid = np.concatenate(grids).astype(np.float32)
+        stride = np.concatenate(strides).astype(np.float32)
+        if len(grid) != len(raw):
+            raise ValueError(f"YOLOX raw output has {len(raw)} anchors, input {size} implies {len(grid)}")
+        xy = (raw[:, :2] + grid) * stride
+        wh = np.exp(np.clip(raw[:, 2:4], -10, 10)) * stride
+        scores = raw[:, 4] * raw[:, 5 + self.person_label]
+        boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+        return boxes, scores
+
+
+DECODERS: dict[str, type[DetectorDecoder]] = {
+    "movenet": MoveNetDecoder,
+    "rtmdet": RTMDetDecoder,
+    "yolox": YOLOXDecoder,
+}
+
+
+def make_decoder(cfg: DetectorConfig) -> DetectorDecoder:
+    return DECODERS[cfg.decoder](cfg)
+
+
+class Detector:
+    """A detector model plus its decoder: frames in, person detections out."""
+
+    def __init__(self, cfg: DetectorConfig):
+        self.cfg = cfg
+        self.decoder = make_decoder(cfg)
+        self.model = OnnxModel(cfg.model, cfg.ort, cfg.sha256)
+
+    def infer(self, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Model outputs for prepared inputs (several frames' and tiles' inputs at once)."""
+        return self.model.run_many(tensors)
+
+    def __call__(self, frame: np.ndarray) -> Detections:
+        tensors, lbs = self.decoder.prepare(frame)
+        outs = self.infer(tensors)
+        h, w = frame.shape[:2]
+        return self.decoder.merge([self.decoder.decode(o, lb) for o, lb in zip(outs, lbs, strict=True)], w, h)

@@ -1,0 +1,135 @@
+"""Top-down pose: pluggable decoders (BlazePose landmark, RTMPose SimCC) around one ONNX model.
+
+All crops of a frame (and, behind Serve, of many frames) go through ONE ``session.run``.
+Cropping and decoding are pure functions, so crops are cut where the frame is and only the
+crop tensor travels to the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from posefleet.actors import geometry
+from posefleet.actors.runtime import OnnxModel
+from posefleet.config import PoseConfig
+
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+# BlazePose's 33 landmarks -> COCO-17 (both name the person's own left and right).
+BLAZEPOSE_TO_COCO = np.array([0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+class PoseDecoder(ABC):
+    """Boxes -> crop tensor, and model outputs -> COCO-17 keypoints in image pixels."""
+
+    output_names: list[str] | None = None
+
+    def __init__(self, cfg: PoseConfig):
+        self.cfg = cfg
+
+    def affines(self, boxes: np.ndarray) -> np.ndarray:
+        w, h, s = self.cfg.input_width, self.cfg.input_height, self.cfg.crop_scale
+        return np.stack([geometry.square_crop_affine(b, w, h, s) for b in boxes]).astype(np.float32)
+
+    def prepare(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Crops of every box as one float32 batch, and each crop's affine (image -> crop)."""
+        if len(boxes) == 0:
+            return self.normalise(np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)), np.zeros(
+                (0, 2, 3), np.float32
+            )
+        mats = self.affines(boxes)
+        crops = geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height)
+        return self.normalise(crops), mats
+
+    @abstractmethod
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """``[N, H, W, 3]`` BGR uint8 crops -> the model's contiguous float32 input."""
+
+    @abstractmethod
+    def decode(self, outputs: list[np.ndarray], affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs for N crops -> keypoints ``[N, 17, 3]`` (x, y, score) and person scores ``[N]``."""
+
+
+class BlazePoseDecoder(PoseDecoder):
+    """BlazePose landmark: RGB/255 NHWC; ``Identity`` [N,195] = 39 x (x, y, z, vis, presence)."""
+
+    output_names = ["Identity", "Identity_1"]
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        rgb = crops[..., ::-1].astype(np.float32)
+        rgb *= 1.0 / 255.0
+        return np.ascontiguousarray(rgb)
+
+    def decode(self, outputs: list[np.ndarray], affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lm = outputs[0].reshape(len(affines), -1, 5)[:, BLAZEPOSE_TO_COCO]
+        xy = geometry.invert_affines(affines, lm[:, :, :2])
+        scores = _sigmoid(lm[:, :, 3:4])
+        presence = outputs[1].reshape(-1).astype(np.float32)
+        return np.concatenate([xy, scores], axis=2).astype(np.float32), presence
+
+
+class RTMPoseDecoder(PoseDecoder):
+    """RTMPose (mmdeploy export): normalised RGB NCHW; ``simcc_x`` [N,17,W*r], ``simcc_y`` [N,17,H*r]."""
+
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        x = (crops[..., ::-1].astype(np.float32) - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def decode(self, outputs: list[np.ndarray], affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        simcc_x, simcc_y = outputs[0], outputs[1]
+        ratio_x = simcc_x.shape[-1] / self.cfg.input_width
+        ratio_y = simcc_y.shape[-1] / self.cfg.input_height
+        x = simcc_x.argmax(-1) / ratio_x
+        y = simcc_y.argmax(-1) / ratio_y
+        # mmpose takes the smaller of the two maxima as the keypoint's confidence
+        score = np.minimum(simcc_x.max(-1), simcc_y.max(-1))
+        xy = geometry.invert_affines(affines, np.stack([x, y], -1).astype(np.float32))
+        kps = np.concatenate([xy, score[..., None]], axis=2).astype(np.float32)
+        return kps, score.mean(axis=1).astype(np.float32)
+
+
+DECODERS: dict[str, type[PoseDecoder]] = {"blazepose": BlazePoseDecoder, "rtmpose": RTMPoseDecoder}
+
+
+def make_decoder(cfg: PoseConfig) -> PoseDecoder:
+    return DECODERS[cfg.decoder](cfg)
+
+
+class PoseEstimator:
+    """A top-down pose model plus its decoder: (frame, boxes) in, keypoints out."""
+
+    def __init__(self, cfg: PoseConfig):
+        self.cfg = cfg
+        self.decoder = make_decoder(cfg)
+        self.model = OnnxModel(cfg.model, cfg.ort, cfg.sha256, outputs=self.decoder.output_names)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Outputs for a crop batch: one ``session.run`` per ``max_batch`` crops."""
+        if len(batch) == 0:
+            return []
+        step = self.cfg.max_batch
+        parts = [self.model.run(batch[i : i + step]) for i in range(0, len(batch), step)]
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def __call__(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(boxes) == 0:
+            return np.zeros((0, 17, 3), np.float32), np.zeros(0, np.float32)
+        batch, mats = self.decoder.prepare(frame, boxes)
+        return self.decoder.decode(self.infer(batch), mats)
+

@@ -1,0 +1,1 @@
+"""Pipeline presets (``fast``, ``balanced``, ``quality``) and Serve config files, as YAML data."""

@@ -1,0 +1,155 @@
+"""Typed configuration: every tunable number of the pipeline lives here, with its default.
+
+Presets in ``configs/*.yaml`` and Serve config files override these defaults; nothing else in the
+code carries thresholds of its own.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_DIR = Path(str(resources.files("posefleet.configs")))
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrtConfig(_Strict):
+    """ONNX Runtime session settings for one model."""
+
+    providers: list[str] = Field(default_factory=lambda: [TENSORRT, CUDA, CPU])
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_num_threads: int = Field(0, ge=0, description="0 lets ONNX Runtime choose")
+    inter_op_num_threads: int = Field(0, ge=0)
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    device_id: int = Field(0, ge=0)
+    trt_fp16: bool = True
+    trt_engine_cache_dir: str | None = None
+
+
+class TilingConfig(_Strict):
+    """Detect on overlapping tiles (plus, optionally, the whole frame) and merge with NMS.
+
+    MoveNet finds at most 6 people a pass; a court holds 12 players.
+    """
+
+    enabled: bool = False
+    cols: int = Field(2, ge=1, le=8)
+    rows: int = Field(1, ge=1, le=8)
+    overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
+    include_full_frame: bool = True
+    min_aspect: float = Field(
+        0.0, ge=0.0, description="tile only frames with width/height at least this (0: always)"
+    )
+
+
+class DetectorConfig(_Strict):
+    decoder: Literal["movenet", "rtmdet", "yolox"] = "movenet"
+    model: str = "movenet_multipose_lightning"
+    sha256: str | None = None
+    input_size: int = Field(256, ge=32, description="long side (movenet) or square side (rtmdet/yolox)")
+    score_threshold: float = Field(0.15, ge=0.0, le=1.0, description="drop detections below this")
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    max_people: int = Field(64, ge=1)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    ort: OrtConfig = Field(default_factory=OrtConfig)
+
+    @model_validator(mode="after")
+    def _size_multiple(self) -> DetectorConfig:
+        if self.decoder == "movenet" and self.input_size % 32:
+            raise ValueError("movenet input_size must be a multiple of 32")
+        return self
+
+
+class PoseConfig(_Strict):
+    decoder: Literal["blazepose", "rtmpose"] = "blazepose"
+    model: str = "blazepose_landmark_full"
+    sha256: str | None = None
+    input_width: int = Field(256, ge=16)
+    input_height: int = Field(256, ge=16)
+    crop_scale: float = Field(1.25, gt=1.0, le=3.0, description="crop side = box side x this")
+    max_batch: int = Field(32, ge=1, description="crops per session.run")
+    min_person_score: float = Field(
+        0.5, ge=0.0, le=1.0, description="a carried track below this is lost (forces a detection)"
+    )
+    ort: OrtConfig = Field(default_factory=OrtConfig)
+
+
+class TrackerConfig(_Strict):
+    """ByteTrack parameters, in the detector's score units.
+
+    The reference defaults (0.5 / 0.6, fused scores) suit detectors scoring people near 0.9;
+    MoveNet's person scores are lower, so these defaults sit lower too.
+    """
+
+    high_thresh: float = Field(0.25, ge=0.0, le=1.0, description="first association pass")
+    low_thresh: float = Field(0.1, ge=0.0, le=1.0, description="second pass takes scores in [low, high)")
+    new_track_thresh: float = Field(0.3, ge=0.0, le=1.0)
+    match_thresh: float = Field(0.8, gt=0.0, le=1.0, description="max 1-IoU for the first pass")
+    second_match_thresh: float = Field(0.5, gt=0.0, le=1.0)
+    unconfirmed_match_thresh: float = Field(0.7, gt=0.0, le=1.0)
+    track_buffer: int = Field(30, ge=1, description="frames a lost track is kept (at 30 fps)")
+    frame_rate: float = Field(30.0, gt=0.0)
+    fuse_score: bool = Field(
+        False, description="IoU x score gating; off by default: MoveNet person scores sit at 0.2-0.6"
+    )
+
+
+class SmoothingConfig(_Strict):
+    """One-Euro filter on keypoints, per track."""
+
+    enabled: bool = False
+    min_cutoff: float = Field(1.0, gt=0.0)
+    beta: float = Field(0.05, ge=0.0)
+    d_cutoff: float = Field(1.0, gt=0.0)
+
+
+class PipelineConfig(_Strict):
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    detect_every: int = Field(1, ge=1, description="run the detector every N frames, carry boxes between")
+    keypoint_min_score: float = Field(0.3, ge=0.0, le=1.0, description="keypoints used to refine a box")
+    keypoint_box_padding: float = Field(1.2, ge=1.0, le=2.0)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
+    max_image_side: int = Field(16384, ge=1)
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("serve"))
+    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(known)}")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_pipeline_config(
+    preset: str | None = "balanced", path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Preset, then a YAML file, then explicit overrides, each merged over the one before."""
+    data: dict[str, Any] = {}
+    for source in ([preset_path(preset)] if preset else []) + ([Path(path)] if path else []):
+        loaded = yaml.safe_load(Path(source).read_text()) or {}
+        data = _deep_merge(data, loaded.get("pipeline", loaded))
+    return PipelineConfig.model_validate(_deep_merge(data, overrides or {}))

@@ -1,0 +1,47 @@
+"""Annotated pictures: skeletons, boxes and track ids in stable colours, plus a status line."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Iterable
+
+import cv2
+import numpy as np
+
+from posefleet.actors.pose import COCO_SKELETON
+from posefleet.serve.schema import Person
+
+
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    """A stable, well-spread BGR colour per track id (golden-ratio hue walk)."""
+    hue = (track_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def draw_people(
+    image: np.ndarray, people: Iterable[Person], kp_threshold: float = 0.3, status: str | None = None
+) -> np.ndarray:
+    """A copy of ``image`` with every person drawn; ``status`` (e.g. FPS) goes top-left."""
+    out = image.copy()
+    scale = max(out.shape[:2]) / 640.0
+    thick = max(1, round(2 * scale))
+    for person in people:
+        colour = track_colour(person.track_id)
+        kps = np.asarray(person.keypoints, np.float32)
+        x1, y1, x2, y2 = (int(round(v)) for v in person.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, thick // 2))
+        for a, b in COCO_SKELETON:
+            if kps[a, 2] >= kp_threshold and kps[b, 2] >= kp_threshold:
+                pa = (int(kps[a, 0]), int(kps[a, 1]))
+                pb = (int(kps[b, 0]), int(kps[b, 1]))
+                cv2.line(out, pa, pb, colour, thick, cv2.LINE_AA)
+        for x, y, s in kps:
+            if s >= kp_threshold:
+                cv2.circle(out, (int(x), int(y)), thick + 1, (255, 255, 255), -1, cv2.LINE_AA)
+        label = f"#{person.track_id}"
+        cv2.putText(out, label, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, thick)
+    if status:
+        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2)
+        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick)
+    return out

@@ -1,0 +1,102 @@
+"""Decode image bytes once, safely: sniff the format, read the size from the header, refuse
+decompression bombs and truncated files before OpenCV allocates anything.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable image; the message says why (it is shown to clients)."""
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def sniff(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageError("corrupt JPEG: bad marker")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                break
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + length
+    raise ImageError("truncated or corrupt JPEG: no frame header")
+
+
+def image_size(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) from the header alone."""
+    fmt = sniff(data)
+    if fmt == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageError("truncated or corrupt PNG: no IHDR header")
+        w, h = struct.unpack(">II", data[16:24])
+        return fmt, w, h
+    if fmt == "jpeg":
+        return (fmt, *_jpeg_size(data))
+    raise ImageError("not a JPEG or PNG image")
+
+
+def decode_image(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
+    """JPEG/PNG bytes -> BGR uint8 ``[H, W, 3]`` (grey and RGBA converted), or :class:`ImageError`."""
+    if not data:
+        raise ImageError("empty image")
+    fmt, w, h = image_size(data)
+    if w == 0 or h == 0:
+        raise ImageError(f"image has zero size ({w}x{h})")
+    if w > max_side or h > max_side or w * h > max_pixels:
+        raise ImageError(f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} px a side")
+    tail = data[-32:]
+    if fmt == "jpeg" and b"\xff\xd9" not in tail:
+        raise ImageError("truncated JPEG: no end-of-image marker")
+    if fmt == "png" and b"IEND" not in tail:
+        raise ImageError("truncated PNG: no IEND chunk")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"corrupt {fmt.upper()}: cannot be decoded")
+    return image
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Grey, BGRA or BGR arrays (uint8) -> contiguous BGR uint8, for frames that arrive decoded."""
+    if image.size == 0:
+        raise ImageError("image has zero size")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    raise ImageError(f"unsupported image shape {image.shape}")
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("cannot encode JPEG")
+    return buf.tobytes()

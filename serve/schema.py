@@ -1,0 +1,33 @@
+"""Request/response models shared by the in-process pipeline, the HTTP API and the client."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+Keypoint = tuple[float, float, float]
+
+
+class Person(BaseModel):
+    track_id: int = Field(description="stable within a stream")
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in image pixels")
+    score: float = Field(description="detector score on detection frames, pose presence between them")
+    keypoints: list[Keypoint] = Field(description="17 COCO keypoints, each (x, y, score), COCO order")
+
+
+class StageTimings(BaseModel):
+    decode_ms: float = 0.0
+    detect_ms: float = 0.0
+    track_ms: float = 0.0
+    pose_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class FrameResult(BaseModel):
+    stream_id: str
+    frame_index: int
+    timestamp: float | None = None
+    width: int
+    height: int
+    detected: bool = Field(description="the detector ran on this frame (else boxes were carried)")
+    people: list[Person]
+    timings: StageTimings

@@ -1,0 +1,44 @@
+"""Shared fixtures: real models loaded once per session, the test data folder, shared/ if present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from posefleet.actors.pipeline import PoseEngine
+from posefleet.config import PipelineConfig, load_pipeline_config
+
+DATA = Path(__file__).parent / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cfg() -> PipelineConfig:
+    return load_pipeline_config("balanced")
+
+
+@pytest.fixture(scope="session")
+def engine(cfg: PipelineConfig) -> PoseEngine:
+    return PoseEngine(cfg)
+
+
+def read(name: str) -> np.ndarray:
+    image = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
+    assert image is not None, name
+    return image
+
+
+def video_frames(name: str, count: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(DATA / name))
+    frames = []
+    while len(frames) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert frames, name
+    return frames

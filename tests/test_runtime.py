@@ -1,0 +1,42 @@
+"""Execution provider choice: preference order, what the build offers, and clean fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from posefleet.actors.runtime import choose_providers, create_session
+from posefleet.config import CPU, CUDA, TENSORRT, OrtConfig
+
+ALL = [TENSORRT, CUDA, CPU]
+
+
+@pytest.mark.parametrize(
+    ("available", "expected"),
+    [
+        ([TENSORRT, CUDA, CPU], [TENSORRT, CUDA, CPU]),
+        (["AzureExecutionProvider", CUDA, CPU], [CUDA, CPU]),
+        ([CPU], [CPU]),
+        (["AzureExecutionProvider", CPU], [CPU]),
+        ([], [CPU]),
+    ],
+)
+def test_chain_follows_preference_and_build(available: list[str], expected: list[str]) -> None:
+    assert choose_providers(available, ALL) == expected
+
+
+def test_config_can_exclude_tensorrt() -> None:
+    assert choose_providers([TENSORRT, CUDA, CPU], [CUDA, CPU]) == [CUDA, CPU]
+
+
+def test_cpu_always_last_even_if_not_listed() -> None:
+    assert choose_providers([CUDA, CPU], [CUDA]) == [CUDA, CPU]
+
+
+def test_gpu_chain_on_cpu_build_falls_back_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # Claim the build offers CUDA; this machine's onnxruntime cannot start it.
+    with caplog.at_level(logging.INFO, logger="posefleet.runtime"):
+        session = create_session("blazepose_landmark_full", OrtConfig(), available=[CUDA, CPU])
+    assert session.get_providers()[0] == CPU
+    assert any("runs on CPUExecutionProvider" in r.getMessage() and CUDA in r.getMessage() for r in caplog.records)
