@@ -8,6 +8,7 @@ crop tensor travels to the model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class PoseDecoder(ABC):
     """Boxes -> crop tensor, and model outputs -> COCO-17 keypoints in image pixels."""
 
-    output_names: list[str] | None = None
+    output_names: ClassVar[list[str] | None] = None
 
     def __init__(self, cfg: PoseConfig):
         self.cfg = cfg
@@ -47,9 +48,9 @@ class PoseDecoder(ABC):
     def prepare(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Crops of every box as one float32 batch, and each crop's affine (image -> crop)."""
         if len(boxes) == 0:
-            return self.normalise(np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)), np.zeros(
-                (0, 2, 3), np.float32
-            )
+            return self.normalise(
+                np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)
+            ), np.zeros((0, 2, 3), np.float32)
         mats = self.affines(boxes)
         crops = geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height)
         return self.normalise(crops), mats
@@ -66,7 +67,7 @@ class PoseDecoder(ABC):
 class BlazePoseDecoder(PoseDecoder):
     """BlazePose landmark: RGB/255 NHWC; ``Identity`` [N,195] = 39 x (x, y, z, vis, presence)."""
 
-    output_names = ["Identity", "Identity_1"]
+    output_names: ClassVar[list[str] | None] = ["Identity", "Identity_1"]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         rgb = crops[..., ::-1].astype(np.float32)
@@ -132,4 +133,3 @@ class PoseEstimator:
             return np.zeros((0, 17, 3), np.float32), np.zeros(0, np.float32)
         batch, mats = self.decoder.prepare(frame, boxes)
         return self.decoder.decode(self.infer(batch), mats)
-

@@ -64,7 +64,9 @@ def session_options(cfg: OrtConfig) -> ort.SessionOptions:
     so.intra_op_num_threads = cfg.intra_op_num_threads
     so.inter_op_num_threads = cfg.inter_op_num_threads
     so.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        ort.ExecutionMode.ORT_PARALLEL
+        if cfg.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     so.log_severity_level = 3
     return so
@@ -100,7 +102,9 @@ def create_session(
 class OnnxModel:
     """One ONNX Runtime session and the knowledge of whether its batch axis is dynamic."""
 
-    def __init__(self, model: str, cfg: OrtConfig, sha256: str | None = None, outputs: list[str] | None = None):
+    def __init__(
+        self, model: str, cfg: OrtConfig, sha256: str | None = None, outputs: list[str] | None = None
+    ):
         self.session = create_session(model, cfg, sha256)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

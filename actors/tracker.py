@@ -119,7 +119,9 @@ class StreamTracker:
                     track_id=tid,
                     box=tuple(round(float(v), 2) for v in boxes[i]),
                     score=round(float(scores[i]), 4),
-                    keypoints=[(round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps],
+                    keypoints=[
+                        (round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps
+                    ],
                 )
             )
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
@@ -151,5 +153,7 @@ class StreamTracker:
         st.last_index = state["last_index"]
         st.frames_since_detect = state["frames_since_detect"]
         st.force_detect = state["force_detect"]
-        st.smoothers = {int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()}
+        st.smoothers = {
+            int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()
+        }
         return st

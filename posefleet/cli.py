@@ -117,7 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in means.items()),
         file=sys.stderr,
     )
-    print(f"results: {out_path}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr)
+    print(
+        f"results: {out_path}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr
+    )
     return 0
 
 
@@ -143,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except CliError as exc:

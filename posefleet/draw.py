@@ -29,7 +29,7 @@ def draw_people(
     for person in people:
         colour = track_colour(person.track_id)
         kps = np.asarray(person.keypoints, np.float32)
-        x1, y1, x2, y2 = (int(round(v)) for v in person.box)
+        x1, y1, x2, y2 = (round(v) for v in person.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, thick // 2))
         for a, b in COCO_SKELETON:
             if kps[a, 2] >= kp_threshold and kps[b, 2] >= kp_threshold:
@@ -42,6 +42,10 @@ def draw_people(
         label = f"#{person.track_id}"
         cv2.putText(out, label, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, thick)
     if status:
-        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2)
-        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick)
+        cv2.putText(
+            out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2
+        )
+        cv2.putText(
+            out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick
+        )
     return out

@@ -1,0 +1,65 @@
+"""``posefleet run`` end to end on real files, and its messages on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+from conftest import DATA
+
+
+def posefleet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "posefleet.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_run_video_writes_results_and_annotated_video(tmp_path: Path) -> None:
+    out, video = tmp_path / "r.jsonl", tmp_path / "a.mp4"
+    clip = str(DATA / "test_video_structuralize.mp4")
+    args = ["--max-frames", "12", "--out", str(out), "--annotate", str(video), "--preset", "fast", "-q"]
+    proc = posefleet("run", clip, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["frame_index"] for r in lines] == list(range(12))
+    assert any(r["people"] for r in lines)
+    assert set(lines[0]["timings"]) == {"decode_ms", "detect_ms", "track_ms", "pose_ms", "total_ms"}
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    ok, frame = cap.read()
+    assert ok and frame.shape == (240, 426, 3)
+    assert "FPS" in proc.stderr
+
+
+def test_run_image_writes_annotated_picture_and_coco(tmp_path: Path) -> None:
+    pic, coco = tmp_path / "a.jpg", tmp_path / "coco.json"
+    args = ["--annotate", str(pic), "--coco", str(coco), "-q"]
+    proc = posefleet("run", str(DATA / "000000000785.jpg"), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    original = cv2.imread(str(DATA / "000000000785.jpg"))
+    drawn = cv2.imread(str(pic))
+    assert drawn.shape == original.shape and (cv2.absdiff(drawn, original) > 60).any()
+    results = json.loads(coco.read_text())
+    assert len(results) == 1 and len(results[0]["keypoints"]) == 51 and results[0]["category_id"] == 1
+
+
+def test_missing_and_unreadable_sources_are_one_line_errors(tmp_path: Path) -> None:
+    proc = posefleet("run", str(tmp_path / "nope.mp4"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 1000)
+    proc = posefleet("run", str(junk), cwd=tmp_path)
+    assert proc.returncode == 2 and "posefleet: error" in proc.stderr and "Traceback" not in proc.stderr
+    bad_png = tmp_path / "bad.png"
+    bad_png.write_bytes(b"not a png")
+    proc = posefleet("run", str(bad_png), cwd=tmp_path)
+    assert proc.returncode == 2 and "not an image" in proc.stderr
+
+
+def test_unknown_preset_is_an_error(tmp_path: Path) -> None:
+    proc = posefleet("run", str(DATA / "grace.jpg"), "--preset", "turbo", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown preset" in proc.stderr

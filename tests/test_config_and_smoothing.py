@@ -1,0 +1,46 @@
+"""Presets load and validate; the One-Euro filter smooths jitter yet follows motion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from posefleet.actors.smoothing import OneEuroFilter
+from posefleet.config import PipelineConfig, SmoothingConfig, load_pipeline_config
+
+
+@pytest.mark.parametrize("name", ["fast", "balanced", "quality"])
+def test_presets_load(name: str) -> None:
+    cfg = load_pipeline_config(name)
+    assert isinstance(cfg, PipelineConfig)
+
+
+def test_presets_differ_where_they_should() -> None:
+    fast, quality = load_pipeline_config("fast"), load_pipeline_config("quality")
+    assert fast.detect_every > quality.detect_every
+    assert fast.detector.input_size < quality.detector.input_size
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        load_pipeline_config("balanced", overrides={"detect_every": 0})
+    with pytest.raises(ValidationError):
+        load_pipeline_config("balanced", overrides={"detector": {"input_size": 250}})  # not /32
+    with pytest.raises(ValidationError):
+        load_pipeline_config("balanced", overrides={"detector": {"nonsense": 1}})
+
+
+def test_one_euro_reduces_jitter_and_follows_a_ramp() -> None:
+    rng = np.random.default_rng(1)
+    f = OneEuroFilter(SmoothingConfig(enabled=True, min_cutoff=0.5, beta=0.02))
+    noisy, smooth = [], []
+    for i in range(120):
+        x = np.array([[100.0 + rng.normal(0, 2), 50.0]])
+        noisy.append(x[0, 0])
+        smooth.append(f(x, i / 30)[0, 0])
+    assert np.std(smooth[30:]) < 0.5 * np.std(noisy[30:])
+    g = OneEuroFilter(SmoothingConfig(enabled=True, min_cutoff=0.5, beta=0.05))
+    for i in range(60):
+        out = g(np.array([[10.0 * i]]), i / 30)
+    assert abs(out[0, 0] - 590) < 15  # lag stays small while moving fast
