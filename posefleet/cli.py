@@ -6,12 +6,12 @@ import argparse
 import collections
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -32,36 +32,10 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         raise CliError(f"bad configuration: {exc}") from exc
 
 
-class _VideoOut:
-    """Annotated output: a video (.mp4/.avi) or, for one image, a picture (.jpg/.png)."""
-
-    def __init__(self, path: Path, fps: float):
-        self.path, self.fps = path, fps
-        self.writer: cv2.VideoWriter | None = None
-        self.is_image = path.suffix.lower() in {".jpg", ".jpeg", ".png"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, image: np.ndarray) -> None:
-        if self.is_image:
-            cv2.imwrite(str(self.path), image)
-            return
-        if self.writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
-            h, w = image.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
-            if not self.writer.isOpened():
-                raise CliError(f"cannot write video {self.path}")
-        self.writer.write(image)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from posefleet.actors.pipeline import Pipeline
     from posefleet.coco import coco_results
-    from posefleet.draw import draw_people
+    from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
     from posefleet.sources import SourceError, open_source
 
@@ -74,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stream = args.stream or source.name
     out_path = Path(args.out or f"out/{stream}.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    annotate = _VideoOut(Path(args.annotate), source.fps) if args.annotate else None
+    annotate = AnnotatedWriter(Path(args.annotate), source.fps) if args.annotate else None
     recent: collections.deque[float] = collections.deque(maxlen=30)
     stages = collections.defaultdict(list)
     coco: list = []
@@ -123,6 +97,122 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotate_from_results(source_spec: str, results: list, path: Path) -> None:
+    """Draw served results onto the source's frames (the server never sends frames back)."""
+    from posefleet.draw import AnnotatedWriter, draw_people
+    from posefleet.sources import open_source
+
+    source = open_source(source_spec)
+    by_index = {r.frame_index: r for r in results}
+    writer = AnnotatedWriter(path, source.fps)
+    try:
+        for frame in source:
+            r = by_index.get(frame.index)
+            if r is None:
+                continue
+            status = f"{r.stream_id} #{r.frame_index}  {r.timings.total_ms:.0f} ms  {len(r.people)} people"
+            writer.write(draw_people(frame.image, r.people, status=status))
+    finally:
+        writer.close()
+
+
+def _submit_jobs(sources: list[str], streams: list[str] | None, copies: int) -> list[tuple[str, str]]:
+    from posefleet.sources import SourceError, open_source
+
+    names = streams or []
+    if names and len(names) != len(sources):
+        raise CliError("give one --stream per source, or none")
+    jobs = []
+    for i, spec in enumerate(sources):
+        try:
+            base = names[i] if names else open_source(spec).name
+        except SourceError as exc:
+            raise CliError(str(exc)) from exc
+        base = re.sub(r"[^A-Za-z0-9._-]", "-", base)[:56] or "stream"
+        jobs += [(base if copies == 1 else f"{base}-{k + 1}", spec) for k in range(copies)]
+    return jobs
+
+
+def _run_submit(url: str, jobs: list[tuple[str, str]], args: argparse.Namespace, keep: bool) -> list:
+    import asyncio
+
+    from posefleet.serve.client import submit, summary
+
+    t0 = time.perf_counter()
+    reports = asyncio.run(
+        submit(
+            url,
+            jobs,
+            max_rate=args.max_rate,
+            max_frames=args.max_frames,
+            out_dir=Path(args.out),
+            progress=not args.quiet,
+            keep=keep,
+            token=getattr(args, "token", None),
+        )
+    )
+    print(summary(reports, time.perf_counter() - t0), file=sys.stderr)
+    return reports
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
+    jobs = _submit_jobs(args.sources, args.stream, args.copies)
+    try:
+        reports = _run_submit(args.url, jobs, args, keep=False)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {args.url}: {exc}") from exc
+    print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
+    return 0 if all(r.frames for r in reports) else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from posefleet.serve.app import build_app, load_serve_config
+
+    try:
+        serve_cfg = load_serve_config(args.config)
+        app_spec = serve_cfg["applications"][0]
+        application = build_app(app_spec.get("args") or {})
+    except (ValueError, OSError) as exc:
+        raise CliError(f"bad serve config: {exc}") from exc
+    http = dict(serve_cfg.get("http_options") or {})
+    http["host"] = args.host or http.get("host", "127.0.0.1")
+    http["port"] = args.port or http.get("port", 8000)
+    logging_cfg = serve_cfg.get("logging_config") or {"enable_access_log": False}
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
+    serve.start(http_options=http, logging_config=logging_cfg)
+    name, prefix = app_spec.get("name", "posefleet"), app_spec.get("route_prefix", "/")
+    serve.run(application, name=name, route_prefix=prefix, logging_config=logging_cfg)
+    host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
+    url = f"http://{host}:{http['port']}"
+    print(f"posefleet serving at {url} (API docs {url}/docs)", file=sys.stderr)
+    if not args.address:
+        print(f"Prometheus metrics: http://127.0.0.1:{args.metrics_port}/metrics", file=sys.stderr)
+    try:
+        if args.submit:
+            jobs = _submit_jobs(args.submit, None, 1)
+            reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
+            print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
+            if args.annotate:
+                _annotate_from_results(args.submit[0], reports[0].results, Path(args.annotate))
+                print(f"annotated: {args.annotate}", file=sys.stderr)
+        if args.once:
+            return 0
+        print("Ctrl-C stops the server", file=sys.stderr)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posefleet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log model/provider choices")
@@ -140,6 +230,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int, help="stop after this many frames")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    srv = sub.add_parser("serve", help="serve the HTTP API on a local Ray started on the spot (or --address)")
+    srv.add_argument("--config", help="Serve config file (default configs/serve-cpu.yaml)")
+    srv.add_argument("--host", help="bind address (default from the config)")
+    srv.add_argument("--port", type=int, help="HTTP port (default from the config)")
+    srv.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    srv.add_argument(
+        "--metrics-port", type=int, default=8080, help="Prometheus metrics port of the local Ray"
+    )
+    srv.add_argument("--address", help="join a running Ray cluster instead (e.g. auto)")
+    srv.add_argument("--submit", nargs="+", help="once serving, submit these sources through the HTTP API")
+    srv.add_argument("--annotate", help="with --submit: draw the served results of the first source here")
+    srv.add_argument("--out", default="out", help="with --submit: folder for <stream>.jsonl results")
+    srv.add_argument("--max-rate", action="store_true", help="with --submit: as fast as possible")
+    srv.add_argument("--max-frames", type=int, help="with --submit: at most this many frames a stream")
+    srv.add_argument("--once", action="store_true", help="stop after --submit instead of serving on")
+    srv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    srv.set_defaults(func=cmd_serve)
+
+    sb = sub.add_parser("submit", help="post the frames of videos/images/cameras to a posefleet server")
+    sb.add_argument("sources", nargs="+", help="video files, image folders, webcam indices or stream URLs")
+    sb.add_argument("--stream", action="append", help="stream name, once per source (default: source name)")
+    sb.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
+    sb.add_argument("--copies", type=int, default=1, help="submit each source as this many streams")
+    sb.add_argument(
+        "--max-rate", action="store_true", help="as fast as the server answers, not at source FPS"
+    )
+    sb.add_argument("--max-frames", type=int, help="at most this many frames a stream")
+    sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
+    sb.add_argument("--token", help="bearer token for the API")
+    sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sb.set_defaults(func=cmd_submit)
     return parser
 
 

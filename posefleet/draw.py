@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Iterable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,3 +50,29 @@ def draw_people(
             out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick
         )
     return out
+
+
+class AnnotatedWriter:
+    """Annotated output: a video (.mp4/.avi) or, for one image, a picture (.jpg/.png)."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps = path, fps
+        self.writer: cv2.VideoWriter | None = None
+        self.is_image = path.suffix.lower() in {".jpg", ".jpeg", ".png"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: np.ndarray) -> None:
+        if self.is_image:
+            cv2.imwrite(str(self.path), image)
+            return
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
+            h, w = image.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        self.writer.write(image)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()

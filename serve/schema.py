@@ -31,3 +31,22 @@ class FrameResult(BaseModel):
     detected: bool = Field(description="the detector ran on this frame (else boxes were carried)")
     people: list[Person]
     timings: StageTimings
+
+
+class StreamInfo(BaseModel):
+    stream_id: str
+    frames: int = Field(description="frames served")
+    last_frame_index: int
+    active_tracks: list[int]
+    lost_tracks: int
+    next_track_id: int
+    created: float
+    last_seen: float
+
+
+class StreamList(BaseModel):
+    streams: list[StreamInfo]
+
+
+class Health(BaseModel):
+    status: str = "ok"

@@ -1,0 +1,54 @@
+"""The Serve application: ``Ingress`` -> (``Detector``, ``Pose``) composed with ``.bind()``.
+
+``serve run configs/serve-cpu.yaml`` and ``posefleet serve`` both build it from the ``args`` of a
+Serve config file (an :class:`~posefleet.config.AppConfig`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.serve import Application
+
+from posefleet.actors.deployments import DetectorDeployment, PoseDeployment
+from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings
+from posefleet.serve.ingress import Ingress
+
+
+def deployment_options(settings: DeploymentSettings, access_log: bool) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "max_queued_requests": settings.max_queued_requests,
+        "logging_config": {"enable_access_log": access_log},
+    }
+    if settings.autoscaling:
+        opts["autoscaling_config"] = settings.autoscaling
+    else:
+        opts["num_replicas"] = settings.num_replicas
+    if settings.max_replicas_per_node:
+        opts["max_replicas_per_node"] = settings.max_replicas_per_node
+    return opts
+
+
+def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
+    """Serve application builder (``import_path: posefleet.serve.app:build_app``)."""
+    cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    pipeline = cfg.pipeline_config()
+    s = cfg.serving
+    detector = DetectorDeployment.options(**deployment_options(s.detector, s.access_log)).bind(
+        pipeline.detector, s.detector
+    )
+    pose = PoseDeployment.options(**deployment_options(s.pose, s.access_log)).bind(pipeline.pose, s.pose)
+    return Ingress.options(**deployment_options(s.ingress, s.access_log)).bind(cfg, detector, pose)
+
+
+def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
+    """A Serve config file (default ``configs/serve-cpu.yaml``) as a dict."""
+    source = Path(path) if path else CONFIG_DIR / "serve-cpu.yaml"
+    data = yaml.safe_load(source.read_text()) or {}
+    if not data.get("applications"):
+        raise ValueError(f"{source}: no 'applications' in this Serve config")
+    return data
