@@ -25,12 +25,14 @@ class _BatchStats:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.sizes: collections.deque[int] = collections.deque(maxlen=2000)
+        self.sizes: collections.deque[int] = collections.deque(maxlen=2000)  # items per inference
+        self.requests: collections.deque[int] = collections.deque(maxlen=2000)  # requests per inference
         self.inflight = 0
 
-    def record(self, size: int) -> None:
-        self.sizes.append(size)
-        metrics.get().batch_size.observe(size, tags={"model": self.model})
+    def record(self, items: int, requests: int) -> None:
+        self.sizes.append(items)
+        self.requests.append(requests)
+        metrics.get().batch_size.observe(items, tags={"model": self.model})
 
     def enter(self, n: int = 1) -> None:
         self.inflight += n
@@ -40,13 +42,16 @@ class _BatchStats:
         self.enter(-n)
 
     def summary(self) -> dict[str, Any]:
-        sizes = list(self.sizes)
+        sizes, reqs = list(self.sizes), list(self.requests)
         return {
             "model": self.model,
             "batches": len(sizes),
-            "max_batch": max(sizes, default=0),
-            "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
-            "recent": sizes[-50:],
+            "max_items": max(sizes, default=0),
+            "mean_items": round(float(np.mean(sizes)), 3) if sizes else 0.0,
+            "max_requests": max(reqs, default=0),
+            "mean_requests": round(float(np.mean(reqs)), 3) if reqs else 0.0,
+            "recent_items": sizes[-50:],
+            "recent_requests": reqs[-50:],
         }
 
 
@@ -71,7 +76,7 @@ class DetectorDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_count_tensors)
     async def detect(self, requests: list[list[np.ndarray]]) -> list[list[list[np.ndarray]]]:
         flat = [t for tensors in requests for t in tensors]
-        self.stats.record(len(requests))
+        self.stats.record(len(flat), len(requests))
         self.stats.enter(len(requests))
         try:
             outs = await asyncio.to_thread(self.detector.infer, flat)
@@ -103,7 +108,7 @@ class PoseDeployment:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_crops)
     async def estimate(self, crops: list[np.ndarray]) -> list[list[np.ndarray]]:
         batch = np.concatenate(crops)
-        self.stats.record(len(batch))
+        self.stats.record(len(batch), len(crops))
         self.stats.enter(len(crops))
         try:
             outs = await asyncio.to_thread(self.pose.infer, batch)

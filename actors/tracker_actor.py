@@ -180,6 +180,7 @@ def tracker_pool(
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=1000,
+            scheduling_strategy="SPREAD",
         ).remote(cfg, frame_timeout_s)
         for i in range(size)
     ]

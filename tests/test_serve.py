@@ -1,0 +1,190 @@
+"""The Serve application on a real local Ray, over real HTTP on loopback (one Ray for the module)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import ray
+from ray import serve
+
+from conftest import DATA, video_frames
+from posefleet.actors.pipeline import Pipeline
+from posefleet.config import AppConfig, load_pipeline_config
+from posefleet.image_io import encode_jpeg
+from posefleet.serve.app import build_app
+from posefleet.serve.client import submit
+from posefleet.serve.schema import FrameResult
+
+PIPELINE = {"detector": {"ort": {"intra_op_num_threads": 1}}, "pose": {"ort": {"intra_op_num_threads": 1}}}
+CLIP = str(DATA / "test_video_structuralize.mp4")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[dict]:
+    http_port, metrics_port = free_port(), free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False}
+    )
+    wait = {"batch_wait_timeout_s": 0.02}
+    cfg = AppConfig.model_validate(
+        {
+            "preset": "balanced",
+            "pipeline": PIPELINE,
+            "serving": {
+                "ingress": {"num_cpus": 0.25},
+                "detector": {"num_cpus": 0.25, "batch": {"max_batch_size": 8, **wait}},
+                "pose": {"num_cpus": 0.25, "batch": {"max_batch_size": 32, **wait}},
+                "tracker_actors": 2,
+            },
+        }
+    )
+    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
+    yield {
+        "url": f"http://127.0.0.1:{http_port}",
+        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "cfg": cfg,
+    }
+    serve.shutdown()
+    ray.shutdown()
+
+
+def post(
+    url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg"
+) -> httpx.Response:
+    params = {} if index is None else {"frame_index": index}
+    return httpx.post(f"{url}/v1/streams/{stream}/frames", content=data, params=params,
+                      headers={"content-type": ctype}, timeout=60)  # fmt: skip
+
+
+def test_health_and_openapi(server: dict) -> None:
+    assert httpx.get(f"{server['url']}/healthz").json() == {"status": "ok"}
+    spec = httpx.get(f"{server['url']}/openapi.json").json()
+    assert "/v1/streams/{stream_id}/frames" in spec["paths"]
+    assert httpx.get(f"{server['url']}/docs").status_code == 200
+
+
+def test_concurrent_streams_keep_separate_stable_ids_and_batches_form(server: dict) -> None:
+    jobs = [("court-a", CLIP), ("court-b", CLIP), ("court-c", CLIP), ("demo", str(DATA / "demo.mp4"))]
+    reports = asyncio.run(
+        submit(server["url"], jobs, max_rate=True, max_frames=40, progress=False, keep=True)
+    )
+    by = {r.stream: r for r in reports}
+    assert all(not r.errors for r in reports), [r.errors for r in reports]
+    assert [len(by[s].results) for s in ("court-a", "court-b", "court-c")] == [40, 40, 40]
+    for s in ("court-a", "court-b", "court-c"):
+        ids = {p.track_id for r in by[s].results for p in r.people}
+        assert min(ids) == 1 and len(ids) <= 3, (s, ids)  # each stream has its own id space
+        assert np.mean([len(r.people) for r in by[s].results]) >= 1.8
+    # the same frames in two streams give the same tracks: no state leaks between streams
+    for ra, rb in zip(by["court-a"].results, by["court-b"].results, strict=True):
+        assert [p.track_id for p in ra.people] == [p.track_id for p in rb.people]
+    stats = httpx.get(f"{server['url']}/v1/stats").json()
+    assert stats["detector"]["max_requests"] > 1, stats["detector"]
+    assert stats["pose"]["max_requests"] > 1, stats["pose"]
+    assert stats["pose"]["max_items"] > stats["pose"]["max_requests"]  # crops of several people per request
+    listed = {s["stream_id"]: s for s in httpx.get(f"{server['url']}/v1/streams").json()["streams"]}
+    assert {"court-a", "court-b", "court-c", "demo"} <= set(listed)
+    assert listed["court-a"]["frames"] == 40 and listed["court-a"]["last_frame_index"] == 39
+
+
+def test_http_results_equal_in_process_pipeline(server: dict) -> None:
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 12)]
+    local = Pipeline(load_pipeline_config("balanced", overrides=PIPELINE))
+    for i, data in enumerate(frames):
+        resp = post(server["url"], "parity", data, i)
+        assert resp.status_code == 200, resp.text
+        remote = FrameResult.model_validate_json(resp.content)
+        mine = local.process_bytes("parity", data, i)
+        assert remote.detected == mine.detected
+        assert [p.track_id for p in remote.people] == [p.track_id for p in mine.people]
+        for a, b in zip(remote.people, mine.people, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=0.05)
+            np.testing.assert_allclose(np.array(a.keypoints), np.array(b.keypoints), atol=0.05)
+
+
+def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> None:
+    url = server["url"]
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 8)]
+    before = [post(url, "steady", frames[i], i).json() for i in range(4)]
+    good = frames[0]
+    cases = [
+        (post(url, "steady-x", b"definitely not an image"), 400, "not a JPEG or PNG"),
+        (post(url, "steady-x", b""), 400, "empty"),
+        (post(url, "steady-x", good[: len(good) // 2]), 400, "truncated"),
+        (post(url, "steady-x", good, ctype="text/plain"), 415, "content type"),
+        (post(url, "steady", frames[3], 3), 409, "duplicate"),
+        (post(url, "steady", frames[2], 2), 409, "out-of-order"),
+        (post(url, "bad id!", good), 422, "string_pattern_mismatch"),
+        (post(url, "x" * 65, good), 422, "string_pattern_mismatch"),
+        (httpx.get(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
+        (httpx.delete(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
+        (httpx.post(f"{url}/v1/streams/never-seen/reset"), 404, "unknown stream"),
+    ]
+    for resp, status, reason in cases:
+        assert resp.status_code == status, (status, resp.text)
+        assert reason in resp.text
+    after = [post(url, "steady", frames[i], i) for i in range(4, 8)]
+    assert all(r.status_code == 200 for r in after)
+    ids_before = {p["track_id"] for r in before for p in r["people"]}
+    ids_after = {p["track_id"] for r in after for p in r.json()["people"]}
+    assert ids_after == ids_before  # same people, same ids: the bad requests changed nothing
+
+
+def test_frame_index_defaults_to_next_and_header_works(server: dict) -> None:
+    url = server["url"]
+    data = encode_jpeg(cv2.imread(str(DATA / "astronaut.png")))
+    assert post(url, "auto", data).json()["frame_index"] == 0
+    assert post(url, "auto", data).json()["frame_index"] == 1
+    resp = httpx.post(f"{url}/v1/streams/auto/frames", content=data,
+                      headers={"content-type": "image/jpeg", "x-frame-index": "7"})  # fmt: skip
+    assert resp.json()["frame_index"] == 7
+
+
+def test_reset_and_delete_stream(server: dict) -> None:
+    url = server["url"]
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 3)]
+    for i, f in enumerate(frames):
+        post(url, "to-reset", f, i)
+    info = httpx.get(f"{url}/v1/streams/to-reset").json()
+    assert info["frames"] == 3 and info["next_track_id"] > 1
+    reset = httpx.post(f"{url}/v1/streams/to-reset/reset").json()
+    assert reset["frames"] == 0 and reset["next_track_id"] == 1 and reset["last_frame_index"] == -1
+    assert post(url, "to-reset", frames[0], 0).status_code == 200  # index 0 is accepted again
+    assert httpx.delete(f"{url}/v1/streams/to-reset").status_code == 204
+    assert httpx.get(f"{url}/v1/streams/to-reset").status_code == 404
+
+
+def test_metrics_are_scrapeable_in_prometheus_format(server: dict) -> None:
+    post(server["url"], "metered", encode_jpeg(cv2.imread(str(DATA / "grace.jpg"))), 0)
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = httpx.get(server["metrics"], timeout=10).text
+        if 'stream="metered"' in text:
+            break
+        time.sleep(2)
+    assert "posefleet_frames_total{" in text and 'stream="metered"' in text
+    assert "posefleet_batch_size_bucket" in text and 'model="pose"' in text
+    assert 'stage="detect"' in text
+
+
+def test_client_writes_jsonl(server: dict, tmp_path: Path) -> None:
+    reports = asyncio.run(submit(server["url"], [("cli-check", str(DATA / "demo.mp4"))], max_rate=True,
+                                 out_dir=tmp_path, progress=False))  # fmt: skip
+    lines = (tmp_path / "cli-check.jsonl").read_text().splitlines()
+    assert len(lines) == reports[0].frames == 5
+    assert reports[0].percentile(99) >= reports[0].percentile(50) > 0
