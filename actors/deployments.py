@@ -41,8 +41,11 @@ class _BatchStats:
     def leave(self, n: int = 1) -> None:
         self.enter(-n)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, reset: bool = False) -> dict[str, Any]:
         sizes, reqs = list(self.sizes), list(self.requests)
+        if reset:
+            self.sizes.clear()
+            self.requests.clear()
         return {
             "model": self.model,
             "batches": len(sizes),
@@ -91,8 +94,8 @@ class DetectorDeployment:
     async def __call__(self, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
         return await self.detect(tensors)
 
-    def batch_stats(self) -> dict[str, Any]:
-        return self.stats.summary() | {"provider": self.detector.model.provider}
+    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
+        return self.stats.summary(reset) | {"provider": self.detector.model.provider}
 
 
 @serve.deployment(name="Pose")
@@ -123,5 +126,5 @@ class PoseDeployment:
     async def __call__(self, crops: np.ndarray) -> list[np.ndarray]:
         return await self.estimate(crops)
 
-    def batch_stats(self) -> dict[str, Any]:
-        return self.stats.summary() | {"provider": self.pose.model.provider}
+    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
+        return self.stats.summary(reset) | {"provider": self.pose.model.provider}

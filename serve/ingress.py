@@ -203,9 +203,11 @@ class Ingress:
         return Response(status_code=204)
 
     @app.get("/v1/stats")
-    async def stats(self) -> dict:
+    async def stats(self, reset: bool = False) -> dict:
         """Recent batch sizes and execution providers of the model deployments (one replica each)."""
-        det, pose = await asyncio.gather(self.detector.batch_stats.remote(), self.pose.batch_stats.remote())
+        det, pose = await asyncio.gather(
+            self.detector.batch_stats.remote(reset), self.pose.batch_stats.remote(reset)
+        )
         return {"detector": det, "pose": pose}
 
     @app.get("/healthz", response_model=Health)

@@ -1,0 +1,82 @@
+"""Two Ray nodes on this machine: model replicas spread over both, streams served from both."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from conftest import DATA
+from posefleet.actors.tracker_actor import shard_of
+from posefleet.config import AppConfig
+from posefleet.serve.app import build_app
+from posefleet.serve.client import submit
+
+CLIP = str(DATA / "test_video_structuralize.mp4")
+ONE_THREAD = {"intra_op_num_threads": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[dict]:
+    # the dashboard serves the state API (list_actors) used to see where actors run
+    head = {"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    spread = {"num_replicas": 2, "max_replicas_per_node": 1, "num_cpus": 0.25}
+    cfg = AppConfig.model_validate(
+        {
+            "preset": "fast",
+            "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
+            "serving": {"ingress": spread, "detector": spread, "pose": spread, "tracker_actors": 2},
+        }
+    )
+    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "nodes": {n["NodeID"] for n in ray.nodes() if n["Alive"]}}
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def nodes_of(class_fragment: str) -> set[str]:
+    alive = list_actors(filters=[("state", "=", "ALIVE")])
+    return {a.node_id for a in alive if class_fragment in a.class_name}
+
+
+def test_replicas_and_trackers_spread_over_both_nodes_and_serve(two_nodes: dict) -> None:
+    assert len(two_nodes["nodes"]) == 2
+    for deployment in ("Ingress", "Detector", "Pose"):
+        assert nodes_of(f"ServeReplica:posefleet:{deployment}") == two_nodes["nodes"], deployment
+    # four streams whose names hash to both tracker actors
+    names = [f"node-test-{i}" for i in range(40)]
+    names = [n for n in names if shard_of(n, 2) == 0][:2] + [n for n in names if shard_of(n, 2) == 1][:2]
+    jobs = [(name, CLIP) for name in names]
+    reports = asyncio.run(submit(two_nodes["url"], jobs, max_rate=True, max_frames=15, progress=False))
+    assert all(r.frames == 15 and not r.errors for r in reports), [r.line() for r in reports]
+    tracker_nodes = nodes_of("TrackerShard")
+    assert tracker_nodes == two_nodes["nodes"]
+    streams = httpx.get(f"{two_nodes['url']}/v1/streams").json()["streams"]
+    assert {s["stream_id"] for s in streams} == {name for name, _ in jobs}
+    # each tracker actor (one per node) holds the streams that hash to it
+    holders = []
+    for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+        if "TrackerShard" in actor.class_name:
+            handle = ray.get_actor(actor.name, namespace="posefleet")
+            holders.append(len(ray.get(handle.list_streams.remote())))
+    assert sorted(holders) == [2, 2]
