@@ -44,3 +44,22 @@ def test_one_euro_reduces_jitter_and_follows_a_ramp() -> None:
     for i in range(60):
         out = g(np.array([[10.0 * i]]), i / 30)
     assert abs(out[0, 0] - 590) < 15  # lag stays small while moving fast
+
+
+@pytest.mark.parametrize("name", ["serve-cpu", "serve-gpu"])
+def test_serve_configs_validate_and_build(name: str) -> None:
+    from posefleet.config import CONFIG_DIR, AppConfig
+    from posefleet.serve.app import build_app, load_serve_config
+
+    spec = load_serve_config(CONFIG_DIR / f"{name}.yaml")["applications"][0]
+    assert spec["import_path"] == "posefleet.serve.app:build_app"
+    cfg = AppConfig.model_validate(spec["args"])
+    assert cfg.serving.access_log is False
+    assert build_app(spec["args"]) is not None
+
+
+def test_batches_must_be_able_to_fill() -> None:
+    from posefleet.config import ModelDeploymentSettings
+
+    with pytest.raises(ValidationError, match="batches never fill"):
+        ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})
