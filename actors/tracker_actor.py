@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet.actors.detector import Detections
 from posefleet.actors.tracker import FramePlan, StreamTracker
@@ -169,7 +170,15 @@ def actor_name(cfg: PipelineConfig, size: int, i: int) -> str:
 def tracker_pool(
     cfg: PipelineConfig, size: int, namespace: str, num_cpus: float = 0.0, frame_timeout_s: float = 10.0
 ) -> list[ray.actor.ActorHandle]:
-    """Get or create the named tracker actors, so every ingress replica shares the same pool."""
+    """Get or create the named tracker actors, so every ingress replica shares the same pool.
+
+    Actor ``i`` prefers the ``i``-th alive node (soft affinity), spreading streams over the cluster.
+    """
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+    def placement(i: int) -> NodeAffinitySchedulingStrategy | str:
+        return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "DEFAULT"
+
     return [
         TrackerActor.options(  # type: ignore[attr-defined]
             name=actor_name(cfg, size, i),
@@ -180,7 +189,7 @@ def tracker_pool(
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=1000,
-            scheduling_strategy="SPREAD",
+            scheduling_strategy=placement(i),
         ).remote(cfg, frame_timeout_s)
         for i in range(size)
     ]
