@@ -144,6 +144,8 @@ def _run_submit(url: str, jobs: list[tuple[str, str]], args: argparse.Namespace,
             url,
             jobs,
             max_rate=args.max_rate,
+            fps=getattr(args, "fps", None),
+            max_inflight=getattr(args, "inflight", 1),
             max_frames=args.max_frames,
             out_dir=Path(args.out),
             progress=not args.quiet,
@@ -258,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-rate", action="store_true", help="as fast as the server answers, not at source FPS"
     )
     sb.add_argument("--max-frames", type=int, help="at most this many frames a stream")
+    sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
+    sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
     sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
     sb.add_argument("--token", help="bearer token for the API")
     sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

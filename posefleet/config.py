@@ -199,6 +199,19 @@ class ServingConfig(_Strict):
     max_body_bytes: int = Field(20_000_000, ge=1)
     access_log: bool = Field(False, description="Serve access logs cost 17-37% throughput on small machines")
     namespace: str = "posefleet"
+    # overload and faults
+    overload_policy: Literal["drop_oldest", "wait"] = Field(
+        "drop_oldest", description="per-stream default; a request may set its stream's policy"
+    )
+    max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
+    max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1)
+    fault_retry_s: float = Field(15.0, ge=0.0, description="retry calls to dead replicas/actors this long")
+    checkpoint_every: int = Field(10, ge=1, description="frames between tracker state checkpoints")
+    # security
+    auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
+    auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
 
 
 class AppConfig(_Strict):

@@ -60,8 +60,8 @@ def image_size(data: bytes) -> tuple[str, int, int]:
     raise ImageError("not a JPEG or PNG image")
 
 
-def decode_image(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
-    """JPEG/PNG bytes -> BGR uint8 ``[H, W, 3]`` (grey and RGBA converted), or :class:`ImageError`."""
+def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
+    """Cheap checks before any decoding: format, size limits, truncation. Returns (format, w, h)."""
     if not data:
         raise ImageError("empty image")
     fmt, w, h = image_size(data)
@@ -74,6 +74,12 @@ def decode_image(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
         raise ImageError("truncated JPEG: no end-of-image marker")
     if fmt == "png" and b"IEND" not in tail:
         raise ImageError("truncated PNG: no IEND chunk")
+    return fmt, w, h
+
+
+def decode_image(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
+    """JPEG/PNG bytes -> BGR uint8 ``[H, W, 3]`` (grey and RGBA converted), or :class:`ImageError`."""
+    fmt, _, _ = check_image(data, max_pixels, max_side)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageError(f"corrupt {fmt.upper()}: cannot be decoded")

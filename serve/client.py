@@ -1,13 +1,13 @@
 """Client: read sources with OpenCV, post their frames to a posefleet server, several streams at once.
 
-Each stream posts its frames in order, one in flight at a time, paced at the source's frame rate
-(or as fast as the server answers with ``max_rate``). Results are written as JSON lines.
+Each stream posts its frames in order, paced at the source's frame rate like a camera (or as fast
+as the server answers with ``max_rate``), with a bounded number of unanswered frames. Results are
+written as JSON lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +25,14 @@ from posefleet.sources import Source, open_source
 @dataclass
 class StreamReport:
     stream: str
-    frames: int = 0
+    frames: int = 0  # answered with results
+    dropped: int = 0  # answered "dropped" by the server (a newer frame superseded it)
+    skipped: int = 0  # never sent: the stream's in-flight limit was full when the frame was due
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     people: int = 0
+    ids_restarted: int = 0
     results: list[FrameResult] = field(default_factory=list)
 
     @property
@@ -43,7 +46,8 @@ class StreamReport:
         errs = ", ".join(f"{n}x{code}" for code, n in sorted(self.errors.items())) or "none"
         return (
             f"{self.stream}: {self.frames} frames, {self.fps:.1f} FPS, "
-            f"latency p50 {self.percentile(50):.0f} ms p99 {self.percentile(99):.0f} ms, errors {errs}"
+            f"latency p50 {self.percentile(50):.0f} ms p99 {self.percentile(99):.0f} ms, "
+            f"dropped {self.dropped}, skipped {self.skipped}, errors {errs}"
         )
 
 
@@ -67,6 +71,8 @@ async def submit_stream(
     source_spec: str,
     *,
     max_rate: bool = False,
+    fps: float | None = None,
+    max_inflight: int = 1,
     max_frames: int | None = None,
     quality: int = 90,
     out: IO[str] | None = None,
@@ -74,36 +80,71 @@ async def submit_stream(
     bar: tqdm | None = None,
     headers: dict[str, str] | None = None,
 ) -> StreamReport:
+    """Post a source's frames in order. Paced (source FPS, or ``fps``) frames are sent on time like
+    a camera would, with at most ``max_inflight`` unanswered; a frame due while that many are out is
+    skipped. With ``max_rate`` each frame waits for a free slot instead.
+    """
     source = open_source(source_spec)
     report = StreamReport(stream)
     endpoint = f"{url.rstrip('/')}/v1/streams/{stream}/frames"
-    start = time.perf_counter()
-    async for frame, data in _frames(source, max_frames, quality):
-        if not max_rate:
-            delay = start + frame.timestamp - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        t0 = time.perf_counter()
-        resp = await client.post(
-            endpoint,
-            content=data,
-            params={"frame_index": frame.index, "timestamp": round(frame.timestamp, 6)},
-            headers={"content-type": "image/jpeg", **(headers or {})},
-        )
-        if resp.status_code == 200:
+    slots = asyncio.Semaphore(max_inflight)
+    period = 1.0 / fps if fps else None
+
+    async def send(index: int, timestamp: float, data: bytes) -> None:
+        try:
+            t0 = time.perf_counter()
+            try:
+                resp = await client.post(
+                    endpoint,
+                    content=data,
+                    params={"frame_index": index, "timestamp": round(timestamp, 6)},
+                    headers={"content-type": "image/jpeg", **(headers or {})},
+                )
+            except httpx.TransportError:
+                report.errors[0] = report.errors.get(0, 0) + 1  # 0: no HTTP answer
+                return
+            if resp.status_code != 200:
+                report.errors[resp.status_code] = report.errors.get(resp.status_code, 0) + 1
+                return
+            result = FrameResult.model_validate_json(resp.content)
+            if result.dropped:
+                report.dropped += 1
+                return
             report.latencies_ms.append((time.perf_counter() - t0) * 1000)
             report.frames += 1
-            result = FrameResult.model_validate_json(resp.content)
             report.people += len(result.people)
+            report.ids_restarted += result.ids_restarted
             if out is not None:
-                out.write(json.dumps(resp.json()) + "\n")
+                out.write(resp.text + "\n")
             if keep:
                 report.results.append(result)
+        finally:
+            slots.release()
+            if bar is not None:
+                bar.update(1)
+
+    tasks: set[asyncio.Task] = set()
+    start = time.perf_counter()
+    async for frame, data in _frames(source, max_frames, quality):
+        due = frame.index * period if period else frame.timestamp
+        if not max_rate and (delay := start + due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        if max_rate:
+            await slots.acquire()
+        elif slots.locked():
+            report.skipped += 1
+            if bar is not None:
+                bar.update(1)
+            continue
         else:
-            report.errors[resp.status_code] = report.errors.get(resp.status_code, 0) + 1
-        if bar is not None:
-            bar.update(1)
+            await slots.acquire()
+        task = asyncio.create_task(send(frame.index, due, data))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
     report.wall_s = time.perf_counter() - start
+    report.results.sort(key=lambda r: r.frame_index)
     return report
 
 
@@ -112,6 +153,8 @@ async def submit(
     jobs: list[tuple[str, str]],
     *,
     max_rate: bool = False,
+    fps: float | None = None,
+    max_inflight: int = 1,
     max_frames: int | None = None,
     out_dir: Path | None = None,
     progress: bool = True,
@@ -145,6 +188,8 @@ async def submit(
                             stream,
                             spec,
                             max_rate=max_rate,
+                            fps=fps,
+                            max_inflight=max_inflight,
                             max_frames=max_frames,
                             out=out,
                             keep=keep,
@@ -161,9 +206,10 @@ async def submit(
 def summary(reports: list[StreamReport], wall_s: float) -> str:
     lat = [x for r in reports for x in r.latencies_ms]
     frames = sum(r.frames for r in reports)
+    shed = f"dropped {sum(r.dropped for r in reports)}, skipped {sum(r.skipped for r in reports)}"
     total = (
         f"all: {len(reports)} streams, {frames} frames in {wall_s:.1f} s = {frames / wall_s:.1f} FPS, "
-        f"latency p50 {np.percentile(lat, 50):.0f} ms p99 {np.percentile(lat, 99):.0f} ms"
+        f"latency p50 {np.percentile(lat, 50):.0f} ms p99 {np.percentile(lat, 99):.0f} ms, {shed}"
         if lat
         else "all: no frame was served"
     )

@@ -28,14 +28,21 @@ class FrameResult(BaseModel):
     timestamp: float | None = None
     width: int
     height: int
-    detected: bool = Field(description="the detector ran on this frame (else boxes were carried)")
-    people: list[Person]
-    timings: StageTimings
+    detected: bool = Field(False, description="the detector ran on this frame (else boxes were carried)")
+    people: list[Person] = Field(default_factory=list)
+    timings: StageTimings = Field(default_factory=StageTimings)
+    dropped: bool = Field(False, description="not processed: a newer frame of the stream superseded it")
+    dropped_before: int = Field(0, description="frames of this stream dropped since its previous answer")
+    ids_restarted: bool = Field(False, description="the stream's tracks were lost: ids start over here")
+    state_recovered: bool = Field(False, description="tracker restarted; tracks restored from a checkpoint")
+    note: str | None = None
 
 
 class StreamInfo(BaseModel):
     stream_id: str
     frames: int = Field(description="frames served")
+    dropped: int = Field(0, description="frames dropped under overload")
+    policy: str = Field("drop_oldest", description="overload policy: drop_oldest or wait")
     last_frame_index: int
     active_tracks: list[int]
     lost_tracks: int

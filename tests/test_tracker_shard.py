@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from posefleet.actors.tracker import FrameOrderError
-from posefleet.actors.tracker_actor import FrameNotInFlight, TrackerShard, shard_of
+from posefleet.actors.tracker_actor import (
+    CheckpointStore,
+    FrameDropped,
+    FrameNotInFlight,
+    FrameOutcome,
+    StreamBusy,
+    TrackerShard,
+    shard_of,
+)
 from posefleet.config import PipelineConfig
 
 BOX = np.array([[100, 100, 160, 260]], np.float32)
@@ -19,19 +27,24 @@ def kps() -> np.ndarray:
     return np.column_stack([xs, ys, np.full(17, 0.9)])[None].astype(np.float32)
 
 
-async def one_frame(shard: TrackerShard, stream: str, index: int, log: list, work_s: float = 0.0) -> None:
+async def one_frame(
+    shard: TrackerShard, stream: str, index: int, log: list, work_s: float = 0.0
+) -> FrameOutcome:
     plan = await shard.plan(stream, index)
     log.append(("plan", index))
     if plan.detect:
         plan = shard.associate(stream, plan, BOX, np.array([0.8], np.float32))
     await asyncio.sleep(work_s)  # detector/pose round trips
-    shard.finish(stream, plan, kps()[: len(plan.boxes)], np.full(len(plan.boxes), 0.9, np.float32), None)
+    out = await shard.finish(
+        stream, plan, kps()[: len(plan.boxes)], np.full(len(plan.boxes), 0.9, np.float32), None
+    )
     log.append(("finish", index))
+    return out
 
 
 def test_concurrent_frames_of_a_stream_are_applied_one_after_another() -> None:
     async def scenario() -> list:
-        shard, log = TrackerShard(PipelineConfig()), []
+        shard, log = TrackerShard(PipelineConfig(), policy="wait", max_waiting=8), []
         await asyncio.gather(*(one_frame(shard, "s", i, log, work_s=0.01) for i in range(5)))
         return log
 
@@ -71,7 +84,7 @@ def test_stalled_frame_is_abandoned_and_forces_a_detection() -> None:
         plan = await shard.plan("s", 2)  # waits frame_timeout_s, then takes over
         assert plan.detect
         with pytest.raises(FrameNotInFlight):
-            shard.finish("s", stalled, kps(), np.array([0.9], np.float32), None)
+            await shard.finish("s", stalled, kps(), np.array([0.9], np.float32), None)
 
     asyncio.run(scenario())
 
@@ -97,8 +110,8 @@ def test_list_reset_delete_and_state_transfer() -> None:
         other = TrackerShard(PipelineConfig())
         other.import_state("a", shard.export_state("a"))
         assert other.describe("a")["last_frame_index"] == 2
-        assert shard.reset("a") and shard.describe("a")["last_frame_index"] == -1
-        assert shard.delete("a") and shard.describe("a") is None and not shard.delete("a")
+        assert await shard.reset("a") and shard.describe("a")["last_frame_index"] == -1
+        assert await shard.delete("a") and shard.describe("a") is None and not await shard.delete("a")
 
     asyncio.run(scenario())
 
@@ -106,3 +119,72 @@ def test_list_reset_delete_and_state_transfer() -> None:
 def test_shard_of_is_stable_and_spreads() -> None:
     assert shard_of("court-1-cam-3", 8) == shard_of("court-1-cam-3", 8)
     assert len({shard_of(f"cam-{i}", 4) for i in range(40)}) == 4
+
+
+def test_drop_oldest_keeps_the_newest_waiting_frame_and_reports_drops() -> None:
+    async def scenario() -> tuple[list, list]:
+        shard, log = TrackerShard(PipelineConfig(), policy="drop_oldest"), []
+        first = asyncio.create_task(one_frame(shard, "cam", 0, log, work_s=0.1))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(one_frame(shard, "cam", i, log)) for i in (1, 2, 3)]
+        results = await asyncio.gather(first, *waiting, return_exceptions=True)
+        return log, results
+
+    log, results = asyncio.run(scenario())
+    assert [type(r).__name__ for r in results[1:3]] == ["FrameDropped", "FrameDropped"]
+    assert log == [("plan", 0), ("finish", 0), ("plan", 3), ("finish", 3)]
+    assert results[0].dropped_before == 2  # the next answer of the stream tells the client
+    assert results[3].dropped_before == 0
+
+
+def test_a_late_arrival_older_than_a_waiting_frame_is_the_one_dropped() -> None:
+    async def scenario() -> list:
+        shard, log = TrackerShard(PipelineConfig()), []
+        first = asyncio.create_task(one_frame(shard, "cam", 0, log, work_s=0.1))
+        await asyncio.sleep(0.01)
+        newer = asyncio.create_task(one_frame(shard, "cam", 5, log))
+        await asyncio.sleep(0.01)
+        with pytest.raises(FrameDropped, match="frame 5 is already waiting"):
+            await one_frame(shard, "cam", 4, log)
+        await asyncio.gather(first, newer)
+        return log
+
+    assert asyncio.run(scenario())[-1] == ("finish", 5)
+
+
+def test_wait_policy_queues_up_to_its_bound_then_refuses() -> None:
+    async def scenario() -> list:
+        shard, log = TrackerShard(PipelineConfig(), policy="wait", max_waiting=2), []
+        first = asyncio.create_task(one_frame(shard, "cam", 0, log, work_s=0.1))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(one_frame(shard, "cam", i, log)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(StreamBusy):
+            await one_frame(shard, "cam", 3, log)
+        await asyncio.gather(first, *queued)
+        return log
+
+    log = asyncio.run(scenario())
+    assert [e for e in log if e[0] == "finish"] == [("finish", 0), ("finish", 1), ("finish", 2)]
+
+
+def test_restarted_shard_restores_checkpointed_streams() -> None:
+    async def scenario() -> tuple:
+        store = CheckpointStore()
+        before = TrackerShard(PipelineConfig(), checkpoints=store, checkpoint_every=5)
+        for i in range(10):
+            await one_frame(before, "kept", i, [])
+        for i in range(3):  # fewer frames than a checkpoint interval
+            await one_frame(before, "unsaved", i, [])
+        after = TrackerShard(PipelineConfig(), checkpoints=store, checkpoint_every=5, restarted=True)
+        kept = await one_frame(after, "kept", 10, [])
+        lost = await one_frame(after, "unsaved", 3, [])
+        fresh = await one_frame(after, "new-stream", 0, [])
+        again = await one_frame(after, "kept", 11, [])
+        return kept, lost, fresh, again
+
+    kept, lost, fresh, again = asyncio.run(scenario())
+    assert kept.state_recovered and not kept.ids_restarted and [p.track_id for p in kept.people] == [1]
+    assert lost.ids_restarted and not lost.state_recovered
+    assert not fresh.ids_restarted and not fresh.state_recovered
+    assert not again.state_recovered  # said once
