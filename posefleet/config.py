@@ -168,6 +168,8 @@ class DeploymentSettings(_Strict):
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(-1, ge=-1, description="-1: unbounded")
     max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads replicas over nodes")
+    health_check_period_s: float = Field(2.0, gt=0.0, description="how soon a dead replica is replaced")
+    health_check_timeout_s: float = Field(10.0, gt=0.0)
 
 
 class BatchSettings(_Strict):

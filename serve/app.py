@@ -23,6 +23,8 @@ def deployment_options(settings: DeploymentSettings, access_log: bool) -> dict[s
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
         "logging_config": {"enable_access_log": access_log},
+        "health_check_period_s": settings.health_check_period_s,
+        "health_check_timeout_s": settings.health_check_timeout_s,
     }
     if settings.autoscaling:
         opts["autoscaling_config"] = settings.autoscaling

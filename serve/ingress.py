@@ -78,6 +78,14 @@ ERRORS = {
 }
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+FRAME_BODY = {
+    "required": True,
+    "description": "one encoded frame",
+    "content": {"image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY},
+}
+
+
 def _reason(exc: BaseException) -> str:
     """The message of an exception raised inside an actor (Ray wraps it; ``cause`` is the original)."""
     return str(getattr(exc, "cause", None) or exc)
@@ -150,7 +158,11 @@ class Ingress:
 
     # -- frames -------------------------------------------------------------------------------
     @app.post(
-        "/v1/streams/{stream_id}/frames", response_model=FrameResult, responses=ERRORS, dependencies=AUTH
+        "/v1/streams/{stream_id}/frames",
+        response_model=FrameResult,
+        responses=ERRORS,
+        dependencies=AUTH,
+        openapi_extra={"requestBody": FRAME_BODY},
     )
     async def post_frame(
         self,
