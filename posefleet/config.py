@@ -214,6 +214,11 @@ class ServingConfig(_Strict):
     auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
     auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
+    # live viewer
+    viewer: bool = Field(True, description="serve the live viewer at / and publish results to it")
+    thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream, per ingress replica")
+    thumbnail_width: int = Field(384, ge=32)
+    viewer_max_hz: float = Field(10.0, gt=0.0, description="event rate to each open viewer")
 
 
 class AppConfig(_Strict):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.schema import FrameResult
-from posefleet.sources import Source, open_source
+from posefleet.sources import open_source
 
 
 @dataclass
@@ -30,9 +30,11 @@ class StreamReport:
     skipped: int = 0  # never sent: the stream's in-flight limit was full when the frame was due
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
     latencies_ms: list[float] = field(default_factory=list)
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (sent at s since start, latency ms)
     wall_s: float = 0.0
     people: int = 0
     ids_restarted: int = 0
+    state_recovered: int = 0
     results: list[FrameResult] = field(default_factory=list)
 
     @property
@@ -51,14 +53,26 @@ class StreamReport:
         )
 
 
-async def _frames(source: Source, max_frames: int | None, quality: int):
-    """Encoded frames of a source, read in a worker thread so the event loop stays free."""
-    it = iter(source)
-    count = 0
+async def _frames(spec: str, max_frames: int | None, quality: int, cycle: bool):
+    """Encoded frames of a source, read in a worker thread so the event loop stays free.
+
+    With ``cycle`` a finite source starts over (indices and timestamps keep increasing), which
+    makes long streams out of short real clips.
+    """
+    source = open_source(spec)
+    it, count, offset_i, offset_t = iter(source), 0, 0, 0.0
+    last = None
     while max_frames is None or count < max_frames:
-        item = await asyncio.to_thread(lambda: next(it, None))
+        item = await asyncio.to_thread(next, it, None)
         if item is None:
-            return
+            if not cycle or last is None:
+                return
+            offset_i, offset_t = last.index + 1, last.timestamp + 1.0 / source.fps
+            it = iter(open_source(spec))
+            continue
+        item.index += offset_i
+        item.timestamp += offset_t
+        last = item
         data = await asyncio.to_thread(encode_jpeg, item.image, quality)
         yield item, data
         count += 1
@@ -74,6 +88,7 @@ async def submit_stream(
     fps: float | None = None,
     max_inflight: int = 1,
     max_frames: int | None = None,
+    cycle: bool = False,
     quality: int = 90,
     out: IO[str] | None = None,
     keep: bool = False,
@@ -84,7 +99,6 @@ async def submit_stream(
     a camera would, with at most ``max_inflight`` unanswered; a frame due while that many are out is
     skipped. With ``max_rate`` each frame waits for a free slot instead.
     """
-    source = open_source(source_spec)
     report = StreamReport(stream)
     endpoint = f"{url.rstrip('/')}/v1/streams/{stream}/frames"
     slots = asyncio.Semaphore(max_inflight)
@@ -111,9 +125,11 @@ async def submit_stream(
                 report.dropped += 1
                 return
             report.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            report.timeline.append((t0 - start, report.latencies_ms[-1]))
             report.frames += 1
             report.people += len(result.people)
             report.ids_restarted += result.ids_restarted
+            report.state_recovered += result.state_recovered
             if out is not None:
                 out.write(resp.text + "\n")
             if keep:
@@ -125,7 +141,7 @@ async def submit_stream(
 
     tasks: set[asyncio.Task] = set()
     start = time.perf_counter()
-    async for frame, data in _frames(source, max_frames, quality):
+    async for frame, data in _frames(source_spec, max_frames, quality, cycle):
         due = frame.index * period if period else frame.timestamp
         if not max_rate and (delay := start + due - time.perf_counter()) > 0:
             await asyncio.sleep(delay)
@@ -156,6 +172,7 @@ async def submit(
     fps: float | None = None,
     max_inflight: int = 1,
     max_frames: int | None = None,
+    cycle: bool = False,
     out_dir: Path | None = None,
     progress: bool = True,
     keep: bool = False,
@@ -165,7 +182,7 @@ async def submit(
     """Post every ``(stream, source)`` job concurrently; returns one report per stream."""
     totals = []
     for _, spec in jobs:
-        count = open_source(spec).count
+        count = None if cycle else open_source(spec).count
         totals.append(min(count, max_frames) if count and max_frames else count or max_frames)
     total = sum(totals) if all(totals) else None
     headers = {"authorization": f"Bearer {token}"} if token else None
@@ -191,6 +208,7 @@ async def submit(
                             fps=fps,
                             max_inflight=max_inflight,
                             max_frames=max_frames,
+                            cycle=cycle,
                             out=out,
                             keep=keep,
                             bar=bar,

@@ -11,16 +11,20 @@ answered 503 with Retry-After: clients see retries or clear errors, never a hang
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from typing import Annotated, Literal, TypeVar
 
+import cv2
 import numpy as np
 import ray
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -31,8 +35,9 @@ from posefleet.actors import detector as detector_mod
 from posefleet.actors import pose as pose_mod
 from posefleet.actors.tracker import FrameOrderError
 from posefleet.actors.tracker_actor import FrameDropped, FrameNotInFlight, StreamBusy, shard_of, tracker_pool
+from posefleet.actors.viewer_hub import viewer_hub
 from posefleet.config import AppConfig
-from posefleet.image_io import ImageError, check_image, decode_image
+from posefleet.image_io import ImageError, check_image, decode_image, encode_jpeg
 from posefleet.serve.schema import FrameResult, Health, StageTimings, StreamInfo, StreamList
 
 log = logging.getLogger("posefleet.ingress")
@@ -112,6 +117,8 @@ class Ingress:
         )  # fmt: skip
         self.metrics = metrics.get()
         self.inflight = 0
+        self.hub = viewer_hub(s.namespace) if s.viewer else None
+        self.last_thumbnail: dict[str, float] = {}
         app.state.auth_token = s.auth_token or os.environ.get(s.auth_token_env) or None
         if s.cors_origins:
             app.add_middleware(
@@ -223,10 +230,13 @@ class Ingress:
             raise self._unavailable(_reason(exc)) from exc
         except FrameDropped as exc:
             self.metrics.frame_errors.inc(tags={"reason": "dropped"})
-            return FrameResult(
+            dropped = FrameResult(
                 stream_id=stream_id, frame_index=index if index is not None else -1, timestamp=ts, width=w,
                 height=h, dropped=True, note=_reason(exc),
             )  # fmt: skip
+            if self.hub is not None:
+                self.hub.publish.remote(stream_id, {"dropped": True})
+            return dropped
         timings.track_ms = _ms(t)
 
         try:
@@ -254,12 +264,34 @@ class Ingress:
         self.metrics.frames.inc(tags={"stream": stream_id})
         for stage, value in timings.model_dump().items():
             self.metrics.stage_ms.observe(value, tags={"stage": stage.removesuffix("_ms")})
-        return FrameResult(
+        result = FrameResult(
             stream_id=stream_id, frame_index=plan.frame_index, timestamp=ts, width=w, height=h,
             detected=plan.detect, people=outcome.people, timings=timings,
             dropped_before=outcome.dropped_before, ids_restarted=outcome.ids_restarted,
             state_recovered=outcome.state_recovered,
         )  # fmt: skip
+        await self._publish(result, frame)
+        return result
+
+    async def _publish(self, result: FrameResult, frame: np.ndarray) -> None:
+        """Results to the viewer hub (fire and forget), with a small JPEG now and then."""
+        if self.hub is None:
+            return
+        now = time.monotonic()
+        thumb = None
+        if now - self.last_thumbnail.get(result.stream_id, 0.0) >= self.serving.thumbnail_interval_s:
+            self.last_thumbnail[result.stream_id] = now
+            thumb = await asyncio.to_thread(self._thumbnail, frame)
+        payload = result.model_dump(
+            include={"frame_index", "width", "height", "people", "timings", "dropped_before"}
+        )
+        self.hub.publish.remote(result.stream_id, payload, thumb)
+
+    def _thumbnail(self, frame: np.ndarray) -> bytes:
+        h, w = frame.shape[:2]
+        width = min(w, self.serving.thumbnail_width)
+        small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        return encode_jpeg(small, 70)
 
     async def _process(self, stream_id, tracker, frame: np.ndarray, plan, ts, timings: StageTimings):
         h, w = frame.shape[:2]
@@ -323,6 +355,8 @@ class Ingress:
         tracker = self._tracker(stream_id)
         if not await self._retry(lambda: tracker.delete.remote(stream_id), "stream tracker"):
             raise HTTPException(404, f"unknown stream {stream_id!r}")
+        if self.hub is not None:
+            self.hub.forget.remote(stream_id)
         return Response(status_code=204)
 
     @app.get("/v1/stats", dependencies=AUTH)
@@ -333,6 +367,61 @@ class Ingress:
             self._retry(lambda: self.pose.batch_stats.remote(reset), "pose model"),
         )
         return {"detector": det, "pose": pose, "inflight_frames": self.inflight}
+
+    # -- live viewer --------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def root(self) -> RedirectResponse:
+        return RedirectResponse("/viewer")
+
+    @app.get("/viewer", response_class=HTMLResponse, include_in_schema=False)
+    async def viewer(self) -> HTMLResponse:
+        """The live page; it holds no data itself and fetches everything with the API token."""
+        if self.hub is None:
+            raise HTTPException(404, "the viewer is turned off (serving.viewer)")
+        page = resources.files("posefleet.serve").joinpath("static/viewer.html").read_text()
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/events", dependencies=AUTH, responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(self, request: Request) -> StreamingResponse:
+        """Server-sent events: a snapshot of every active stream (results, FPS, p99, drops) on change."""
+        if self.hub is None:
+            raise HTTPException(404, "the viewer is turned off (serving.viewer)")
+        period = 1.0 / self.serving.viewer_max_hz
+
+        async def stream() -> AsyncIterator[str]:
+            version = -1
+            while not await request.is_disconnected():
+                t0 = time.monotonic()
+                try:
+                    snap = await self.hub.wait.remote(version, 5.0)
+                except FAULTS:
+                    await asyncio.sleep(1.0)
+                    continue
+                except (asyncio.CancelledError, ray.exceptions.TaskCancelledError):
+                    return  # the viewer went away
+                if snap["version"] != version:
+                    version = snap["version"]
+                    yield f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
+                else:
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.get(
+        "/v1/streams/{stream_id}/thumbnail.jpg",
+        dependencies=AUTH,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {}},
+        response_class=Response,
+    )
+    async def thumbnail(self, stream_id: StreamId) -> Response:
+        """The stream's latest downscaled frame (for the viewer)."""
+        data = await self.hub.thumbnail.remote(stream_id) if self.hub is not None else None
+        if data is None:
+            raise HTTPException(404, f"no picture of stream {stream_id!r} yet")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:

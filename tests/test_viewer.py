@@ -1,0 +1,114 @@
+"""The live viewer end to end: two real streams served, the page in headless Chromium shows both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from conftest import DATA
+from posefleet.config import AppConfig
+from posefleet.serve.app import build_app
+from posefleet.serve.client import submit
+
+CHROMIUM = os.environ.get("POSEFLEET_CHROMIUM", "/usr/bin/chromium")
+TOKEN = "viewer-token-81"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
+]  # fmt: skip
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+    pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-browser.sh", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    one = {"intra_op_num_threads": 1}
+    cfg = AppConfig.model_validate(
+        {
+            "preset": "fast",
+            "pipeline": {"detector": {"ort": one}, "pose": {"ort": one}},
+            "serving": {
+                "ingress": {"num_cpus": 0.25}, "detector": {"num_cpus": 0.25}, "pose": {"num_cpus": 0.25},
+                "auth_token": TOKEN, "thumbnail_interval_s": 0.3,
+            },
+        }
+    )  # fmt: skip
+    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
+    assert httpx.get(f"{server}/v1/events", timeout=5).status_code == 401  # same auth as the API
+    assert httpx.get(f"{server}/viewer").status_code == 200  # the page itself holds no data
+    jobs = [
+        ("court-1-cam-a", str(DATA / "test_video_structuralize.mp4")),
+        ("hall-cam-b", str(DATA / "demo.mp4")),
+    ]
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():  # keep both streams live while the browser looks
+            asyncio.run(submit(server, jobs, fps=6, max_inflight=2, max_frames=30, cycle=True, progress=False,
+                               token=TOKEN))  # fmt: skip
+            for name, _ in jobs:
+                httpx.post(f"{server}/v1/streams/{name}/reset", headers={"authorization": f"Bearer {TOKEN}"})
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    shot = tmp_path / "viewer.png"
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 560})
+            page.goto(f"{server}/viewer#token={TOKEN}")
+            for name, _ in jobs:
+                page.wait_for_selector(f'section.tile[data-stream="{name}"]', timeout=60_000)
+            page.wait_for_function(
+                """() => {
+                    const t = [...document.querySelectorAll('section.tile')];
+                    return t.length >= 2 && t.every(e => parseFloat(e.dataset.fps) > 0)
+                        && t.some(e => parseInt(e.dataset.people || '0') > 0);
+                }""",
+                timeout=60_000,
+            )
+            tiles = page.eval_on_selector_all(
+                "section.tile",
+                "els => els.map(e => ({name: e.dataset.stream, fps: parseFloat(e.dataset.fps),"
+                " people: parseInt(e.dataset.people || '0'), stats: e.querySelector('.stats').textContent}))",
+            )
+            page.wait_for_timeout(1500)  # let a thumbnail land under the skeletons
+            page.screenshot(path=str(shot))
+            browser.close()
+    finally:
+        stop.set()
+        feeder.join(timeout=60)
+    by_name = {t["name"]: t for t in tiles}
+    assert set(by_name) >= {name for name, _ in jobs}
+    assert all(by_name[name]["fps"] > 0 and "FPS" in by_name[name]["stats"] for name, _ in jobs)
+    assert any(by_name[name]["people"] > 0 for name, _ in jobs)
+    assert shot.stat().st_size > 20_000
+    if out := os.environ.get("POSEFLEET_VIEWER_SCREENSHOT"):
+        shutil.copyfile(shot, out)
