@@ -252,9 +252,7 @@ class ByteTracker:
         self._predict(self.tracked + self.lost)
         return list(self.tracked)
 
-    def correct(
-        self, track_ids: list[int], boxes: np.ndarray, scores: np.ndarray, ok: np.ndarray
-    ) -> list[Track]:
+    def correct(self, track_ids: list[int], boxes: np.ndarray, scores: np.ndarray, ok: np.ndarray) -> list[Track]:
         """Measure carried tracks by id; a track whose measurement is not ``ok`` is lost.
 
         Returns the active tracks. Tracks not named keep their prediction.

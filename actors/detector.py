@@ -41,9 +41,7 @@ class Detections:
         kps = None
         if all(p.keypoints is not None for p in parts):
             kps = np.concatenate([p.keypoints for p in parts])  # type: ignore[misc]
-        return Detections(
-            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps
-        )
+        return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps)
 
 
 class DetectorDecoder(ABC):

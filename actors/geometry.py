@@ -125,16 +125,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None 
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).astype(np.float64)
-    keep = np.asarray(
-        cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), 0.0, iou), dtype=np.int64
-    )
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), 0.0, iou), dtype=np.int64)
     keep = keep.reshape(-1)
     return keep[:max_keep] if max_keep else keep
 
 
-def keypoint_box(
-    keypoints: np.ndarray, min_score: float, padding: float, min_points: int = 3
-) -> np.ndarray | None:
+def keypoint_box(keypoints: np.ndarray, min_score: float, padding: float, min_points: int = 3) -> np.ndarray | None:
     """Box around a person's confident keypoints ``[K, 3]``, padded about its centre; None if too few."""
     good = keypoints[keypoints[:, 2] >= min_score, :2]
     if len(good) < min_points:

@@ -47,9 +47,7 @@ class KalmanFilterXYAH:
         cov = self.motion @ cov @ self.motion.T + noise
         return mean, cov
 
-    def update(
-        self, mean: np.ndarray, cov: np.ndarray, measurement: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, mean: np.ndarray, cov: np.ndarray, measurement: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = mean[3]
         innovation_cov = np.diag(np.square(self._pos_std(h, STD_WEIGHT_POSITION, 1e-1)))
         proj_mean = self.observe @ mean

@@ -48,9 +48,9 @@ class PoseDecoder(ABC):
     def prepare(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Crops of every box as one float32 batch, and each crop's affine (image -> crop)."""
         if len(boxes) == 0:
-            return self.normalise(
-                np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)
-            ), np.zeros((0, 2, 3), np.float32)
+            return self.normalise(np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)), np.zeros(
+                (0, 2, 3), np.float32
+            )
         mats = self.affines(boxes)
         crops = geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height)
         return self.normalise(crops), mats

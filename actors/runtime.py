@@ -64,9 +64,7 @@ def session_options(cfg: OrtConfig) -> ort.SessionOptions:
     so.intra_op_num_threads = cfg.intra_op_num_threads
     so.inter_op_num_threads = cfg.inter_op_num_threads
     so.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL
-        if cfg.execution_mode == "parallel"
-        else ort.ExecutionMode.ORT_SEQUENTIAL
+        ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     so.log_severity_level = 3
     return so
@@ -86,9 +84,7 @@ def create_session(
     chain = choose_providers(ort.get_available_providers() if available is None else available, cfg.providers)
     so = session_options(cfg)
     try:
-        session = ort.InferenceSession(
-            loaded.data, so, providers=[(p, _provider_options(p, cfg)) for p in chain]
-        )
+        session = ort.InferenceSession(loaded.data, so, providers=[(p, _provider_options(p, cfg)) for p in chain])
     except Exception as exc:  # a GPU provider that is listed but cannot start (driver, libs)
         if chain == [CPU]:
             raise
@@ -102,9 +98,7 @@ def create_session(
 class OnnxModel:
     """One ONNX Runtime session and the knowledge of whether its batch axis is dynamic."""
 
-    def __init__(
-        self, model: str, cfg: OrtConfig, sha256: str | None = None, outputs: list[str] | None = None
-    ):
+    def __init__(self, model: str, cfg: OrtConfig, sha256: str | None = None, outputs: list[str] | None = None):
         self.session = create_session(model, cfg, sha256)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -64,8 +64,7 @@ class StreamTracker:
         if frame_index <= self.last_index:
             kind = "duplicate" if frame_index == self.last_index else "out-of-order"
             raise FrameOrderError(
-                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; "
-                "frame indices must increase"
+                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase"
             )
 
     def plan(self, frame_index: int) -> FramePlan:
@@ -119,9 +118,7 @@ class StreamTracker:
                     track_id=tid,
                     box=tuple(round(float(v), 2) for v in boxes[i]),
                     score=round(float(scores[i]), 4),
-                    keypoints=[
-                        (round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps
-                    ],
+                    keypoints=[(round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps],
                 )
             )
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
@@ -153,7 +150,5 @@ class StreamTracker:
         st.last_index = state["last_index"]
         st.frames_since_detect = state["frames_since_detect"]
         st.force_detect = state["force_detect"]
-        st.smoothers = {
-            int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()
-        }
+        st.smoothers = {int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()}
         return st

@@ -169,9 +169,7 @@ class TrackerShard:
     def _in_flight(self, stream_id: str, frame_index: int) -> _Stream:
         s = self.streams.get(stream_id)
         if s is None or s.pending != frame_index:
-            raise FrameNotInFlight(
-                f"stream {stream_id!r} frame {frame_index} is not in flight (timed out or reset)"
-            )
+            raise FrameNotInFlight(f"stream {stream_id!r} frame {frame_index} is not in flight (timed out or reset)")
         return s
 
     def associate(self, stream_id: str, plan: FramePlan, boxes: np.ndarray, scores: np.ndarray) -> FramePlan:
@@ -269,9 +267,7 @@ class TrackerShard:
         return None if s is None else s.tracker.state_dict()
 
     def import_state(self, stream_id: str, state: dict[str, Any]) -> None:
-        self.streams[stream_id] = _Stream(
-            StreamTracker.from_state(self.cfg, state), policy=self.default_policy
-        )
+        self.streams[stream_id] = _Stream(StreamTracker.from_state(self.cfg, state), policy=self.default_policy)
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"

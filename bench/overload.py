@@ -56,9 +56,7 @@ def kill_during(duration: float) -> threading.Thread:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--factor", type=float, default=2.0, help="offered / rated frame rate")
@@ -99,9 +97,7 @@ def main() -> None:
     for r in reports:
         for sent, ms in r.timeline:
             by_window.setdefault(int(sent // 10), []).append(ms)
-    intact = all(
-        states[r.stream]["frames"] == r.frames and states[r.stream]["dropped"] == r.dropped for r in reports
-    )
+    intact = all(states[r.stream]["frames"] == r.frames and states[r.stream]["dropped"] == r.dropped for r in reports)
     out = {
         "rated_fps": rated,
         "offered_fps": fps * args.streams,
@@ -110,9 +106,7 @@ def main() -> None:
         "served": sum(r.frames for r in reports),
         "dropped_by_server": sum(r.dropped for r in reports),
         "skipped_by_client": sum(r.skipped for r in reports),
-        "errors": {
-            str(k): sum(r.errors.get(k, 0) for r in reports) for k in {k for r in reports for k in r.errors}
-        },
+        "errors": {str(k): sum(r.errors.get(k, 0) for r in reports) for k in {k for r in reports for k in r.errors}},
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "p99_ms_per_10s": {

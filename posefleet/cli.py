@@ -91,9 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in means.items()),
         file=sys.stderr,
     )
-    print(
-        f"results: {out_path}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr
-    )
+    print(f"results: {out_path}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr)
     return 0
 
 
@@ -238,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", help="bind address (default from the config)")
     srv.add_argument("--port", type=int, help="HTTP port (default from the config)")
     srv.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    srv.add_argument(
-        "--metrics-port", type=int, default=8080, help="Prometheus metrics port of the local Ray"
-    )
+    srv.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port of the local Ray")
     srv.add_argument("--address", help="join a running Ray cluster instead (e.g. auto)")
     srv.add_argument("--submit", nargs="+", help="once serving, submit these sources through the HTTP API")
     srv.add_argument("--annotate", help="with --submit: draw the served results of the first source here")
@@ -256,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--stream", action="append", help="stream name, once per source (default: source name)")
     sb.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
     sb.add_argument("--copies", type=int, default=1, help="submit each source as this many streams")
-    sb.add_argument(
-        "--max-rate", action="store_true", help="as fast as the server answers, not at source FPS"
-    )
+    sb.add_argument("--max-rate", action="store_true", help="as fast as the server answers, not at source FPS")
     sb.add_argument("--max-frames", type=int, help="at most this many frames a stream")
     sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
     sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
@@ -271,9 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
     except CliError as exc:

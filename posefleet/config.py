@@ -48,9 +48,7 @@ class TilingConfig(_Strict):
     rows: int = Field(1, ge=1, le=8)
     overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
     include_full_frame: bool = True
-    min_aspect: float = Field(
-        0.0, ge=0.0, description="tile only frames with width/height at least this (0: always)"
-    )
+    min_aspect: float = Field(0.0, ge=0.0, description="tile only frames with width/height at least this (0: always)")
 
 
 class DetectorConfig(_Strict):
@@ -195,9 +193,7 @@ class ServingConfig(_Strict):
     )
     tracker_actors: int = Field(2, ge=1, description="streams are spread over this many tracker actors")
     tracker_num_cpus: float = Field(0.0, ge=0.0)
-    frame_timeout_s: float = Field(
-        10.0, gt=0.0, description="a frame in flight longer than this is abandoned"
-    )
+    frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
     max_body_bytes: int = Field(20_000_000, ge=1)
     access_log: bool = Field(False, description="Serve access logs cost 17-37% throughput on small machines")
     namespace: str = "posefleet"

@@ -43,12 +43,8 @@ def draw_people(
         label = f"#{person.track_id}"
         cv2.putText(out, label, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, thick)
     if status:
-        cv2.putText(
-            out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2
-        )
-        cv2.putText(
-            out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick
-        )
+        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2)
+        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick)
     return out
 
 

@@ -18,9 +18,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.frames = metrics.Counter("posefleet_frames", "frames served", tag_keys=("stream",))
-        self.frame_errors = metrics.Counter(
-            "posefleet_frame_errors", "frames refused or failed", tag_keys=("reason",)
-        )
+        self.frame_errors = metrics.Counter("posefleet_frame_errors", "frames refused or failed", tag_keys=("reason",))
         self.stage_ms = metrics.Histogram(
             "posefleet_stage_ms",
             "per-frame stage latency (ms)",
@@ -33,9 +31,7 @@ class Metrics:
             boundaries=BATCH_BOUNDARIES,
             tag_keys=("model",),
         )
-        self.queue = metrics.Gauge(
-            "posefleet_queue_length", "requests waiting or running", tag_keys=("model",)
-        )
+        self.queue = metrics.Gauge("posefleet_queue_length", "requests waiting or running", tag_keys=("model",))
 
 
 @cache

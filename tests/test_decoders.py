@@ -16,9 +16,7 @@ from posefleet.actors.pose import PoseEstimator
 from posefleet.config import DetectorConfig, PoseConfig
 
 
-def constant_model(
-    path: Path, input_shape: list, outputs: dict[str, np.ndarray], batch_follows_input: bool
-) -> str:
+def constant_model(path: Path, input_shape: list, outputs: dict[str, np.ndarray], batch_follows_input: bool) -> str:
     """A graph whose outputs are fixed tensors (broadcast over the input's batch when asked)."""
     nodes, inits, outs = [], [], []
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)
@@ -31,9 +29,7 @@ def constant_model(
         if value.dtype == np.float32 and batch_follows_input:
             # [N, 1, 1] zeros broadcast against [1, ...] constant -> [N, ...]
             nodes.append(helper.make_node("Reshape", ["zeros", f"{name}_shape"], [f"{name}_z"]))
-            inits.append(
-                numpy_helper.from_array(np.array([-1] + [1] * (value.ndim - 1), np.int64), f"{name}_shape")
-            )
+            inits.append(numpy_helper.from_array(np.array([-1] + [1] * (value.ndim - 1), np.int64), f"{name}_shape"))
             nodes.append(helper.make_node("Add", [f"{name}_z", f"{name}_const"], [name]))
             shape = ["N", *value.shape[1:]]
         else:

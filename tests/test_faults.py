@@ -88,12 +88,7 @@ def test_cors_is_off_by_default(server: str) -> None:
 
 def test_bad_frame_requests_get_4xx(server: str) -> None:
     url = f"{server}/v1/streams/bad-input/frames"
-    huge_png = (
-        b"\x89PNG\r\n\x1a\n"
-        + bytes.fromhex("0000000d49484452")
-        + (20000).to_bytes(4, "big") * 2
-        + b"\x08\x02"
-    )
+    huge_png = b"\x89PNG\r\n\x1a\n" + bytes.fromhex("0000000d49484452") + (20000).to_bytes(4, "big") * 2 + b"\x08\x02"
     cases = [
         (b"\xff\xd8\xff\xe0" + b"\x00" * 64, "image/jpeg", {}, 400),  # corrupt JPEG
         (huge_png + b"\x00" * 64, "image/png", {}, 413),  # 20000x20000 header
@@ -111,7 +106,8 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: str) -> None:
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
     calls: list[int] = []
     server_errors: list[str] = []
-    operations = [r.ok() for r in schema.get_all_operations()]
+    # every operation but the viewer's event stream, which is endless by design
+    operations = [op for r in schema.get_all_operations() if (op := r.ok()).path != "/v1/events"]
     per_operation = 250  # operations with tiny input spaces (healthz) stop after a few
     for op in operations:
 
@@ -122,9 +118,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: str) -> None:
             resp = case.call(base_url=server, headers=AUTH, timeout=60)
             calls.append(resp.status_code)
             if resp.status_code >= 500:
-                server_errors.append(
-                    f"{case.method} {case.formatted_path} -> {resp.status_code}: {resp.text[:200]}"
-                )
+                server_errors.append(f"{case.method} {case.formatted_path} -> {resp.status_code}: {resp.text[:200]}")
 
         probe()
     assert len(calls) >= 1000

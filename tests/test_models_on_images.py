@@ -52,9 +52,7 @@ def test_left_right_not_swapped_on_frontal_subject(engine: PoseEngine, name: str
 
 def test_batched_pose_equals_per_crop(engine: PoseEngine) -> None:
     image = read("astronaut.png")
-    boxes = np.array(
-        [[18, 11, 361, 509], [100, 50, 300, 400], [0, 0, 200, 512], [250, 100, 500, 500]], np.float32
-    )
+    boxes = np.array([[18, 11, 361, 509], [100, 50, 300, 400], [0, 0, 200, 512], [250, 100, 500, 500]], np.float32)
     batch, mats = engine.pose.decoder.prepare(image, boxes)
     together = engine.pose.infer(batch)
     alone = [engine.pose.infer(batch[i : i + 1]) for i in range(len(boxes))]
@@ -76,9 +74,7 @@ def test_results_are_deterministic(engine: PoseEngine) -> None:
 COCO_DIR = SHARED_DATA / "coco"
 
 
-@pytest.mark.skipif(
-    not (COCO_DIR / "test_coco.json").is_file(), reason="shared/data/coco not beside the checkout"
-)
+@pytest.mark.skipif(not (COCO_DIR / "test_coco.json").is_file(), reason="shared/data/coco not beside the checkout")
 def test_every_annotated_person_detected_on_coco_images(engine: PoseEngine) -> None:
     """Every person annotated with 10+ keypoints is found (IoU > 0.5) in the shared COCO images."""
     import cv2

@@ -39,6 +39,4 @@ def test_gpu_chain_on_cpu_build_falls_back_and_says_so(caplog: pytest.LogCapture
     with caplog.at_level(logging.INFO, logger="posefleet.runtime"):
         session = create_session("blazepose_landmark_full", OrtConfig(), available=[CUDA, CPU])
     assert session.get_providers()[0] == CPU
-    assert any(
-        "runs on CPUExecutionProvider" in r.getMessage() and CUDA in r.getMessage() for r in caplog.records
-    )
+    assert any("runs on CPUExecutionProvider" in r.getMessage() and CUDA in r.getMessage() for r in caplog.records)

@@ -37,9 +37,7 @@ def free_port() -> int:
 def server() -> Iterator[dict]:
     http_port, metrics_port = free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False}
-    )
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False})
     wait = {"batch_wait_timeout_s": 0.02}
     cfg = AppConfig.model_validate(
         {
@@ -63,9 +61,7 @@ def server() -> Iterator[dict]:
     ray.shutdown()
 
 
-def post(
-    url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg"
-) -> httpx.Response:
+def post(url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg") -> httpx.Response:
     params = {} if index is None else {"frame_index": index}
     return httpx.post(f"{url}/v1/streams/{stream}/frames", content=data, params=params,
                       headers={"content-type": ctype}, timeout=60)  # fmt: skip
@@ -80,9 +76,7 @@ def test_health_and_openapi(server: dict) -> None:
 
 def test_concurrent_streams_keep_separate_stable_ids_and_batches_form(server: dict) -> None:
     jobs = [("court-a", CLIP), ("court-b", CLIP), ("court-c", CLIP), ("demo", str(DATA / "demo.mp4"))]
-    reports = asyncio.run(
-        submit(server["url"], jobs, max_rate=True, max_frames=40, progress=False, keep=True)
-    )
+    reports = asyncio.run(submit(server["url"], jobs, max_rate=True, max_frames=40, progress=False, keep=True))
     by = {r.stream: r for r in reports}
     assert all(not r.errors for r in reports), [r.errors for r in reports]
     assert [len(by[s].results) for s in ("court-a", "court-b", "court-c")] == [40, 40, 40]

@@ -27,17 +27,13 @@ def kps() -> np.ndarray:
     return np.column_stack([xs, ys, np.full(17, 0.9)])[None].astype(np.float32)
 
 
-async def one_frame(
-    shard: TrackerShard, stream: str, index: int, log: list, work_s: float = 0.0
-) -> FrameOutcome:
+async def one_frame(shard: TrackerShard, stream: str, index: int, log: list, work_s: float = 0.0) -> FrameOutcome:
     plan = await shard.plan(stream, index)
     log.append(("plan", index))
     if plan.detect:
         plan = shard.associate(stream, plan, BOX, np.array([0.8], np.float32))
     await asyncio.sleep(work_s)  # detector/pose round trips
-    out = await shard.finish(
-        stream, plan, kps()[: len(plan.boxes)], np.full(len(plan.boxes), 0.9, np.float32), None
-    )
+    out = await shard.finish(stream, plan, kps()[: len(plan.boxes)], np.full(len(plan.boxes), 0.9, np.float32), None)
     log.append(("finish", index))
     return out
 

@@ -1,0 +1,237 @@
+"""In-process runners of the benchmark, each in its own subprocess (so peak RSS is its own):
+
+    python -m bench.inprocess MODE --video clip.mp4 --frames 120 --streams 4 --json out.json
+
+MODE is one of:
+  limit      the models alone on pre-decoded frames and pre-cut crops, at the best pose batch
+  naive      detect every frame, one pose inference per person, default ORT options, sequential
+  optimised  detect every N, one batched pose call per frame, tuned threads, streams on a
+             worker pool with decoding prefetched on another thread (CPU work overlaps inference)
+  rtmlib     a loop shaped like rtmlib's PoseTracker: det_frequency, per-box pose calls,
+             greedy IoU tracking, next boxes from the previous keypoints; same models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import resource
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from posefleet.actors.bytetrack import ByteTracker
+from posefleet.actors.geometry import iou_matrix, keypoint_box
+from posefleet.actors.pipeline import Pipeline, PoseEngine
+from posefleet.config import PipelineConfig, load_pipeline_config
+from posefleet.image_io import decode_image, encode_jpeg
+from posefleet.sources import open_source
+
+LIMITS = {"max_pixels": 40_000_000, "max_side": 16384}
+STAGES = ("decode_ms", "detect_ms", "track_ms", "pose_ms", "total_ms")
+
+
+def load_frames(video: str, count: int) -> list[bytes]:
+    """``count`` frames of a real clip as JPEG bytes (cycled when the clip is shorter)."""
+    frames = [encode_jpeg(f.image) for f in open_source(video)]
+    return [frames[i % len(frames)] for i in range(count)]
+
+
+def summarise(mode: str, streams: int, wall: float, rows: list[dict[str, float]], extra: dict | None = None) -> dict:
+    lat = np.array([r["total_ms"] for r in rows])
+    return {
+        "mode": mode,
+        "streams": streams,
+        "frames": len(rows),
+        "fps": len(rows) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "stages_ms": {k.removesuffix("_ms"): float(np.mean([r.get(k, 0.0) for r in rows])) for k in STAGES},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **(extra or {}),
+    }
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per_frame: float,
+              detect_fraction: float) -> dict:  # fmt: skip
+    """The floor: model time alone for this workload, at the best pose batch size."""
+    engine = PoseEngine(cfg)
+    images = [decode_image(f, **LIMITS) for f in frames[:24]]
+    det_inputs = [engine.detector.decoder.prepare(im)[0] for im in images]
+    crops = []
+    for im in images:
+        boxes = engine.detector(im).boxes
+        if len(boxes):
+            crops.append(engine.pose.decoder.prepare(im, boxes)[0])
+    crops_all = np.concatenate(crops) if crops else np.zeros((1, 256, 256, 3), np.float32)
+    for tensors in det_inputs[:3]:
+        engine.detector.infer(tensors)
+    t0 = time.perf_counter()
+    for tensors in det_inputs:
+        engine.detector.infer(tensors)
+    det_ms = _ms(t0) / len(det_inputs)
+    per_crop = {}
+    for batch in (1, 2, 4, 8, 16, 32):
+        reps = max(1, 32 // batch)
+        x = np.ascontiguousarray(np.resize(crops_all, (batch, *crops_all.shape[1:])))
+        engine.pose.infer(x)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            engine.pose.infer(x)
+        per_crop[batch] = _ms(t0) / (reps * batch)
+    best = min(per_crop, key=per_crop.get)
+    frame_ms = det_ms * detect_fraction + per_crop[best] * people_per_frame
+    return {
+        "mode": "limit", "streams": streams, "frames": len(frames), "fps": 1000.0 / frame_ms,
+        "p50_ms": frame_ms, "p99_ms": frame_ms,
+        "stages_ms": {"decode": 0.0, "detect": det_ms * detect_fraction, "track": 0.0,
+                      "pose": per_crop[best] * people_per_frame, "total": frame_ms},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "detector_ms_per_frame": det_ms, "pose_ms_per_crop_by_batch": per_crop, "best_pose_batch": best,
+    }  # fmt: skip
+
+
+def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
+    """Seed-style: every stage in turn, every frame detected, one pose call per person."""
+    naive = cfg.model_copy(deep=True)
+    naive.detect_every = 1
+    for ort_cfg in (naive.detector.ort, naive.pose.ort):
+        ort_cfg.intra_op_num_threads, ort_cfg.inter_op_num_threads = 0, 0
+        ort_cfg.graph_optimization_level, ort_cfg.execution_mode = "all", "sequential"
+    engine = PoseEngine(naive)
+    trackers = [ByteTracker(naive.tracker) for _ in range(streams)]
+    rows = []
+    t_start = time.perf_counter()
+    for data in frames:
+        for s in range(streams):
+            r: dict[str, float] = {}
+            t0 = t = time.perf_counter()
+            image = decode_image(data, **LIMITS)
+            r["decode_ms"] = _ms(t)
+            t = time.perf_counter()
+            dets = engine.detector(image)
+            r["detect_ms"] = _ms(t)
+            t = time.perf_counter()
+            tracks = trackers[s].update(dets.boxes, dets.scores)
+            r["track_ms"] = _ms(t)
+            t = time.perf_counter()
+            for track in tracks:
+                engine.pose(image, track.det_box[None])
+            r["pose_ms"] = _ms(t)
+            r["total_ms"] = _ms(t0)
+            rows.append(r)
+    return summarise("naive", streams, time.perf_counter() - t_start, rows)
+
+
+def run_optimised(cfg: PipelineConfig, frames: list[bytes], streams: int, workers: int = 2) -> dict:
+    """Batched, detect every N, one ORT thread per worker, decode prefetched on its own thread."""
+    tuned = cfg.model_copy(deep=True)
+    threads = 2 if streams == 1 else 1  # one stream cannot use two workers: let ORT use both cores
+    for ort_cfg in (tuned.detector.ort, tuned.pose.ort):
+        ort_cfg.intra_op_num_threads = threads
+    pipeline = Pipeline(tuned)
+    decoded: queue.Queue = queue.Queue(maxsize=2 * streams + 2)
+
+    def decoder() -> None:
+        for i, data in enumerate(frames):
+            for s in range(streams):
+                t = time.perf_counter()
+                decoded.put((i, s, decode_image(data, **LIMITS), _ms(t)))
+        decoded.put(None)
+
+    threading.Thread(target=decoder, daemon=True).start()
+    rows: list[dict] = []
+    busy = [threading.Lock() for _ in range(streams)]  # a stream's frames stay in order
+
+    def work(i: int, s: int, image: np.ndarray, decode_ms: float) -> None:
+        with busy[s]:
+            result = pipeline.process(f"s{s}", image, i, decode_ms=decode_ms)
+        rows.append(result.timings.model_dump() | {"people": len(result.people)})
+
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1 if streams == 1 else workers) as pool:
+        futures = []
+        while (item := decoded.get()) is not None:
+            futures.append(pool.submit(work, *item))
+        for f in futures:
+            f.result()
+    extra = {"detect_fraction": 1.0 / tuned.detect_every,
+             "people_per_frame": float(np.mean([r["people"] for r in rows]))}  # fmt: skip
+    return summarise("optimised", streams, time.perf_counter() - t_start, rows, extra)
+
+
+def run_rtmlib_style(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
+    """rtmlib PoseTracker's loop on our models: per-box pose, IoU ids, boxes from last keypoints."""
+    engine = PoseEngine(cfg)
+    det_frequency = cfg.detect_every
+    state = [{"boxes": np.zeros((0, 4), np.float32), "ids": [], "next_id": 0} for _ in range(streams)]
+    rows = []
+    t_start = time.perf_counter()
+    for i, data in enumerate(frames):
+        for s in range(streams):
+            st, r = state[s], {}
+            t0 = t = time.perf_counter()
+            image = decode_image(data, **LIMITS)
+            r["decode_ms"] = _ms(t)
+            t = time.perf_counter()
+            if i % det_frequency == 0 or len(st["boxes"]) == 0:
+                boxes = engine.detector(image).boxes
+                r["detect_ms"] = _ms(t)
+            else:
+                boxes = st["boxes"]
+            t = time.perf_counter()
+            kps = [engine.pose(image, b[None])[0][0] for b in boxes]  # one inference per box
+            r["pose_ms"] = _ms(t)
+            t = time.perf_counter()
+            ious = iou_matrix(boxes, st["boxes"])
+            ids = []
+            for j in range(len(boxes)):  # greedy: best previous box above 0.3, else a new id
+                k = int(np.argmax(ious[j])) if ious.shape[1] else -1
+                if k >= 0 and ious[j, k] > 0.3:
+                    ids.append(st["ids"][k])
+                    ious[:, k] = 0
+                else:
+                    ids.append(st["next_id"])
+                    st["next_id"] += 1
+            next_boxes = [keypoint_box(k, cfg.keypoint_min_score, cfg.keypoint_box_padding) for k in kps]
+            keep = [j for j, b in enumerate(next_boxes) if b is not None]
+            st["boxes"] = np.array([next_boxes[j] for j in keep], np.float32).reshape(-1, 4)
+            st["ids"] = [ids[j] for j in keep]
+            r["track_ms"] = _ms(t)
+            r["total_ms"] = _ms(t0)
+            rows.append(r)
+    return summarise("rtmlib", streams, time.perf_counter() - t_start, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["limit", "naive", "optimised", "rtmlib"])
+    parser.add_argument("--video", required=True)
+    parser.add_argument("--frames", type=int, default=120, help="frames per stream")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--preset", default="balanced")
+    parser.add_argument("--people-per-frame", type=float, default=2.0, help="limit: measured workload")
+    parser.add_argument("--detect-fraction", type=float, default=0.5, help="limit: measured workload")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    cfg = load_pipeline_config(args.preset)
+    frames = load_frames(args.video, args.frames)
+    if args.mode == "limit":
+        row = run_limit(cfg, frames, args.streams, args.people_per_frame, args.detect_fraction)
+    else:
+        row = {"naive": run_naive, "optimised": run_optimised, "rtmlib": run_rtmlib_style}[args.mode](
+            cfg, frames, args.streams
+        )
+    Path(args.json).write_text(json.dumps(row, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Accuracy: COCO keypoint AP (OKS, via pycocotools) on any COCO-format set, and tracking
+consistency of a detect-every-N run against the detect-every-frame run on video without labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from posefleet.actors.geometry import iou_matrix
+from posefleet.actors.pipeline import PoseEngine
+from posefleet.serve.schema import FrameResult
+
+# COCO's per-keypoint OKS constants (sigmas), nose to ankles.
+COCO_SIGMAS = np.array(
+    [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+     0.087, 0.087, 0.089, 0.089]
+)  # fmt: skip
+
+
+def predict_coco(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) -> list[dict[str, Any]]:
+    """Top-down predictions for every image of a COCO annotation file (no tracking: one frame each)."""
+    gt = json.loads(Path(ann_file).read_text())
+    results = []
+    for im in gt["images"]:
+        image = cv2.imread(str(Path(image_dir) / im["file_name"]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(Path(image_dir) / im["file_name"])
+        dets = engine.detector(image)
+        kps, presence = engine.pose(image, dets.boxes)
+        for box, det_score, k, pres in zip(dets.boxes, dets.scores, kps, presence, strict=True):
+            visible = k[:, 2] > 0.2
+            kp_score = float(k[visible, 2].mean()) if visible.any() else 0.0
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append({
+                "image_id": im["id"], "category_id": 1,
+                "keypoints": [round(float(v), 2) for v in k.reshape(-1)],
+                "score": float(det_score) * kp_score * float(pres) ** 0.5,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+            })  # fmt: skip
+    return results
+
+
+def coco_keypoint_ap(ann_file: str | Path, results: list[dict[str, Any]]) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` (pycocotools' COCOeval, iouType 'keypoints')."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        if not results:
+            return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    s = ev.stats
+    return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
+
+
+def evaluate(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) -> dict[str, Any]:
+    results = predict_coco(engine, ann_file, image_dir)
+    return coco_keypoint_ap(ann_file, results) | {"predictions": len(results)}
+
+
+def oks(a: np.ndarray, b: np.ndarray, area: float) -> float:
+    """Object keypoint similarity of keypoints ``a`` against reference ``b`` (both [17, 3])."""
+    visible = b[:, 2] > 0.3
+    if not visible.any():
+        return float("nan")
+    d2 = np.sum((a[:, :2] - b[:, :2]) ** 2, axis=1)
+    e = d2 / (2 * area * (2 * COCO_SIGMAS) ** 2 + np.spacing(1))
+    return float(np.mean(np.exp(-e[visible])))
+
+
+def tracking_consistency(reference: list[FrameResult], test: list[FrameResult], iou: float = 0.5) -> dict[str, Any]:
+    """Compare a run with the detect-every-frame ``reference`` run of the same frames.
+
+    Each reference track is followed through the frames: an *id switch* is a frame where it is
+    matched (box IoU >= ``iou``) to a different test id than the last time; a *fragmentation* is a
+    frame where it goes unmatched between two matched frames. Keypoints of matched people are
+    compared by OKS with the reference's.
+    """
+    last: dict[int, int] = {}
+    gap: dict[int, bool] = {}
+    switches = fragments = matched = total = 0
+    oks_values = []
+    for ref, tst in zip(reference, test, strict=True):
+        rb = np.array([p.box for p in ref.people], np.float32).reshape(-1, 4)
+        tb = np.array([p.box for p in tst.people], np.float32).reshape(-1, 4)
+        m = iou_matrix(rb, tb)
+        for i, rp in enumerate(ref.people):
+            total += 1
+            j = int(np.argmax(m[i])) if m.shape[1] else -1
+            if j < 0 or m[i, j] < iou:
+                if rp.track_id in last:
+                    gap[rp.track_id] = True
+                continue
+            matched += 1
+            tid = tst.people[j].track_id
+            if rp.track_id in last:
+                switches += last[rp.track_id] != tid
+                fragments += gap.get(rp.track_id, False)
+            last[rp.track_id], gap[rp.track_id] = tid, False
+            x1, y1, x2, y2 = rp.box
+            value = oks(np.array(tst.people[j].keypoints), np.array(rp.keypoints), max((x2 - x1) * (y2 - y1), 1.0))
+            if not np.isnan(value):
+                oks_values.append(value)
+    return {
+        "id_switches": switches,
+        "fragmentations": fragments,
+        "matched": matched / total if total else 1.0,
+        "mean_oks_vs_reference": float(np.mean(oks_values)) if oks_values else float("nan"),
+    }
