@@ -1,9 +1,7 @@
-"""Served throughput and latency for 1, 4 and 8 concurrent streams over HTTP on loopback.
+"""Served throughput and latency for K concurrent streams: over HTTP on loopback, and through
+deployment handles from the driver (the same frame processing without HTTP, to show its cost).
 
     python -m bench.served [--frames 60] [--streams 1 4 8] [--config configs/serve-cpu.yaml]
-
-Starts a local Ray and the Serve app from a Serve config file, posts a real clip (cycled as many
-streams) at full rate, and prints a markdown table: FPS, p50/p99 latency, batch sizes.
 """
 
 from __future__ import annotations
@@ -11,16 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import ray
 from ray import serve
 
+from posefleet.config import AppConfig
+from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app, load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.processor import FrameProcessor
+from posefleet.sources import open_source
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
 
@@ -31,6 +39,149 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RssSampler:
+    """Peak of the summed resident memory of this process and every Ray worker, sampled."""
+
+    def __init__(self, period_s: float = 0.5):
+        self.period_s, self.peak_mb, self._stop = period_s, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current_mb() -> float:
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if (
+                    int(pid) != os.getpid()
+                    and b"ray::" not in cmd
+                    and b"raylet" not in cmd
+                    and b"gcs_server" not in cmd
+                ):
+                    continue
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        return total / 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def local_app(args: dict[str, Any], num_cpus: int = 2, address: str | None = None) -> Iterator[str]:
+    """A Ray (local, or ``address``) running the app; yields its HTTP URL."""
+    port = free_port()
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": "127.0.0.1", "port": port},
+        logging_config={"enable_access_log": False},
+    )
+    serve.run(build_app(args), name="posefleet", route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _row(kind: str, k: int, wall: float, latencies: list[float], frames: int, stats: dict, rss: float) -> dict:
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "mode": kind,
+        "streams": k,
+        "frames": frames,
+        "fps": frames / wall,
+        "p50_ms": float(np.nanpercentile(lat, 50)),
+        "p99_ms": float(np.nanpercentile(lat, 99)),
+        "peak_rss_mb": rss,
+        "det_requests_per_batch": stats.get("detector", {}).get("mean_requests"),
+        "det_max_requests": stats.get("detector", {}).get("max_requests"),
+        "pose_requests_per_batch": stats.get("pose", {}).get("mean_requests"),
+        "pose_crops_per_batch": stats.get("pose", {}).get("mean_items"),
+        "pose_max_crops": stats.get("pose", {}).get("max_items"),
+    }
+
+
+def run_http(url: str, source: str, streams: list[int], frames: int, progress: bool = False) -> list[dict]:
+    rows = []
+    for k in streams:
+        jobs = [(f"http-{k}-{i}", source) for i in range(k)]
+        httpx.get(f"{url}/v1/stats", params={"reset": True})
+        with RssSampler() as rss:
+            t0 = time.perf_counter()
+            reports = asyncio.run(submit(url, jobs, max_rate=True, max_frames=frames, progress=progress))
+            wall = time.perf_counter() - t0
+        stats = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
+        lat = [x for r in reports for x in r.latencies_ms]
+        rows.append(_row("served-http", k, wall, lat, sum(r.frames for r in reports), stats, rss.peak_mb))
+    return rows
+
+
+def run_handle(app_args: dict[str, Any], source: str, streams: list[int], frames: int) -> list[dict]:
+    """The ingress's frame processing in this driver, calling the deployments through handles."""
+    cfg = AppConfig.model_validate(app_args | {"serving": (app_args.get("serving") or {}) | {"viewer": False}})
+    det = serve.get_deployment_handle("Detector", app_name="posefleet")
+    pose = serve.get_deployment_handle("Pose", app_name="posefleet")
+    images = [encode_jpeg(f.image) for f in open_source(source)]
+    rows = []
+
+    async def one_stream(proc: FrameProcessor, name: str, lat: list[float]) -> None:
+        for i in range(frames):
+            t = time.perf_counter()
+            await proc.process(name, images[i % len(images)], i, None)
+            lat.append((time.perf_counter() - t) * 1000)
+
+    async def run(k: int) -> tuple[float, list[float]]:
+        proc = FrameProcessor(cfg, det, pose)
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_stream(proc, f"handle-{k}-{i}", lat) for i in range(k)))
+        return time.perf_counter() - t0, lat
+
+    for k in streams:
+        det.batch_stats.remote(True).result()
+        pose.batch_stats.remote(True).result()
+        with RssSampler() as rss:
+            wall, lat = asyncio.run(run(k))
+        stats = {"detector": det.batch_stats.remote(True).result(), "pose": pose.batch_stats.remote(True).result()}
+        rows.append(_row("served-handle", k, wall, lat, k * frames, stats, rss.peak_mb))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "det req/batch (max)", "pose req/batch",
+            "pose crops/batch (max)", "peak RSS MB"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r["mode"], r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+            f"{r['det_requests_per_batch'] or 0:.2f} ({r['det_max_requests']})",
+            f"{r['pose_requests_per_batch'] or 0:.2f}",
+            f"{r['pose_crops_per_batch'] or 0:.2f} ({r['pose_max_crops']})", f"{r['peak_rss_mb']:.0f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60, help="frames per stream")
@@ -39,48 +190,11 @@ def main() -> None:
     parser.add_argument("--source", default=str(CLIP))
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-
-    spec = load_serve_config(args.config)["applications"][0]
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(spec.get("args") or {}), name="posefleet", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    rows = []
-    try:
-        for k in args.streams:
-            jobs = [(f"bench-{k}-{i}", args.source) for i in range(k)]
-            httpx.get(f"{url}/v1/stats", params={"reset": True})
-            t0 = time.perf_counter()
-            reports = asyncio.run(submit(url, jobs, max_rate=True, max_frames=args.frames, progress=True))
-            wall = time.perf_counter() - t0
-            stats = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
-            lat = sorted(x for r in reports for x in r.latencies_ms)
-            frames = sum(r.frames for r in reports)
-            rows.append({
-                "streams": k, "frames": frames, "fps": frames / wall,
-                "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-                "det_requests_per_batch": stats["detector"]["mean_requests"],
-                "det_max_requests": stats["detector"]["max_requests"],
-                "pose_requests_per_batch": stats["pose"]["mean_requests"],
-                "pose_crops_per_batch": stats["pose"]["mean_items"],
-                "pose_max_crops": stats["pose"]["max_items"],
-                "errors": sum(sum(r.errors.values()) for r in reports),
-            })  # fmt: skip
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    head = ["streams", "FPS (all)", "p50 ms", "p99 ms", "det req/batch (max)", "pose req/batch",
-            "pose crops/batch (max)", "errors"]  # fmt: skip
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in rows:
-        cells = [
-            r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-            f"{r['det_requests_per_batch']:.2f} ({r['det_max_requests']})",
-            f"{r['pose_requests_per_batch']:.2f}",
-            f"{r['pose_crops_per_batch']:.2f} ({r['pose_max_crops']})", r["errors"],
-        ]  # fmt: skip
-        print("| " + " | ".join(map(str, cells)) + " |")
+    app_args = load_serve_config(args.config)["applications"][0].get("args") or {}
+    with local_app(app_args) as url:
+        rows = run_http(url, args.source, args.streams, args.frames, progress=True)
+        rows += run_handle(app_args, args.source, args.streams, args.frames)
+    print("\n" + table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

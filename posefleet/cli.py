@@ -213,6 +213,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ray.shutdown()
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from posefleet.actors.pipeline import PoseEngine
+    from posefleet.evaluate import evaluate
+
+    cfg = _pipeline_config(args)
+    images = args.images or str(Path(args.annotations).parent)
+    try:
+        result = evaluate(PoseEngine(cfg), args.annotations, images)
+    except FileNotFoundError as exc:
+        raise CliError(f"missing image or annotation file: {exc}") from exc
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from posefleet.optimize import optimize
+
+    cfg = _pipeline_config(args)
+    try:
+        written = optimize(cfg, Path(args.out), args.calibration, args.frames)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(json.dumps(written, indent=2))
+    print("point detector.model / pose.model at these files; `python -m bench` compares them", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posefleet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log model/provider choices")
@@ -260,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--token", help="bearer token for the API")
     sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sb.set_defaults(func=cmd_submit)
+
+    ev = sub.add_parser("evaluate", help="COCO keypoint AP (OKS) on a COCO-format annotated image set")
+    ev.add_argument("annotations", help="COCO keypoints JSON (person_keypoints_*.json style)")
+    ev.add_argument("--images", help="image folder (default: the annotation file's folder)")
+    ev.add_argument("--preset", default="balanced")
+    ev.add_argument("--config", help="a YAML file merged over the preset")
+    ev.set_defaults(func=cmd_evaluate)
+
+    op = sub.add_parser("optimize", help="write INT8 (calibrated) and FP16 variants of the models")
+    op.add_argument("--out", default="models/optimized")
+    op.add_argument("--calibration", default="tests/data/test_video_structuralize.mp4", help="real frames")
+    op.add_argument("--frames", type=int, default=48, help="calibration frames")
+    op.add_argument("--preset", default="balanced")
+    op.add_argument("--config", help="a YAML file merged over the preset")
+    op.set_defaults(func=cmd_optimize)
     return parser
 
 
