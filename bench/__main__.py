@@ -70,8 +70,9 @@ def section_inprocess(video: str, frames: int, streams: list[int], bar: tqdm) ->
 
 
 def section_served(video: str, frames: int, streams: list[int], bar: tqdm) -> list[dict]:
-    from bench.served import local_app, run_handle, run_http
+    from bench.served import run_handle, run_http
     from posefleet.serve.app import load_serve_config
+    from posefleet.serve.local import local_app
 
     app_args = load_serve_config()["applications"][0]["args"]
     with local_app(app_args) as url:
@@ -86,7 +87,8 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
     """The same app and load (4 streams) on one Ray node of 1 CPU, then on two such nodes."""
     from ray.cluster_utils import Cluster
 
-    from bench.served import local_app, run_http
+    from bench.served import run_http
+    from posefleet.serve.local import local_app
 
     spread = {"num_cpus": 0.25, "max_replicas_per_node": 1}
     result = {}

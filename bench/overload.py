@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -24,18 +23,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import ray
-from ray import serve
 
-from posefleet.serve.app import build_app, load_serve_config
+from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.local import local_app
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_during(duration: float) -> threading.Thread:
@@ -66,12 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = load_serve_config(args.config)["applications"][0]
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    serve.run(build_app(spec.get("args") or {}), name="posefleet", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with local_app(spec.get("args") or {}) as url:
         rated_jobs = [(f"rated-{i}", str(CLIP)) for i in range(args.streams)]
         t0 = time.perf_counter()
         rated_reports = asyncio.run(submit(url, rated_jobs, max_rate=True, max_frames=20, progress=False))
@@ -88,9 +76,6 @@ def main() -> None:
         if killer:
             killer.join()
         states = {s["stream_id"]: s for s in httpx.get(f"{url}/v1/streams").json()["streams"]}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     lat = np.array([x for r in reports for x in r.latencies_ms])
     by_window: dict[int, list[float]] = {}

@@ -10,33 +10,24 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import ray
 from ray import serve
 
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import build_app, load_serve_config
+from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.local import local_app
 from posefleet.serve.processor import FrameProcessor
 from posefleet.sources import open_source
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RssSampler:
@@ -80,27 +71,6 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-@contextmanager
-def local_app(args: dict[str, Any], num_cpus: int = 2, address: str | None = None) -> Iterator[str]:
-    """A Ray (local, or ``address``) running the app; yields its HTTP URL."""
-    port = free_port()
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
-    serve.start(
-        proxy_location="HeadOnly",
-        http_options={"host": "127.0.0.1", "port": port},
-        logging_config={"enable_access_log": False},
-    )
-    serve.run(build_app(args), name="posefleet", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _row(kind: str, k: int, wall: float, latencies: list[float], frames: int, stats: dict, rss: float) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -78,6 +79,12 @@ def to_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
+def check(path: Path, input_name: str, sample: np.ndarray) -> None:
+    """A written variant must load and run in ONNX Runtime, or it is not kept."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session.run(None, {input_name: sample})
+
+
 def optimize(cfg: PipelineConfig, out_dir: Path, source: str, frames: int = 48) -> dict[str, dict[str, str]]:
     """Write INT8 and FP16 variants of the detector and pose models; returns name -> {kind: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +105,9 @@ def optimize(cfg: PipelineConfig, out_dir: Path, source: str, frames: int = 48) 
             dst = out_dir / f"{stem}.{kind}.onnx"
             try:
                 made = to_int8(src, dst, input_name, tensors, ops) if kind == "int8" else to_fp16(src, dst)
+                check(made, input_name, tensors[0])
                 written[role][kind] = str(made)
             except Exception as exc:  # report, keep going: a variant is optional
-                log.warning("%s %s variant failed: %s", role, kind, exc)
+                log.warning("%s %s variant failed: %s", role, kind, str(exc).splitlines()[0][:300])
+                dst.unlink(missing_ok=True)
     return written

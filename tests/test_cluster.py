@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import ray
-from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
@@ -18,17 +16,11 @@ from conftest import DATA, video_frames
 from posefleet.actors.tracker_actor import shard_of
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import build_app
 from posefleet.serve.client import submit
+from posefleet.serve.local import free_port, local_app
 
 CLIP = str(DATA / "test_video_structuralize.mp4")
 ONE_THREAD = {"intra_op_num_threads": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +33,6 @@ def two_nodes() -> Iterator[dict]:
     cluster = Cluster(initialize_head=True, head_node_args=head)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    port = free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     spread = {"num_replicas": 2, "max_replicas_per_node": 1, "num_cpus": 0.25}
     cfg = AppConfig.model_validate(
         {
@@ -52,12 +41,12 @@ def two_nodes() -> Iterator[dict]:
             "serving": {"ingress": spread, "detector": spread, "pose": spread, "tracker_actors": 2},
         }
     )
-    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "nodes": {n["NodeID"] for n in ray.nodes() if n["Alive"]}}
-    serve.shutdown()
-    ray.shutdown()
-    cluster.shutdown()
-    os.environ.pop("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", None)
+    try:
+        with local_app(cfg, address=cluster.address) as url:
+            yield {"url": url, "nodes": {n["NodeID"] for n in ray.nodes() if n["Alive"]}}
+    finally:
+        cluster.shutdown()
+        os.environ.pop("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", None)
 
 
 def nodes_of(class_fragment: str) -> set[str]:

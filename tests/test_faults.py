@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,14 +11,13 @@ import httpx
 import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
-from ray import serve
 
 from conftest import DATA, video_frames
 from posefleet.actors.tracker_actor import shard_of
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import build_app
 from posefleet.serve.client import submit
+from posefleet.serve.local import local_app
 
 TOKEN = "test-token-5f2c"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -27,17 +25,8 @@ CLIP = str(DATA / "test_video_structuralize.mp4")
 ONE_THREAD = {"intra_op_num_threads": 1}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     cfg = AppConfig.model_validate(
         {
             "preset": "fast",
@@ -53,10 +42,8 @@ def server() -> Iterator[str]:
             },
         }
     )
-    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_app(cfg) as url:
+        yield url
 
 
 def frame_bytes() -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,32 +11,22 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-import ray
-from ray import serve
 
 from conftest import DATA, video_frames
 from posefleet.actors.pipeline import Pipeline
 from posefleet.config import AppConfig, load_pipeline_config
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import build_app
 from posefleet.serve.client import submit
+from posefleet.serve.local import free_port, local_app
 from posefleet.serve.schema import FrameResult
 
 PIPELINE = {"detector": {"ort": {"intra_op_num_threads": 1}}, "pose": {"ort": {"intra_op_num_threads": 1}}}
 CLIP = str(DATA / "test_video_structuralize.mp4")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[dict]:
-    http_port, metrics_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"enable_access_log": False})
+    metrics_port = free_port()
     wait = {"batch_wait_timeout_s": 0.02}
     cfg = AppConfig.model_validate(
         {
@@ -51,14 +40,8 @@ def server() -> Iterator[dict]:
             },
         }
     )
-    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
-    yield {
-        "url": f"http://127.0.0.1:{http_port}",
-        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-        "cfg": cfg,
-    }
-    serve.shutdown()
-    ray.shutdown()
+    with local_app(cfg, metrics_port=metrics_port) as url:
+        yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "cfg": cfg}
 
 
 def post(url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg") -> httpx.Response:

@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import ray
-from ray import serve
 
 from conftest import DATA
 from posefleet.config import AppConfig
-from posefleet.serve.app import build_app
 from posefleet.serve.client import submit
+from posefleet.serve.local import local_app
 
 CHROMIUM = os.environ.get("POSEFLEET_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "viewer-token-81"
@@ -32,17 +29,8 @@ if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
     pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-browser.sh", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     one = {"intra_op_num_threads": 1}
     cfg = AppConfig.model_validate(
         {
@@ -54,10 +42,8 @@ def server() -> Iterator[str]:
             },
         }
     )  # fmt: skip
-    serve.run(build_app(cfg), name="posefleet", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_app(cfg) as url:
+        yield url
 
 
 def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
