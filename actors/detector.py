@@ -65,6 +65,9 @@ class DetectorDecoder(ABC):
         if not t.enabled or (t.cols == 1 and t.rows == 1) or w / h < t.min_aspect:
             return full
         tiles = geometry.tile_rects(w, h, t.cols, t.rows, t.overlap)
+        x0, y0, x1, y1 = tiles[0]
+        if max(x1 - x0, y1 - y0) < self.cfg.input_size:
+            return full  # tiles would be upscaled: they cannot show people larger than the full frame does
         return (full if t.include_full_frame else []) + tiles
 
     def prepare(self, frame: np.ndarray) -> tuple[list[np.ndarray], list[geometry.Letterbox]]:

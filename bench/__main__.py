@@ -84,7 +84,11 @@ def section_served(video: str, frames: int, streams: list[int], bar: tqdm) -> li
 
 
 def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
-    """The same app and load (4 streams) on one Ray node of 1 CPU, then on two such nodes."""
+    """The same app and load (4 streams) on one Ray node of 1 CPU, then on two such nodes.
+
+    Each node's processes are pinned to a core of their own (they inherit the affinity the node was
+    started with), so "1 CPU" is a physical core, not just a scheduling label.
+    """
     from ray.cluster_utils import Cluster
 
     from bench.served import run_http
@@ -100,9 +104,15 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
                         "pose": {**spread, "num_replicas": nodes}, "tracker_actors": 2, "viewer": False},
         }  # fmt: skip
         os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
+        cpus = sorted(os.sched_getaffinity(0))
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            for i in range(1, nodes):
+                os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                cluster.add_node(num_cpus=1)
+        finally:
+            os.sched_setaffinity(0, set(cpus))
         cluster.wait_for_nodes()
         try:
             with local_app(args, address=cluster.address) as url:

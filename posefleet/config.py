@@ -40,7 +40,8 @@ class OrtConfig(_Strict):
 class TilingConfig(_Strict):
     """Detect on overlapping tiles (plus, optionally, the whole frame) and merge with NMS.
 
-    MoveNet finds at most 6 people a pass; a court holds 12 players.
+    MoveNet finds at most 6 people a pass; a court holds 12 players. Frames whose tiles would be
+    smaller than the detector input are not tiled (tiling them shows nobody larger).
     """
 
     enabled: bool = False

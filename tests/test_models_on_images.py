@@ -91,3 +91,36 @@ def test_every_annotated_person_detected_on_coco_images(engine: PoseEngine) -> N
             if iou_matrix(np.array([[x, y, x + w, y + h]], np.float32), boxes).max(initial=0) <= 0.5:
                 missed.append((im["file_name"], a["bbox"]))
     assert not missed
+
+
+def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
+    """Four real photos side by side (a wide 'court'): overlapping tiles see each person larger."""
+    import cv2
+
+    from posefleet.actors.detector import Detector
+
+    panels = [read(n) for n, _ in ONE_PERSON]
+    panels = [cv2.resize(p, (round(p.shape[1] * 480 / p.shape[0]), 480)) for p in panels]
+    wide = np.concatenate(panels, axis=1)
+    edges = np.cumsum([0] + [p.shape[1] for p in panels])
+    runs = {}
+    for tiled in (False, True):
+        det_cfg = cfg.detector.model_copy(deep=True)
+        det_cfg.tiling.enabled = tiled
+        runs[tiled] = Detector(det_cfg)(wide)
+    tiled = runs[True]
+    centres = (tiled.boxes[:, 0] + tiled.boxes[:, 2]) / 2
+    found = {int(np.searchsorted(edges, c) - 1) for c in centres}
+    assert found == {0, 1, 2, 3}  # one person per panel, none missed
+    assert tiled.scores.min() > runs[False].scores.min()
+    assert (tiled.scores >= cfg.tracker.new_track_thresh).sum() > (
+        runs[False].scores >= cfg.tracker.new_track_thresh
+    ).sum()
+
+
+def test_small_frames_are_not_tiled(cfg) -> None:
+    from posefleet.actors.detector import make_decoder
+
+    decoder = make_decoder(cfg.detector)
+    assert len(decoder.regions(426, 240)) == 1  # tiles would be upscaled
+    assert len(decoder.regions(1920, 1080)) == 3  # full frame + 2 tiles
