@@ -53,20 +53,27 @@ def inprocess(mode: str, video: str, frames: int, streams: int, **extra: float) 
         return json.loads(Path(out.name).read_text())
 
 
-def section_inprocess(video: str, frames: int, streams: list[int], bar: tqdm) -> list[dict]:
-    rows = []
-    for k in streams:
-        rows.append(inprocess("optimised", video, frames if k == 1 else max(4, frames // k), k))
-        bar.update(1)
-    base = rows[0]
-    rows.append(inprocess("naive", video, frames, 1))
-    bar.update(1)
-    rows.append(inprocess("rtmlib", video, frames, 1))
-    bar.update(1)
-    rows.append(inprocess("limit", video, frames, 1, people_per_frame=base["people_per_frame"],
-                          detect_fraction=base["detect_fraction"]))  # fmt: skip
-    bar.update(1)
-    return rows
+def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm) -> list[dict]:
+    """Every mode, ``rounds`` times in turn (A B C, A B C): on a shared machine the best of each
+    mode's rounds is the one least disturbed by others, and the turns spread any slow spell over all.
+    """
+    best: dict[tuple[str, int], dict] = {}
+
+    def keep(row: dict) -> None:
+        key = (row["mode"], row["streams"])
+        if key not in best or row["fps"] > best[key]["fps"]:
+            best[key] = row | {"rounds": rounds}
+
+    for _ in range(rounds):
+        for k in streams:
+            keep(inprocess("optimised", video, frames if k == 1 else max(4, frames // k), k))
+        keep(inprocess("naive", video, frames, 1))
+        keep(inprocess("rtmlib", video, frames, 1))
+        base = best[("optimised", streams[0])]
+        keep(inprocess("limit", video, frames, 1, people_per_frame=base["people_per_frame"],
+                       detect_fraction=base["detect_fraction"]))  # fmt: skip
+        bar.update(len(streams) + 3)
+    return list(best.values())
 
 
 def section_served(video: str, frames: int, streams: list[int], bar: tqdm) -> list[dict]:
@@ -314,11 +321,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scaling = not (quick or args.no_scaling)
-    steps = len(streams) + 3 + 2 + (4 if quick else 11) + (1 if quick else 3) + (2 if scaling else 0)
+    rounds = 1 if quick else 2
+    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 11) + (1 if quick else 3) + (2 if scaling else 0)
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick, "coco": coco}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
-        res["inprocess"] = section_inprocess(args.video, frames, streams, bar)
+        res["inprocess"] = section_inprocess(args.video, frames, streams, rounds, bar)
         res["served"] = section_served(args.video, max(4, frames // 2), streams, bar)
         res["variants"] = section_variants(args.video, coco, quick, out, bar)
         res["detect_every"] = section_detect_every(args.video, frames, quick, bar)
