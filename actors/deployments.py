@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -18,6 +19,8 @@ from posefleet import metrics
 from posefleet.actors.detector import Detector
 from posefleet.actors.pose import PoseEstimator
 from posefleet.config import DetectorConfig, ModelDeploymentSettings, PoseConfig
+
+T = TypeVar("T")
 
 
 class _BatchStats:
@@ -41,6 +44,15 @@ class _BatchStats:
     def leave(self, n: int = 1) -> None:
         self.enter(-n)
 
+    async def infer(self, fn: Callable[[Any], T], batch: Any, items: int, requests: int) -> T:
+        """Run one inference off the event loop, counting it."""
+        self.record(items, requests)
+        self.enter(requests)
+        try:
+            return await asyncio.to_thread(fn, batch)
+        finally:
+            self.leave(requests)
+
     def summary(self, reset: bool = False) -> dict[str, Any]:
         sizes, reqs = list(self.sizes), list(self.requests)
         if reset:
@@ -58,33 +70,38 @@ class _BatchStats:
         }
 
 
-def _count_tensors(items: list[list[np.ndarray]]) -> int:
-    return sum(len(x) for x in items)
+def _items(requests: list) -> int:
+    """Batch size in items (tiles or crops), not requests."""
+    return sum(len(x) for x in requests)
 
 
-def _count_crops(items: list[np.ndarray]) -> int:
-    return sum(len(x) for x in items)
+class _Batched:
+    """What both model deployments share: batch settings from config, stats."""
+
+    stats: _BatchStats
+    provider: str
+
+    def _configure(self, method: Any, model: str, provider: str, settings: ModelDeploymentSettings) -> None:
+        self.stats, self.provider = _BatchStats(model), provider
+        method.set_max_batch_size(settings.batch.max_batch_size)
+        method.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+
+    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
+        return self.stats.summary(reset) | {"provider": self.provider}
 
 
 @serve.deployment(name="Detector")
-class DetectorDeployment:
+class DetectorDeployment(_Batched):
     """Person detector: one request = the input tensors of one frame (one per tile)."""
 
     def __init__(self, cfg: DetectorConfig, settings: ModelDeploymentSettings):
         self.detector = Detector(cfg)
-        self.stats = _BatchStats("detector")
-        self.detect.set_max_batch_size(settings.batch.max_batch_size)
-        self.detect.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+        self._configure(self.detect, "detector", self.detector.model.provider, settings)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_count_tensors)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_items)
     async def detect(self, requests: list[list[np.ndarray]]) -> list[list[list[np.ndarray]]]:
         flat = [t for tensors in requests for t in tensors]
-        self.stats.record(len(flat), len(requests))
-        self.stats.enter(len(requests))
-        try:
-            outs = await asyncio.to_thread(self.detector.infer, flat)
-        finally:
-            self.stats.leave(len(requests))
+        outs = await self.stats.infer(self.detector.infer, flat, len(flat), len(requests))
         result, i = [], 0
         for tensors in requests:
             result.append(outs[i : i + len(tensors)])
@@ -94,29 +111,19 @@ class DetectorDeployment:
     async def __call__(self, tensors: list[np.ndarray]) -> list[list[np.ndarray]]:
         return await self.detect(tensors)
 
-    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
-        return self.stats.summary(reset) | {"provider": self.detector.model.provider}
-
 
 @serve.deployment(name="Pose")
-class PoseDeployment:
+class PoseDeployment(_Batched):
     """Top-down pose: one request = the crops of one frame; a batch = all crops of many frames."""
 
     def __init__(self, cfg: PoseConfig, settings: ModelDeploymentSettings):
         self.pose = PoseEstimator(cfg)
-        self.stats = _BatchStats("pose")
-        self.estimate.set_max_batch_size(settings.batch.max_batch_size)
-        self.estimate.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+        self._configure(self.estimate, "pose", self.pose.model.provider, settings)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_crops)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_items)
     async def estimate(self, crops: list[np.ndarray]) -> list[list[np.ndarray]]:
         batch = np.concatenate(crops)
-        self.stats.record(len(batch), len(crops))
-        self.stats.enter(len(crops))
-        try:
-            outs = await asyncio.to_thread(self.pose.infer, batch)
-        finally:
-            self.stats.leave(len(crops))
+        outs = await self.stats.infer(self.pose.infer, batch, len(batch), len(crops))
         result, i = [], 0
         for c in crops:
             result.append([o[i : i + len(c)] for o in outs])
@@ -125,6 +132,3 @@ class PoseDeployment:
 
     async def __call__(self, crops: np.ndarray) -> list[np.ndarray]:
         return await self.estimate(crops)
-
-    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
-        return self.stats.summary(reset) | {"provider": self.pose.model.provider}

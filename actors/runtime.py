@@ -5,7 +5,6 @@ and a thin model wrapper that batches inputs into as few ``session.run`` calls a
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -134,11 +133,3 @@ class OnnxModel:
                     results[i] = [o[offset : offset + n] for o in outs]
                     offset += n
         return results  # type: ignore[return-value]
-
-
-def default_threads() -> int:
-    """Cores this process may use (cgroup/affinity aware), for logging and presets."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
