@@ -198,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.submit:
             jobs = _submit_jobs(args.submit, None, 1)
+            args.max_rate = not args.realtime
             reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
             print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
             if args.annotate:
@@ -268,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--submit", nargs="+", help="once serving, submit these sources through the HTTP API")
     srv.add_argument("--annotate", help="with --submit: draw the served results of the first source here")
     srv.add_argument("--out", default="out", help="with --submit: folder for <stream>.jsonl results")
-    srv.add_argument("--max-rate", action="store_true", help="with --submit: as fast as possible")
+    srv.add_argument(
+        "--realtime",
+        action="store_true",
+        help="with --submit: send at the source's frame rate like a camera "
+        "(frames the server cannot take in time are skipped); default: every frame, as fast as served",
+    )
     srv.add_argument("--max-frames", type=int, help="with --submit: at most this many frames a stream")
     srv.add_argument("--once", action="store_true", help="stop after --submit instead of serving on")
     srv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

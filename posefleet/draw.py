@@ -42,9 +42,11 @@ def draw_people(
                 cv2.circle(out, (int(x), int(y)), thick + 1, (255, 255, 255), -1, cv2.LINE_AA)
         label = f"#{person.track_id}"
         cv2.putText(out, label, (x1, max(0, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, thick)
-    if status:
-        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2)
-        cv2.putText(out, status, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick)
+    if status:  # white on a dark band, readable on any frame
+        font, size = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, 0.6 * scale)
+        (tw, th), base = cv2.getTextSize(status, font, size, 1)
+        cv2.rectangle(out, (0, 0), (tw + 12, th + base + 10), (20, 20, 20), -1)
+        cv2.putText(out, status, (6, th + 5), font, size, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
