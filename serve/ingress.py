@@ -12,6 +12,7 @@ answered 503 with Retry-After: clients see retries or clear errors, never a hang
 import asyncio
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,6 +95,10 @@ class Ingress:
         self.inflight = 0
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_token = s.auth_token or os.environ.get(s.auth_token_env) or None
+        if app.state.auth_token is None:
+            logging.getLogger("posefleet.ingress").warning(
+                "no API token (set %s or serving.auth_token): every client is admitted", s.auth_token_env
+            )
         if s.cors_origins:
             app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["*"], allow_headers=["*"])
 
