@@ -269,9 +269,6 @@ class TrackerShard:
     def import_state(self, stream_id: str, state: dict[str, Any]) -> None:
         self.streams[stream_id] = _Stream(StreamTracker.from_state(self.cfg, state), policy=self.default_policy)
 
-    def ping(self) -> str:
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-
 
 class CheckpointStore:
     """Latest state of every stream, kept apart from the tracker actors so it outlives them."""
