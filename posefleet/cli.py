@@ -57,11 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     frames = people = 0
     with out_path.open("w") as out, tqdm(total=total, unit="frame", desc=stream, disable=args.quiet) as bar:
         try:
-            for frame in source:
-                if args.max_frames and frames >= args.max_frames:
-                    break
+            frame_iter = iter(source)
+            while not (args.max_frames and frames >= args.max_frames):
                 t0 = time.perf_counter()
-                result = pipeline.process(stream, frame.image, frame.index, frame.timestamp)
+                frame = next(frame_iter, None)  # reading a frame is this path's decode stage
+                if frame is None:
+                    break
+                decode_ms = (time.perf_counter() - t0) * 1000
+                result = pipeline.process(stream, frame.image, frame.index, frame.timestamp, decode_ms=decode_ms)
                 recent.append(time.perf_counter() - t0)
                 out.write(result.model_dump_json() + "\n")
                 for k, v in result.timings.model_dump().items():
