@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ class _BatchStats:
         self.model = model
         self.sizes: collections.deque[int] = collections.deque(maxlen=2000)  # items per inference
         self.requests: collections.deque[int] = collections.deque(maxlen=2000)  # requests per inference
+        self.infer_ms: collections.deque[float] = collections.deque(maxlen=2000)  # model time per inference
         self.inflight = 0
 
     def record(self, items: int, requests: int) -> None:
@@ -49,15 +51,23 @@ class _BatchStats:
         self.record(items, requests)
         self.enter(requests)
         try:
-            return await asyncio.to_thread(fn, batch)
+            return await asyncio.to_thread(self._timed, fn, batch)
         finally:
             self.leave(requests)
 
+    def _timed(self, fn: Callable[[Any], T], batch: Any) -> T:
+        t0 = time.perf_counter()
+        try:
+            return fn(batch)
+        finally:
+            self.infer_ms.append((time.perf_counter() - t0) * 1000.0)
+
     def summary(self, reset: bool = False) -> dict[str, Any]:
-        sizes, reqs = list(self.sizes), list(self.requests)
+        sizes, reqs, infer = list(self.sizes), list(self.requests), list(self.infer_ms)
         if reset:
             self.sizes.clear()
             self.requests.clear()
+            self.infer_ms.clear()
         return {
             "model": self.model,
             "batches": len(sizes),
@@ -65,6 +75,7 @@ class _BatchStats:
             "mean_items": round(float(np.mean(sizes)), 3) if sizes else 0.0,
             "max_requests": max(reqs, default=0),
             "mean_requests": round(float(np.mean(reqs)), 3) if reqs else 0.0,
+            "mean_infer_ms": round(float(np.mean(infer)), 3) if infer else 0.0,
             "recent_items": sizes[-50:],
             "recent_requests": reqs[-50:],
         }

@@ -62,6 +62,7 @@ def session_options(cfg: OrtConfig) -> ort.SessionOptions:
     so.graph_optimization_level = _GRAPH_LEVELS[cfg.graph_optimization_level]
     so.intra_op_num_threads = cfg.intra_op_num_threads
     so.inter_op_num_threads = cfg.inter_op_num_threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
     so.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if cfg.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     )

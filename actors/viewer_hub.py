@@ -1,8 +1,9 @@
 """The live viewer's hub: the latest result, rates and a small thumbnail of every active stream.
 
-Ingress replicas publish to one named hub actor (fire and forget, results only; a downscaled
-JPEG at most every ``thumbnail_interval_s`` per stream); viewers long-poll it for a new version.
-Streams not heard from for ``stale_after_s`` leave the snapshot.
+Ingress replicas collect their results in a ``HubFeed`` and send them to one named hub actor in
+one fire-and-forget call every ``viewer_flush_s`` (results only; a downscaled JPEG at most every
+``thumbnail_interval_s`` per stream), not one call per frame; viewers long-poll the hub for a new
+version. Streams not heard from for ``stale_after_s`` leave the snapshot.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,22 +44,22 @@ class ViewerHub:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def publish(self, stream_id: str, result: dict[str, Any], thumbnail: bytes | None = None) -> None:
-        """One answered frame of a stream (``dropped`` ones count, nothing else changes)."""
+    def publish(self, updates: dict[str, StreamUpdate]) -> None:
+        """What an ingress replica answered since its last flush, per stream."""
         now = time.time()
-        v = self.views.setdefault(stream_id, _View())
-        v.last_seen = now
-        if result.get("dropped"):
-            v.dropped += 1
-        else:
-            v.dropped += int(result.get("dropped_before", 0))
-            v.latest = result
-            v.served_at.append(now)
-            v.latencies.append(float(result.get("timings", {}).get("total_ms", 0.0)))
-        if thumbnail is not None:
-            v.thumbnail = thumbnail
-            v.thumb_version += 1
-        self._bump()
+        for stream_id, u in updates.items():
+            v = self.views.setdefault(stream_id, _View())
+            v.last_seen = now
+            v.dropped += u.dropped
+            if u.latest is not None:
+                v.latest = u.latest
+            v.served_at.extend(t for t, _ in u.served)
+            v.latencies.extend(ms for _, ms in u.served)
+            if u.thumbnail is not None:
+                v.thumbnail = u.thumbnail
+                v.thumb_version += 1
+        if updates:
+            self._bump()
 
     def forget(self, stream_id: str) -> None:
         if self.views.pop(stream_id, None) is not None:
@@ -96,6 +98,55 @@ class ViewerHub:
     def thumbnail(self, stream_id: str) -> bytes | None:
         v = self.views.get(stream_id)
         return None if v is None else v.thumbnail
+
+
+@dataclass
+class StreamUpdate:
+    """A stream's results since the last flush: the newest, when each was served and how long it took."""
+
+    latest: dict[str, Any] | None = None
+    served: list[tuple[float, float]] = field(default_factory=list)  # (unix time, total ms)
+    dropped: int = 0
+    thumbnail: bytes | None = None
+
+
+class HubFeed:
+    """An ingress replica's side of the hub: results gathered here, sent in one call per flush."""
+
+    def __init__(self, hub: Any, flush_s: float, render: Callable[[Any], dict[str, Any]] = dict):
+        self.hub = hub
+        self.flush_s = flush_s
+        self.render = render  # a result -> what the hub keeps; run only for the newest of each flush
+        self.pending: dict[str, StreamUpdate] = {}
+        self._flush: asyncio.Task | None = None
+
+    def add(
+        self, stream_id: str, latest: Any = None, total_ms: float = 0.0, dropped: int = 0,
+        thumbnail: bytes | None = None,
+    ) -> None:  # fmt: skip
+        """Record an answered frame (``latest``) and/or dropped frames; call from the event loop."""
+        u = self.pending.setdefault(stream_id, StreamUpdate())
+        if latest is not None:
+            u.latest = latest
+            u.served.append((time.time(), total_ms))
+        u.dropped += dropped
+        if thumbnail is not None:
+            u.thumbnail = thumbnail
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        updates, self.pending = self.pending, {}
+        for u in updates.values():
+            if u.latest is not None:
+                u.latest = self.render(u.latest)
+        if updates:
+            self.hub.publish.remote(updates)
+
+    def forget(self, stream_id: str) -> None:
+        self.pending.pop(stream_id, None)
+        self.hub.forget.remote(stream_id)
 
 
 HubActor = ray.remote(ViewerHub)

@@ -64,8 +64,9 @@ def _ms(t0: float) -> float:
 def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per_frame: float,
               detect_fraction: float) -> dict:  # fmt: skip
     """The floor: model time alone for this workload (detections per frame, crops per frame) on
-    pre-decoded frames and pre-cut crops, at the best pose batch size, in the best of two layouts:
-    one call at a time using every core, or one call per core at once (one ORT thread each).
+    pre-decoded frames and pre-cut crops, at the best pose batch size, in the best of three layouts:
+    one call at a time using every core (idle ORT threads spinning or not), or one call per core at
+    once (one ORT thread each).
     """
     cores = len(os.sched_getaffinity(0))
     probe = PoseEngine(cfg)
@@ -74,9 +75,10 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
     crops = [probe.pose.decoder.prepare(im, b)[0] for im in images if len(b := probe.detector(im).boxes)]
     crops_all = np.concatenate(crops) if crops else np.zeros((1, 256, 256, 3), np.float32)
     layouts = {}
-    for workers, threads in ((1, 0), (cores, 1)):
+    for workers, threads, spin in ((1, 0, False), (1, 0, True), (cores, 1, False)):
         tuned = cfg.model_copy(deep=True)
-        tuned.detector.ort.intra_op_num_threads = tuned.pose.ort.intra_op_num_threads = threads
+        for ort_cfg in (tuned.detector.ort, tuned.pose.ort):
+            ort_cfg.intra_op_num_threads, ort_cfg.allow_spinning = threads, spin
         engine = PoseEngine(tuned)
         per_crop = {}
         for batch in (1, 2, 4, 8, 16, 32):
@@ -110,7 +112,7 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
         fps = workers * n_frames / wall
         det_ms = sum(p[0] for p in parts) / workers / n_frames * 1000
         pose_ms = sum(p[1] for p in parts) / workers / n_frames * 1000
-        layouts[f"{workers} x {threads or 'all'} threads"] = {
+        layouts[f"{workers} x {threads or 'all'} threads" + (", spinning" if spin else "")] = {
             "fps": fps, "detect_ms": det_ms, "pose_ms": pose_ms, "best_pose_batch": best, "pose_ms_per_crop": per_crop,
         }  # fmt: skip
     name, top = max(layouts.items(), key=lambda kv: kv[1]["fps"])
@@ -125,13 +127,21 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
     }  # fmt: skip
 
 
-def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
-    """Seed-style: every stage in turn, every frame detected, one pose call per person."""
-    naive = cfg.model_copy(deep=True)
-    naive.detect_every = 1
-    for ort_cfg in (naive.detector.ort, naive.pose.ort):
-        ort_cfg.intra_op_num_threads, ort_cfg.inter_op_num_threads = 0, 0
+def ort_defaults(cfg: PipelineConfig) -> PipelineConfig:
+    """A copy of ``cfg`` whose sessions use ONNX Runtime's own defaults (what a plain
+    ``InferenceSession(path)`` gets), as the baselines do."""
+    plain = cfg.model_copy(deep=True)
+    for ort_cfg in (plain.detector.ort, plain.pose.ort):
+        ort_cfg.intra_op_num_threads, ort_cfg.inter_op_num_threads, ort_cfg.allow_spinning = 0, 0, True
         ort_cfg.graph_optimization_level, ort_cfg.execution_mode = "all", "sequential"
+    return plain
+
+
+def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
+    """Seed-style: every stage in turn, every frame detected, one pose call per person, ONNX
+    Runtime's default session options."""
+    naive = ort_defaults(cfg)
+    naive.detect_every = 1
     engine = PoseEngine(naive)
     trackers = [ByteTracker(naive.tracker) for _ in range(streams)]
     rows = []
@@ -206,8 +216,9 @@ def run_optimised(cfg: PipelineConfig, frames: list[bytes], streams: int, worker
 
 
 def run_rtmlib_style(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
-    """rtmlib PoseTracker's loop on our models: per-box pose, IoU ids, boxes from last keypoints."""
-    engine = PoseEngine(cfg)
+    """rtmlib PoseTracker's loop on our models: per-box pose, IoU ids, boxes from last keypoints,
+    sessions opened with ONNX Runtime's defaults as rtmlib opens them."""
+    engine = PoseEngine(ort_defaults(cfg))
     det_frequency = cfg.detect_every
     state = [{"boxes": np.zeros((0, 4), np.float32), "ids": [], "next_id": 0} for _ in range(streams)]
     rows = []

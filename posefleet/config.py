@@ -31,6 +31,13 @@ class OrtConfig(_Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_num_threads: int = Field(0, ge=0, description="0 lets ONNX Runtime choose")
     inter_op_num_threads: int = Field(0, ge=0)
+    allow_spinning: bool = Field(
+        False,
+        description=(
+            "let idle ORT pool threads spin for work: on a few shared cores (this pipeline runs decode, "
+            "tracking and two models in turn) the spinning steals the cores the next stage needs"
+        ),
+    )
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     device_id: int = Field(0, ge=0)
     trt_fp16: bool = True
@@ -216,6 +223,9 @@ class ServingConfig(_Strict):
     thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream, per ingress replica")
     thumbnail_width: int = Field(384, ge=32)
     viewer_max_hz: float = Field(10.0, gt=0.0, description="event rate to each open viewer")
+    viewer_flush_s: float = Field(
+        0.1, gt=0.0, le=5.0, description="how often each ingress replica sends its results to the viewer hub"
+    )
 
 
 class AppConfig(_Strict):

@@ -206,8 +206,8 @@ class Ingress:
         tracker = self.frames.tracker(stream_id)
         if not await self._retry(lambda: tracker.delete.remote(stream_id), "stream tracker"):
             raise HTTPException(404, f"unknown stream {stream_id!r}")
-        if self.hub is not None:
-            self.hub.forget.remote(stream_id)
+        if self.frames.feed is not None:
+            self.frames.feed.forget(stream_id)
         return Response(status_code=204)
 
     @app.get("/v1/stats", dependencies=AUTH)

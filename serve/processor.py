@@ -21,7 +21,7 @@ from posefleet.actors import detector as detector_mod
 from posefleet.actors import pose as pose_mod
 from posefleet.actors.tracker import FramePlan
 from posefleet.actors.tracker_actor import FrameDropped, FrameOutcome, shard_of, tracker_pool
-from posefleet.actors.viewer_hub import viewer_hub
+from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
 from posefleet.image_io import ImageError, check_image, decode_image, encode_jpeg
 from posefleet.serve.schema import FrameResult, StageTimings
@@ -44,6 +44,10 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
 
 
+def _for_viewer(result: FrameResult) -> dict[str, Any]:
+    return result.model_dump(include={"frame_index", "width", "height", "people", "timings", "dropped_before"})
+
+
 class FrameProcessor:
     """Everything a frame goes through after its bytes arrived; one per ingress replica."""
 
@@ -61,6 +65,7 @@ class FrameProcessor:
         )  # fmt: skip
         self.metrics = metrics.get()
         self.hub = viewer_hub(s.namespace) if s.viewer else None
+        self.feed = HubFeed(self.hub, s.viewer_flush_s, _for_viewer) if self.hub is not None else None
         self.last_thumbnail: dict[str, float] = {}
 
     def tracker(self, stream_id: str) -> ray.actor.ActorHandle:
@@ -104,8 +109,8 @@ class FrameProcessor:
             plan = await self.retry(lambda: tracker.plan.remote(stream_id, index, policy), "stream tracker")
         except FrameDropped as exc:
             self.metrics.frame_errors.inc(tags={"reason": "dropped"})
-            if self.hub is not None:
-                self.hub.publish.remote(stream_id, {"dropped": True})
+            if self.feed is not None:
+                self.feed.add(stream_id, dropped=1)
             return FrameResult(
                 stream_id=stream_id, frame_index=index if index is not None else -1, timestamp=ts, width=w,
                 height=h, dropped=True, note=reason(exc),
@@ -174,17 +179,15 @@ class FrameProcessor:
         return outcome
 
     async def _publish(self, result: FrameResult, frame: np.ndarray) -> None:
-        """Results to the viewer hub (fire and forget), with a small JPEG now and then."""
-        if self.hub is None:
+        """Results to the viewer hub's feed, with a small JPEG now and then."""
+        if self.feed is None:
             return
         now = time.monotonic()
         thumb = None
         if now - self.last_thumbnail.get(result.stream_id, 0.0) >= self.serving.thumbnail_interval_s:
             self.last_thumbnail[result.stream_id] = now
             thumb = await asyncio.to_thread(self._thumbnail, frame)
-        fields = {"frame_index", "width", "height", "people", "timings", "dropped_before"}
-        payload = result.model_dump(include=fields)
-        self.hub.publish.remote(result.stream_id, payload, thumb)
+        self.feed.add(result.stream_id, result, result.timings.total_ms, result.dropped_before, thumb)
 
     def _thumbnail(self, frame: np.ndarray) -> bytes:
         h, w = frame.shape[:2]

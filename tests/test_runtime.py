@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import onnxruntime as ort
 import pytest
 
-from posefleet.actors.runtime import choose_providers, create_session
+from posefleet.actors.runtime import choose_providers, create_session, session_options
 from posefleet.config import CPU, CUDA, TENSORRT, OrtConfig
 
 ALL = [TENSORRT, CUDA, CPU]
@@ -40,3 +41,12 @@ def test_gpu_chain_on_cpu_build_falls_back_and_says_so(caplog: pytest.LogCapture
         session = create_session("blazepose_landmark_full", OrtConfig(), available=[CUDA, CPU])
     assert session.get_providers()[0] == CPU
     assert any("runs on CPUExecutionProvider" in r.getMessage() and CUDA in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_session_options_come_from_config(spin: bool) -> None:
+    cfg = OrtConfig(intra_op_num_threads=3, graph_optimization_level="basic", allow_spinning=spin)
+    so = session_options(cfg)
+    assert so.intra_op_num_threads == 3
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")

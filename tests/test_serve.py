@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -165,3 +166,28 @@ def test_client_writes_jsonl(server: dict, tmp_path: Path) -> None:
     lines = (tmp_path / "cli-check.jsonl").read_text().splitlines()
     assert len(lines) == reports[0].frames == 5
     assert reports[0].percentile(99) >= reports[0].percentile(50) > 0
+
+
+def _viewer_snapshot(url: str, wanted: Callable[[dict], bool]) -> dict:
+    """Read the viewer's server-sent events until a snapshot satisfies ``wanted`` (60 s at most)."""
+    deadline = time.monotonic() + 60
+    with httpx.stream("GET", f"{url}/v1/events", timeout=60) as events:
+        for line in events.iter_lines():  # keep-alives arrive at least every 5 s
+            if line.startswith("data: ") and wanted(snap := json.loads(line.removeprefix("data: "))):
+                return snap
+            if time.monotonic() > deadline:
+                break
+    raise AssertionError("no snapshot of the expected kind within 60 s")
+
+
+def test_viewer_events_carry_every_stream_and_forget_deleted_ones(server: dict) -> None:
+    url = server["url"]
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 6)]
+    answers = [post(url, "watched", f, i).json() for i, f in enumerate(frames)]
+    snap = _viewer_snapshot(url, lambda s: any(v["stream_id"] == "watched" and v["frame_index"] == 5
+                                               for v in s["streams"]))  # fmt: skip
+    view = next(v for v in snap["streams"] if v["stream_id"] == "watched")
+    assert [p["track_id"] for p in view["people"]] == [p["track_id"] for p in answers[-1]["people"]]
+    assert view["fps"] > 0 and view["p99_ms"] > 0 and view["dropped"] == 0
+    assert httpx.delete(f"{url}/v1/streams/watched").status_code == 204
+    _viewer_snapshot(url, lambda s: all(v["stream_id"] != "watched" for v in s["streams"]))
