@@ -30,6 +30,10 @@ from posefleet.serve.schema import Person
 class FrameOrderError(ValueError):
     """A frame index that is not after the stream's last one (a duplicate or a late frame)."""
 
+    def __init__(self, message: str, late: bool):
+        super().__init__(message)
+        self.late = late  # older than the last frame (not a repeat of it)
+
 
 @dataclass
 class FramePlan:
@@ -64,7 +68,8 @@ class StreamTracker:
         if frame_index <= self.last_index:
             kind = "duplicate" if frame_index == self.last_index else "out-of-order"
             raise FrameOrderError(
-                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase"
+                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase",
+                late=frame_index < self.last_index,
             )
 
     def plan(self, frame_index: int) -> FramePlan:

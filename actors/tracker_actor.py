@@ -7,7 +7,9 @@ stream's frames are applied in order even when a client sends them concurrently.
 the stream's policy decides what waits: ``drop_oldest`` (default) keeps only the newest waiting
 frame and answers the older ones as dropped; ``wait`` queues up to a bound and refuses beyond it.
 Either way one stream can hold at most a bounded number of requests, so a flooding camera cannot
-starve the others. A frame in flight longer than ``frame_timeout_s`` is abandoned.
+starve the others. A frame that arrives after a newer one was applied (a client sending
+concurrently) is likewise answered as dropped under ``drop_oldest``, and refused under ``wait``;
+a repeated frame index is always refused. A frame in flight longer than ``frame_timeout_s`` is abandoned.
 
 Every ``checkpoint_every`` frames a stream's state is copied to a checkpoint actor. A restarted
 tracker actor restores its streams from there (ids kept, next frame re-detected); a stream with
@@ -28,7 +30,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet.actors.detector import Detections
-from posefleet.actors.tracker import FramePlan, StreamTracker
+from posefleet.actors.tracker import FrameOrderError, FramePlan, StreamTracker
 from posefleet.config import PipelineConfig
 from posefleet.serve.schema import Person
 
@@ -132,6 +134,12 @@ class TrackerShard:
         try:
             index = s.tracker.last_index + 1 if frame_index is None else frame_index
             plan = s.tracker.plan(index)  # raises FrameOrderError on duplicates and late frames
+        except FrameOrderError as exc:
+            self._release(s)
+            if exc.late and s.policy == "drop_oldest":  # stale by the stream's own policy
+                s.dropped += 1
+                raise FrameDropped(f"frame {index} dropped: frame {s.tracker.last_index} came before it") from exc
+            raise
         except BaseException:
             self._release(s)
             raise

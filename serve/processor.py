@@ -187,7 +187,8 @@ class FrameProcessor:
         if now - self.last_thumbnail.get(result.stream_id, 0.0) >= self.serving.thumbnail_interval_s:
             self.last_thumbnail[result.stream_id] = now
             thumb = await asyncio.to_thread(self._thumbnail, frame)
-        self.feed.add(result.stream_id, result, result.timings.total_ms, result.dropped_before, thumb)
+        # drops are counted from the "dropped" answers themselves; dropped_before repeats them
+        self.feed.add(result.stream_id, result, result.timings.total_ms, thumbnail=thumb)
 
     def _thumbnail(self, frame: np.ndarray) -> bytes:
         h, w = frame.shape[:2]

@@ -45,8 +45,10 @@ def server() -> Iterator[dict]:
         yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "cfg": cfg}
 
 
-def post(url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg") -> httpx.Response:
-    params = {} if index is None else {"frame_index": index}
+def post(
+    url: str, stream: str, data: bytes, index: int | None = None, ctype: str = "image/jpeg", policy: str | None = None
+) -> httpx.Response:
+    params = ({} if index is None else {"frame_index": index}) | ({"policy": policy} if policy else {})
     return httpx.post(f"{url}/v1/streams/{stream}/frames", content=data, params=params,
                       headers={"content-type": ctype}, timeout=60)  # fmt: skip
 
@@ -106,7 +108,7 @@ def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> Non
         (post(url, "steady-x", good[: len(good) // 2]), 400, "truncated"),
         (post(url, "steady-x", good, ctype="text/plain"), 415, "content type"),
         (post(url, "steady", frames[3], 3), 409, "duplicate"),
-        (post(url, "steady", frames[2], 2), 409, "out-of-order"),
+        (post(url, "steady", frames[2], 2, policy="wait"), 409, "out-of-order"),
         (post(url, "bad id!", good), 422, "string_pattern_mismatch"),
         (post(url, "x" * 65, good), 422, "string_pattern_mismatch"),
         (httpx.get(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
@@ -116,6 +118,8 @@ def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> Non
     for resp, status, reason in cases:
         assert resp.status_code == status, (status, resp.text)
         assert reason in resp.text
+    late = post(url, "steady", frames[1], 1, policy="drop_oldest").json()  # the default policy: a drop
+    assert late["dropped"] and "frame 3 came before it" in late["note"] and late["people"] == []
     after = [post(url, "steady", frames[i], i) for i in range(4, 8)]
     assert all(r.status_code == 200 for r in after)
     ids_before = {p["track_id"] for r in before for p in r["people"]}

@@ -60,15 +60,27 @@ def test_other_streams_do_not_wait() -> None:
     assert asyncio.run(scenario()) == [("plan", 0), ("plan", 0), ("finish", 0), ("finish", 0)]
 
 
-def test_late_frame_is_refused_after_a_newer_one() -> None:
-    async def scenario() -> None:
-        shard = TrackerShard(PipelineConfig())
+@pytest.mark.parametrize(
+    ("policy", "late_error", "late_match"),
+    [
+        ("drop_oldest", FrameDropped, "frame 4 dropped: frame 5 came before it"),
+        ("wait", FrameOrderError, "out-of-order"),
+    ],
+)
+def test_late_frame_after_a_newer_one_is_answered_by_policy(policy: str, late_error: type, late_match: str) -> None:
+    async def scenario() -> TrackerShard:
+        shard = TrackerShard(PipelineConfig(), policy=policy)
         await one_frame(shard, "s", 5, [])
-        with pytest.raises(FrameOrderError, match="out-of-order"):
+        with pytest.raises(late_error, match=late_match):
             await shard.plan("s", 4)
+        with pytest.raises(FrameOrderError, match="duplicate"):  # a repeat is refused under every policy
+            await shard.plan("s", 5)
         await one_frame(shard, "s", 6, [])  # the stream goes on
+        return shard
 
-    asyncio.run(scenario())
+    info = asyncio.run(scenario()).describe("s")
+    assert info["frames"] == 2 and info["last_frame_index"] == 6
+    assert info["dropped"] == (1 if policy == "drop_oldest" else 0)
 
 
 def test_stalled_frame_is_abandoned_and_forces_a_detection() -> None:
