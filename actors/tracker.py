@@ -30,7 +30,7 @@ from posefleet.serve.schema import Person
 class FrameOrderError(ValueError):
     """A frame index that is not after the stream's last one (a duplicate or a late frame)."""
 
-    def __init__(self, message: str, late: bool):
+    def __init__(self, message: str = "", late: bool = False):  # defaults: Ray rebuilds it across processes
         super().__init__(message)
         self.late = late  # older than the last frame (not a repeat of it)
 
