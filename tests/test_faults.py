@@ -148,8 +148,9 @@ def test_killed_model_replica_and_tracker_actor_streams_continue(server: str) ->
     for r in reports:
         late = [x.frame_index for x in r.results if x.frame_index >= 85]
         assert late, f"{r.stream} stopped being served: {r.line()}"  # every stream continues
+        # retry-later, or a frame abandoned while its tracker actor restarted; never 500 or a hang
         unexpected = {code: n for code, n in r.errors.items() if code not in (503, 409)}
-        assert not unexpected, r.line()  # failures are answered as retry-later, never 500 or a hang
+        assert not unexpected, r.line()
     lost = sum(sum(r.errors.values()) + r.skipped for r in reports)
     recovered = sum(x.state_recovered for r in reports for x in r.results)
     restarted = sum(x.ids_restarted for r in reports for x in r.results)
@@ -180,11 +181,11 @@ def test_overload_sheds_and_keeps_state(server: str) -> None:
         )
     )
     served = sum(r.frames for r in reports)
-    shed = sum(r.dropped + r.skipped + r.errors.get(503, 0) + r.errors.get(409, 0) for r in reports)
+    shed = sum(r.dropped + r.skipped + r.errors.get(503, 0) for r in reports)
     print(f"\noffered {offered:.1f} FPS over 8 streams: served {served}, shed {shed}")
     for r in reports:
-        # only "retry later" (503) and "arrived after a newer frame" (409, frames sent concurrently)
-        assert set(r.errors) <= {503, 409}, r.line()
+        # only "retry later" (503); a frame arriving after a newer one is answered as dropped
+        assert set(r.errors) <= {503}, r.line()
         assert r.frames > 0, r.line()  # no stream starved
         info = httpx.get(f"{server}/v1/streams/{r.stream}", headers=AUTH).json()
         assert info["frames"] == r.frames  # the server's count of this stream matches what it answered
