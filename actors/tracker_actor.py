@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -318,7 +319,9 @@ class TrackerActor(TrackerShard):
     """A :class:`TrackerShard` as a Ray actor; knows when Ray restarted it."""
 
     def __init__(self, cfg: PipelineConfig, store: ray.actor.ActorHandle | None, **kwargs: Any):
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's own body of this public call uses a deprecated property
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         checkpoints = _RemoteCheckpoints(store) if store is not None else None
         super().__init__(cfg, checkpoints=checkpoints, restarted=restarted, **kwargs)
 
