@@ -172,7 +172,9 @@ class DeploymentSettings(_Strict):
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0, description="fractions share a GPU between replicas")
     max_ongoing_requests: int = Field(32, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1, description="-1: unbounded")
+    max_queued_requests: int = Field(
+        128, ge=-1, description="requests Serve queues for this deployment; beyond: 503 + Retry-After (-1: unbounded)"
+    )
     max_replicas_per_node: int | None = Field(None, ge=1, description="1 spreads replicas over nodes")
     health_check_period_s: float = Field(2.0, gt=0.0, description="how soon a dead replica is replaced")
     health_check_timeout_s: float = Field(10.0, gt=0.0)
@@ -194,7 +196,11 @@ class ModelDeploymentSettings(DeploymentSettings):
 
 
 class ServingConfig(_Strict):
-    ingress: DeploymentSettings = Field(default_factory=lambda: DeploymentSettings(num_cpus=0.5))
+    # the ingress admits max_inflight_frames frames itself; its other requests (stream management,
+    # viewer events) use the rest of max_ongoing_requests; Serve queues at most max_queued_requests
+    ingress: DeploymentSettings = Field(
+        default_factory=lambda: DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64, max_queued_requests=64)
+    )
     detector: ModelDeploymentSettings = Field(default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5))
     pose: ModelDeploymentSettings = Field(
         default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5, batch=BatchSettings(max_batch_size=32))

@@ -13,16 +13,18 @@ import yaml
 from ray.serve import Application
 
 from posefleet.actors.deployments import DetectorDeployment, PoseDeployment
-from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings
+from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings, ServingConfig
 from posefleet.serve.ingress import Ingress
 
 
-def deployment_options(settings: DeploymentSettings, access_log: bool) -> dict[str, Any]:
+def deployment_options(settings: DeploymentSettings, serving: ServingConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.max_queued_requests,
-        "logging_config": {"enable_access_log": access_log},
+        # a request beyond the queue bound gets 503 with Retry-After, like the ingress's own refusals
+        "backpressure_config": {"status_code": 503, "retry_after_s": serving.retry_after_s},
+        "logging_config": {"enable_access_log": serving.access_log},
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
     }
@@ -40,11 +42,9 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     pipeline = cfg.pipeline_config()
     s = cfg.serving
-    detector = DetectorDeployment.options(**deployment_options(s.detector, s.access_log)).bind(
-        pipeline.detector, s.detector
-    )
-    pose = PoseDeployment.options(**deployment_options(s.pose, s.access_log)).bind(pipeline.pose, s.pose)
-    return Ingress.options(**deployment_options(s.ingress, s.access_log)).bind(cfg, detector, pose)
+    detector = DetectorDeployment.options(**deployment_options(s.detector, s)).bind(pipeline.detector, s.detector)
+    pose = PoseDeployment.options(**deployment_options(s.pose, s)).bind(pipeline.pose, s.pose)
+    return Ingress.options(**deployment_options(s.ingress, s)).bind(cfg, detector, pose)
 
 
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:

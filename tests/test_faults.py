@@ -32,7 +32,9 @@ def server() -> Iterator[str]:
             "preset": "fast",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
             "serving": {
-                "ingress": {"num_cpus": 0.25},
+                # small bounds so a burst meets both the ingress's own frame limit and Serve's queue bound
+                "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 24, "max_queued_requests": 8},
+                "max_inflight_frames": 16,
                 "detector": {"num_cpus": 0.25},
                 "pose": {"num_cpus": 0.25},
                 "tracker_actors": 2,
@@ -191,3 +193,31 @@ def test_overload_sheds_and_keeps_state(server: str) -> None:
         assert info["frames"] == r.frames  # the server's count of this stream matches what it answered
         assert info["dropped"] == r.dropped
     assert shed > 0
+
+
+def test_a_burst_beyond_every_bound_gets_503_with_retry_after(server: str) -> None:
+    data = frame_bytes()
+    headers = {"content-type": "image/jpeg", **AUTH}
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=80, max_keepalive_connections=80)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            posts = [client.post(f"{server}/v1/streams/burst-{i}/frames?frame_index=0", content=data,
+                                 headers=headers) for i in range(72)]  # fmt: skip
+            return list(await asyncio.gather(*posts))
+
+    answers = asyncio.run(burst())
+    codes = [r.status_code for r in answers]
+    refused = [r for r in answers if r.status_code == 503]
+    by_serve = sum("detail" not in r.text for r in refused)  # Serve's queue bound, before the ingress
+    print(f"\nburst of {len(codes)}: {codes.count(200)} served, {len(refused)} refused ({by_serve} by Serve's queue)")
+    assert set(codes) <= {200, 503}, codes
+    assert refused and 200 in codes  # bounded, and what was admitted is served
+    assert all(r.headers.get("retry-after") == "1" for r in refused)
+    # a refused frame left nothing behind: its stream starts at index 0 later; served streams go on
+    first_refused = answers.index(refused[0])
+    first_served = codes.index(200)
+    for i, index in ((first_refused, 0), (first_served, 1)):
+        resp = httpx.post(f"{server}/v1/streams/burst-{i}/frames?frame_index={index}", content=data,
+                          headers=headers, timeout=60)  # fmt: skip
+        assert resp.status_code == 200 and resp.json()["frame_index"] == index, resp.text
