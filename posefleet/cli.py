@@ -175,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from posefleet.serve.app import build_app, load_serve_config
+    from posefleet.serve.local import port_in_use
 
     try:
         serve_cfg = load_serve_config(args.config)
@@ -186,6 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     http["host"] = args.host or http.get("host", "127.0.0.1")
     http["port"] = args.port or http.get("port", 8000)
     logging_cfg = serve_cfg.get("logging_config") or {"enable_access_log": False}
+    if not args.address and port_in_use(http["host"], http["port"]):
+        raise CliError(f"{http['host']}:{http['port']} is already in use: stop what holds it, or pass --port")
     if args.address:
         ray.init(address=args.address)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,13 @@ def test_missing_and_unreadable_sources_are_one_line_errors(tmp_path: Path) -> N
 def test_unknown_preset_is_an_error(tmp_path: Path) -> None:
     proc = posefleet("run", str(DATA / "grace.jpg"), "--preset", "turbo", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown preset" in proc.stderr
+
+
+def test_serve_on_a_taken_port_says_so_before_starting_ray(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = posefleet("serve", "--port", str(port), "--once", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"127.0.0.1:{port} is already in use" in proc.stderr and "Traceback" not in proc.stderr
