@@ -141,14 +141,16 @@ def _time(fn: Any, reps: int) -> float:
 
 
 def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_dir: Path, bar: tqdm) -> list[dict]:
-    """Speed (detector ms per frame, pose ms per crop at batch 8) and COCO AP of each variant."""
-    from posefleet.actors.pipeline import PoseEngine
+    """Speed (detector ms per frame, pose ms per crop at batch 8, and the whole single-stream
+    pipeline's FPS, where settings such as thread spinning show) and COCO AP of each variant."""
+    from posefleet.actors.pipeline import Pipeline, PoseEngine
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import evaluate
     from posefleet.optimize import optimize
     from posefleet.sources import open_source
 
-    frames = [f.image for _, f in zip(range(8), open_source(video), strict=False)]
+    clip = [f.image for _, f in zip(range(6 if quick else 60), open_source(video), strict=False)]
+    frames = clip[:8]
     reps = 2 if quick else 10
 
     def measure(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +165,12 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
             "detector_ms": _time(lambda: [engine.detector.infer(t) for t in det_inputs], reps) / len(det_inputs),
             "pose_ms_per_crop": _time(lambda: engine.pose.infer(batch), reps) / 8,
         }
+        pipeline = Pipeline(engine.cfg, engine)
+        pipeline.process("warm-up", clip[0], 0)
+        t0 = time.perf_counter()
+        for i, image in enumerate(clip):
+            pipeline.process("clip", image, i)
+        row["pipeline_fps"] = len(clip) / (time.perf_counter() - t0)
         if coco:
             row |= {k: v for k, v in evaluate(engine, *coco).items() if k in ("AP", "AP50", "AR")}
         bar.update(1)
@@ -175,6 +183,7 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
         "ORT graph basic": {"graph_optimization_level": "basic"},
         "ORT 1 thread": {"intra_op_num_threads": 1},
         "ORT parallel execution": {"execution_mode": "parallel"},
+        "ORT idle threads spinning": {"allow_spinning": True},
     }
     for name, ort in list(ort_variants.items())[: 1 if quick else None]:
         rows.append(measure(name, {"detector": {"ort": ort, "tiling": {"enabled": False}}, "pose": {"ort": ort}}))
@@ -279,11 +288,12 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("variants"):
         lines += [
             "",
-            "| variant | detector ms/frame | pose ms/crop (batch 8) | AP | AP50 | AR |",
-            "|---|---|---|---|---|---|",
+            "| variant | detector ms/frame | pose ms/crop (batch 8) | pipeline FPS (1 stream) | AP | AP50 | AR |",
+            "|---|---|---|---|---|---|---|",
         ]
         for v in res["variants"]:
             lines.append(f"| {v['variant']} | {v['detector_ms']:.1f} | {v['pose_ms_per_crop']:.1f} | "
+                         f"{v.get('pipeline_fps', float('nan')):.1f} | "
                          f"{v.get('AP', float('nan')):.3f} | {v.get('AP50', float('nan')):.3f} | "
                          f"{v.get('AR', float('nan')):.3f} |")  # fmt: skip
     if res.get("detect_every"):
@@ -322,7 +332,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     scaling = not (quick or args.no_scaling)
     rounds = 1 if quick else 2
-    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 11) + (1 if quick else 3) + (2 if scaling else 0)
+    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 12) + (1 if quick else 3) + (2 if scaling else 0)
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick, "coco": coco}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
