@@ -6,6 +6,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -158,10 +159,26 @@ def _run_submit(url: str, jobs: list[tuple[str, str]], args: argparse.Namespace,
     return reports
 
 
+def _check_server(url: str, token: str | None) -> None:
+    """One cheap authenticated request first, so a wrong address or token is one clear line."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}/v1/streams", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {url} ({type(exc).__name__}): is `posefleet serve` running there?") from exc
+    if resp.status_code == 401:
+        raise CliError(f"{url} wants a valid API token: pass --token or set POSEFLEET_TOKEN")
+    if resp.status_code != 200:
+        raise CliError(f"{url} does not answer like a posefleet server (GET /v1/streams: HTTP {resp.status_code})")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import httpx
 
     jobs = _submit_jobs(args.sources, args.stream, args.copies)
+    _check_server(args.url, args.token)
     try:
         reports = _run_submit(args.url, jobs, args, keep=False)
     except httpx.HTTPError as exc:
@@ -174,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from posefleet.config import AppConfig
     from posefleet.serve.app import build_app, load_serve_config
     from posefleet.serve.local import port_in_use
 
@@ -205,6 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.submit:
             jobs = _submit_jobs(args.submit, None, 1)
             args.max_rate = not args.realtime
+            serving = AppConfig.model_validate(app_spec.get("args") or {}).serving
+            args.token = serving.auth_token or os.environ.get(serving.auth_token_env)  # this server's own
             reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
             print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
             if args.annotate:
@@ -296,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
     sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
     sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
-    sb.add_argument("--token", help="bearer token for the API")
+    sb.add_argument("--token", default=os.environ.get("POSEFLEET_TOKEN"),
+                    help="bearer token for the API (default: $POSEFLEET_TOKEN)")  # fmt: skip
     sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sb.set_defaults(func=cmd_submit)
 

@@ -45,7 +45,7 @@ class StreamReport:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def line(self) -> str:
-        errs = ", ".join(f"{n}x{code}" for code, n in sorted(self.errors.items())) or "none"
+        errs = ", ".join(f"{n}x{code or 'no answer'}" for code, n in sorted(self.errors.items())) or "none"
         return (
             f"{self.stream}: {self.frames} frames, {self.fps:.1f} FPS, "
             f"latency p50 {self.percentile(50):.0f} ms p99 {self.percentile(99):.0f} ms, "

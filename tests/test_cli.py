@@ -74,3 +74,12 @@ def test_serve_on_a_taken_port_says_so_before_starting_ray(tmp_path: Path) -> No
         proc = posefleet("serve", "--port", str(port), "--once", cwd=tmp_path)
     assert proc.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_submit_to_an_address_with_no_server_says_so(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = posefleet("submit", str(DATA / "demo.mp4"), "--url", f"http://127.0.0.1:{port}", "-q", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "cannot reach" in proc.stderr and "Traceback" not in proc.stderr

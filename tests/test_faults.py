@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -221,3 +225,17 @@ def test_a_burst_beyond_every_bound_gets_503_with_retry_after(server: str) -> No
         resp = httpx.post(f"{server}/v1/streams/burst-{i}/frames?frame_index={index}", content=data,
                           headers=headers, timeout=60)  # fmt: skip
         assert resp.status_code == 200 and resp.json()["frame_index"] == index, resp.text
+
+
+def test_submit_cli_asks_for_the_token_then_uses_it(server: str, tmp_path: Path) -> None:
+    def submit_cli(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "posefleet.cli", "submit", str(DATA / "demo.mp4"), "--url", server,
+               "--stream", "cli-token", "--out", str(tmp_path), "--max-rate", "-q", *extra]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "POSEFLEET_TOKEN"}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    refused = submit_cli()
+    assert refused.returncode == 2 and "wants a valid API token" in refused.stderr, refused.stderr
+    served = submit_cli("--token", TOKEN)
+    assert served.returncode == 0, served.stderr
+    assert len((tmp_path / "cli-token.jsonl").read_text().splitlines()) == 5
