@@ -174,16 +174,41 @@ def _check_server(url: str, token: str | None) -> None:
         raise CliError(f"{url} does not answer like a posefleet server (GET /v1/streams: HTTP {resp.status_code})")
 
 
+ANNOTATED_SUFFIXES = {".mp4", ".avi", ".jpg", ".jpeg", ".png"}
+
+
+def _annotation_paths(jobs: list[tuple[str, str]], target: str) -> dict[str, Path]:
+    """Where each stream's annotated copy goes: ``target`` itself for one stream given a file name,
+    else ``target/<stream>.mp4`` (``.jpg`` for a single image). Live sources cannot be replayed."""
+    from posefleet.sources import open_source
+
+    paths = {}
+    for stream, spec in jobs:
+        source = open_source(spec)
+        if source.count is None:
+            raise CliError(f"--annotate needs file sources ({spec} is live and cannot be read twice)")
+        if len(jobs) == 1 and Path(target).suffix.lower() in ANNOTATED_SUFFIXES:
+            paths[stream] = Path(target)
+        else:
+            paths[stream] = Path(target) / f"{stream}{'.jpg' if source.count == 1 else '.mp4'}"
+    return paths
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import httpx
 
     jobs = _submit_jobs(args.sources, args.stream, args.copies)
+    annotate = _annotation_paths(jobs, args.annotate) if args.annotate else {}
     _check_server(args.url, args.token)
     try:
-        reports = _run_submit(args.url, jobs, args, keep=False)
+        reports = _run_submit(args.url, jobs, args, keep=bool(annotate))
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach {args.url}: {exc}") from exc
     print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
+    for (stream, spec), report in zip(jobs, reports, strict=True):
+        if stream in annotate:
+            _annotate_from_results(spec, report.results, annotate[stream])
+            print(f"annotated: {annotate[stream]}", file=sys.stderr)
     return 0 if all(r.frames for r in reports) else 1
 
 
@@ -316,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
     sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
     sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
+    sb.add_argument("--annotate", help="draw the served results onto a copy of each file source: a file "
+                    "for one stream, else a folder of <stream>.mp4")  # fmt: skip
     sb.add_argument("--token", default=os.environ.get("POSEFLEET_TOKEN"),
                     help="bearer token for the API (default: $POSEFLEET_TOKEN)")  # fmt: skip
     sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import httpx
 import pytest
 import ray
@@ -236,6 +237,8 @@ def test_submit_cli_asks_for_the_token_then_uses_it(server: str, tmp_path: Path)
 
     refused = submit_cli()
     assert refused.returncode == 2 and "wants a valid API token" in refused.stderr, refused.stderr
-    served = submit_cli("--token", TOKEN)
+    served = submit_cli("--token", TOKEN, "--annotate", str(tmp_path / "drawn"))
     assert served.returncode == 0, served.stderr
     assert len((tmp_path / "cli-token.jsonl").read_text().splitlines()) == 5
+    video = cv2.VideoCapture(str(tmp_path / "drawn" / "cli-token.mp4"))  # the served results, drawn
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
