@@ -91,8 +91,12 @@ def _row(kind: str, k: int, wall: float, latencies: list[float], frames: int, st
     }
 
 
+WARM_UP_FRAMES = 8  # first calls (sessions, connections, handles) are not what a running server costs
+
+
 def run_http(url: str, source: str, streams: list[int], frames: int, progress: bool = False) -> list[dict]:
     rows = []
+    asyncio.run(submit(url, [("http-warm-up", source)], max_rate=True, max_frames=WARM_UP_FRAMES, progress=False))
     for k in streams:
         jobs = [(f"http-{k}-{i}", source) for i in range(k)]
         httpx.get(f"{url}/v1/stats", params={"reset": True})
@@ -122,14 +126,15 @@ def run_handle(app_args: dict[str, Any], source: str, streams: list[int], frames
 
     async def run(k: int) -> tuple[float, list[float]]:
         proc = FrameProcessor(cfg, det, pose)
+        for i in range(WARM_UP_FRAMES):
+            await proc.process(f"handle-{k}-warm-up", images[i % len(images)], i, None)
+        await asyncio.gather(det.batch_stats.remote(True), pose.batch_stats.remote(True))  # count from here
         lat: list[float] = []
         t0 = time.perf_counter()
         await asyncio.gather(*(one_stream(proc, f"handle-{k}-{i}", lat) for i in range(k)))
         return time.perf_counter() - t0, lat
 
     for k in streams:
-        det.batch_stats.remote(True).result()
-        pose.batch_stats.remote(True).result()
         with RssSampler() as rss:
             wall, lat = asyncio.run(run(k))
         stats = {"detector": det.batch_stats.remote(True).result(), "pose": pose.batch_stats.remote(True).result()}
