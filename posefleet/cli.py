@@ -275,6 +275,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(PoseEngine(cfg), args.annotations, images)
     except FileNotFoundError as exc:
         raise CliError(f"missing image or annotation file: {exc}") from exc
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     print(json.dumps(result, indent=2))
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from posefleet.actors.geometry import iou_matrix
 from posefleet.actors.pipeline import PoseEngine
+from posefleet.actors.pose import COCO_KEYPOINTS
 from posefleet.serve.schema import FrameResult
 
 # COCO's per-keypoint OKS constants (sigmas), nose to ankles.
@@ -24,9 +25,32 @@ COCO_SIGMAS = np.array(
 )  # fmt: skip
 
 
-def predict_coco(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) -> list[dict[str, Any]]:
-    """Top-down predictions for every image of a COCO annotation file (no tracking: one frame each)."""
-    gt = json.loads(Path(ann_file).read_text())
+def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
+    """A COCO-format 17-keypoint annotation file, checked, with what COCOeval needs filled in.
+
+    PoseTrack-style files (same 17 keypoints) carry no ``area``: it becomes the box area, as
+    mmpose does for them. Other keypoint layouts (CrowdPose's 14, ...) are refused by name.
+    """
+    try:
+        data = json.loads(Path(ann_file).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{ann_file}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
+        raise ValueError(f"{ann_file}: not a COCO annotation file (no 'images' and 'annotations')")
+    person = next((c for c in data.get("categories", []) if c.get("id") == 1), None)
+    names = (person or {}).get("keypoints") or []
+    if len(names) != 17:
+        raise ValueError(f"{ann_file}: category 1 has {len(names)} keypoints, not COCO's 17")
+    for ann in data["annotations"]:
+        if "bbox" not in ann or "keypoints" not in ann:
+            raise ValueError(f"{ann_file}: annotation {ann.get('id')} has no bbox or keypoints")
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        ann["iscrowd"] = int(ann.get("iscrowd", 0))
+    return data
+
+
+def predict_coco(engine: PoseEngine, gt: dict[str, Any], image_dir: str | Path) -> list[dict[str, Any]]:
+    """Top-down predictions for every image of a COCO annotation set (no tracking: one frame each)."""
     results = []
     for im in gt["images"]:
         image = cv2.imread(str(Path(image_dir) / im["file_name"]), cv2.IMREAD_COLOR)
@@ -47,13 +71,15 @@ def predict_coco(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path
     return results
 
 
-def coco_keypoint_ap(ann_file: str | Path, results: list[dict[str, Any]]) -> dict[str, float]:
+def coco_keypoint_ap(data: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
     """COCO keypoint AP/AR of ``results`` (pycocotools' COCOeval, iouType 'keypoints')."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
+        gt = COCO()
+        gt.dataset = data
+        gt.createIndex()
         if not results:
             return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
         dt = gt.loadRes(results)
@@ -66,8 +92,14 @@ def coco_keypoint_ap(ann_file: str | Path, results: list[dict[str, Any]]) -> dic
 
 
 def evaluate(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) -> dict[str, Any]:
-    results = predict_coco(engine, ann_file, image_dir)
-    return coco_keypoint_ap(ann_file, results) | {"predictions": len(results)}
+    data = load_keypoint_set(ann_file)
+    results = predict_coco(engine, data, image_dir)
+    out: dict[str, Any] = coco_keypoint_ap(data, results) | {"predictions": len(results)}
+    names = next(c["keypoints"] for c in data["categories"] if c.get("id") == 1)
+    pairs = enumerate(zip(names, COCO_KEYPOINTS, strict=True))  # both 17 (checked at load)
+    if differ := [f"{i}: {theirs} (ours {ours})" for i, (theirs, ours) in pairs if theirs != ours]:
+        out["keypoints_not_coco"] = differ  # PoseTrack: head_bottom/head_top where COCO has eyes; AP understates
+    return out
 
 
 def oks(a: np.ndarray, b: np.ndarray, area: float) -> float:

@@ -11,7 +11,14 @@ import pytest
 
 from conftest import DATA, SHARED_DATA
 from posefleet.actors.pipeline import PoseEngine
-from posefleet.evaluate import coco_keypoint_ap, evaluate, predict_coco, tracking_consistency
+from posefleet.config import load_pipeline_config
+from posefleet.evaluate import (
+    coco_keypoint_ap,
+    evaluate,
+    load_keypoint_set,
+    predict_coco,
+    tracking_consistency,
+)
 from posefleet.serve.schema import FrameResult, Person
 
 
@@ -22,15 +29,42 @@ def test_ap_on_the_annotated_coco_photo(engine: PoseEngine) -> None:
 
 
 def test_ap_drops_when_keypoints_are_wrong(engine: PoseEngine) -> None:
-    good = predict_coco(engine, DATA / "coco_785.json", DATA)
+    data = load_keypoint_set(DATA / "coco_785.json")
+    good = predict_coco(engine, data, DATA)
     mirrored = []
     for r in good:  # swap left and right: the classic top-down bug
         k = [r["keypoints"][i : i + 3] for i in range(0, 51, 3)]
         order = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
         mirrored.append(r | {"keypoints": [v for j in order for v in k[j]]})
-    assert (
-        coco_keypoint_ap(DATA / "coco_785.json", mirrored)["AP"] < coco_keypoint_ap(DATA / "coco_785.json", good)["AP"]
-    )
+    assert coco_keypoint_ap(data, mirrored)["AP"] < coco_keypoint_ap(data, good)["AP"]
+
+
+def test_posetrack_style_set_without_area_scores_like_coco(engine: PoseEngine, tmp_path: Path) -> None:
+    data = json.loads((DATA / "coco_785.json").read_text())
+    for ann in data["annotations"]:  # PoseTrack files carry no area and write iscrowd as a bool
+        ann.pop("area")
+        ann["iscrowd"] = False
+    (tmp_path / "posetrack_style.json").write_text(json.dumps(data))
+    with_area = evaluate(engine, DATA / "coco_785.json", DATA)
+    without = evaluate(engine, tmp_path / "posetrack_style.json", DATA)
+    assert without["predictions"] == with_area["predictions"]
+    # the box area is at least the segment area, so OKS is at least as lenient: same people, AP not lower
+    assert without["AP"] >= with_area["AP"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not a readable JSON file"),
+        ('{"images": []}', "not a COCO annotation file"),
+        ('{"images": [], "annotations": [], "categories": [{"id": 1, "keypoints": ["a", "b"]}]}', "2 keypoints"),
+    ],
+)
+def test_cli_evaluate_refuses_other_files_in_one_line(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "a.json").write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "posefleet.cli", "evaluate", str(tmp_path / "a.json")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.skipif(
@@ -59,3 +93,14 @@ def test_tracking_consistency_counts_switches_and_fragments() -> None:
     gap = [frame([(7, a), (8, b)]), frame([(8, b)]), frame([(7, a), (8, b)]), frame([(7, a), (8, b)])]
     result = tracking_consistency(reference, gap)
     assert result["fragmentations"] == 1 and result["matched"] == 7 / 8
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "posetrack18/annotations/test_posetrack18_val.json").is_file(),
+    reason="shared/data/posetrack18 not beside the checkout",
+)
+def test_evaluate_on_shared_posetrack_frames_names_the_keypoints_that_differ() -> None:
+    ann = SHARED_DATA / "posetrack18/annotations/test_posetrack18_val.json"
+    result = evaluate(PoseEngine(load_pipeline_config("balanced")), ann, SHARED_DATA / "posetrack18")
+    assert result["predictions"] > 0 and result["AP"] > 0
+    assert result["keypoints_not_coco"] == ["1: head_bottom (ours left_eye)", "2: head_top (ours right_eye)"]
