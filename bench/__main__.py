@@ -5,7 +5,8 @@
 1. in-process, each mode in its own subprocess: limit, naive, optimised (1/4/8 streams), rtmlib-style
 2. served: HTTP on loopback and deployment handles, 1/4/8 streams
 3. variants: detector input size, ONNX Runtime settings, INT8/FP16 models (``posefleet optimize``)
-4. accuracy: COCO keypoint AP of each variant; detect-every-N against detect-every-frame on video
+4. accuracy: COCO keypoint AP of each variant; detect-every-N against detect-every-frame on video;
+   MOTA/IDF1 against MOT17-mini's box ground truth (where ``../shared/data/mot17-mini`` is)
 5. scaling: the served app on 1 vs 2 Ray nodes of 1 CPU each
 
 Writes ``results.json``, ``results.md`` (the tables, with the ratios) and ``throughput.png``.
@@ -32,6 +33,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VIDEO = ROOT / "tests" / "data" / "test_video_structuralize.mp4"
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco"
+SHARED_MOT = ROOT.parent / "shared" / "data" / "mot17-mini"  # CC BY-NC-SA: read for benchmarks, never copied
 ONE_THREAD = {"intra_op_num_threads": 1}
 
 
@@ -225,6 +227,24 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
     return rows
 
 
+def section_mot(quick: bool, bar: tqdm) -> list[dict] | None:
+    """Tracks against real box ground truth: crowded 1080p street scenes, detect every N and presets."""
+    from posefleet.actors.pipeline import Pipeline
+    from posefleet.config import load_pipeline_config
+    from posefleet.mot import evaluate_mot
+
+    if not SHARED_MOT.is_dir():
+        return None
+    sequences = sorted(p for p in SHARED_MOT.iterdir() if p.is_dir())[: 1 if quick else None]
+    runs = [("balanced", 1), ("balanced", 2), ("balanced", 3), ("quality", 1)][: 1 if quick else None]
+    rows = []
+    for preset, every in runs:
+        overall = evaluate_mot(Pipeline(load_pipeline_config(preset, overrides={"detect_every": every})), sequences)
+        rows.append({"preset": preset, "detect_every": every, "sequences": len(sequences)} | overall["OVERALL"])
+        bar.update(1)
+    return rows
+
+
 def ratios(inproc: list[dict], served: list[dict]) -> dict[str, float]:
     by = {(r["mode"], r["streams"]): r for r in inproc + served}
     opt, naive, rtm, limit = by[("optimised", 1)], by[("naive", 1)], by[("rtmlib", 1)], by[("limit", 1)]
@@ -301,6 +321,14 @@ def markdown(res: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['detect_every']} | {r['fps']:.1f} | {r['id_switches']} | {r['fragmentations']} | "
                   f"{r['matched']:.2f} | {r['mean_oks_vs_reference']:.3f} |" for r in res["detect_every"]]  # fmt: skip
+    if res.get("mot"):
+        lines += ["", f"Tracking against MOT17-mini box ground truth ({res['mot'][0]['sequences']} sequences, "
+                  f"{res['mot'][0]['num_frames']:.0f} frames, {res['mot'][0]['num_objects']:.0f} boxes to find):",
+                  "", "| preset | detect every | MOTA | IDF1 | id switches | precision | recall | mostly tracked |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['preset']} | {r['detect_every']} | {r['mota']:.3f} | {r['idf1']:.3f} | "
+                  f"{r['num_switches']:.0f} | {r['precision'] or 0:.3f} | {r['recall']:.3f} | "
+                  f"{r['mostly_tracked']:.0f} / {r['num_unique_objects']:.0f} |" for r in res["mot"]]  # fmt: skip
     if res.get("scaling"):
         s = res["scaling"]
         lines += ["", f"Scaling, 4 streams served: 1 node (1 CPU) {s['1_node_fps']:.1f} FPS, 2 nodes "
@@ -332,7 +360,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     scaling = not (quick or args.no_scaling)
     rounds = 1 if quick else 2
-    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 12) + (1 if quick else 3) + (2 if scaling else 0)
+    mot_steps = (1 if quick else 4) if SHARED_MOT.is_dir() else 0
+    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 12) + (1 if quick else 3) + mot_steps
+    steps += 2 if scaling else 0
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick, "coco": coco}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
@@ -340,6 +370,7 @@ def main() -> None:
         res["served"] = section_served(args.video, max(4, frames // 2), streams, bar)
         res["variants"] = section_variants(args.video, coco, quick, out, bar)
         res["detect_every"] = section_detect_every(args.video, frames, quick, bar)
+        res["mot"] = section_mot(quick, bar)
         res["scaling"] = section_scaling(args.video, max(4, frames // 4), bar) if scaling else None
         bar.n = bar.total
     res["ratios"] = ratios(res["inprocess"], res["served"])

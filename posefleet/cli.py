@@ -281,6 +281,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_mot(args: argparse.Namespace) -> int:
+    from posefleet.actors.pipeline import Pipeline
+    from posefleet.mot import evaluate_mot
+
+    try:
+        result = evaluate_mot(Pipeline(_pipeline_config(args)), args.sequences)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from posefleet.optimize import optimize
 
@@ -356,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--preset", default="balanced")
     ev.add_argument("--config", help="a YAML file merged over the preset")
     ev.set_defaults(func=cmd_evaluate)
+
+    mot = sub.add_parser("evaluate-mot", help="MOTA/IDF1/id switches against MOT-format box ground truth")
+    mot.add_argument("sequences", nargs="+", help="MOT17-layout sequence folders (img1/, gt/gt.txt, seqinfo.ini)")
+    mot.add_argument("--preset", default="balanced")
+    mot.add_argument("--config", help="a YAML file merged over the preset")
+    mot.add_argument("--detect-every", type=int, help="override: run the detector every N frames")
+    mot.set_defaults(func=cmd_evaluate_mot)
 
     op = sub.add_parser("optimize", help="write INT8 (calibrated) and FP16 variants of the models")
     op.add_argument("--out", default="models/optimized")
