@@ -30,6 +30,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from posefleet import __version__
 from posefleet.actors.detector import Detections
 from posefleet.actors.tracker import FrameOrderError, FramePlan, StreamTracker
 from posefleet.config import PipelineConfig
@@ -335,8 +336,9 @@ def shard_of(stream_id: str, shards: int) -> int:
 
 
 def _pool_id(cfg: PipelineConfig, size: int) -> str:
-    """Named after the config, so a redeploy with other settings never reuses stale actors."""
-    return f"{zlib.crc32(f'{cfg.model_dump_json()}|{size}'.encode()):08x}"
+    """Named after the version and config: the actors are detached, so a redeploy with other code or
+    settings must not reuse the ones still running from before."""
+    return f"{zlib.crc32(f'{__version__}|{cfg.model_dump_json()}|{size}'.encode()):08x}"
 
 
 def tracker_pool(

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import ray
 
+from posefleet import __version__
+
 
 @dataclass
 class _View:
@@ -153,7 +155,8 @@ HubActor = ray.remote(ViewerHub)
 
 
 def viewer_hub(namespace: str) -> ray.actor.ActorHandle:
+    """The shared hub, detached; named after the version so a redeploy with new code gets a new one."""
     return HubActor.options(  # type: ignore[attr-defined]
-        name="posefleet-viewer-hub", namespace=namespace, get_if_exists=True, lifetime="detached",
+        name=f"posefleet-viewer-hub-{__version__}", namespace=namespace, get_if_exists=True, lifetime="detached",
         num_cpus=0, max_restarts=-1, max_concurrency=1000,
     ).remote()  # fmt: skip
