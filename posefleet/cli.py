@@ -1,4 +1,4 @@
-"""``posefleet`` command line."""
+"""posefleet: real-time multi-person pose estimation for many camera streams, served on Ray."""
 
 from __future__ import annotations
 
