@@ -30,10 +30,6 @@ from posefleet.serve.schema import Person
 class FrameOrderError(ValueError):
     """A frame index that is not after the stream's last one (a duplicate or a late frame)."""
 
-    def __init__(self, message: str = "", late: bool = False):  # defaults: Ray rebuilds it across processes
-        super().__init__(message)
-        self.late = late  # older than the last frame (not a repeat of it)
-
 
 @dataclass
 class FramePlan:
@@ -68,8 +64,7 @@ class StreamTracker:
         if frame_index <= self.last_index:
             kind = "duplicate" if frame_index == self.last_index else "out-of-order"
             raise FrameOrderError(
-                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase",
-                late=frame_index < self.last_index,
+                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase"
             )
 
     def plan(self, frame_index: int) -> FramePlan:

@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet import __version__
 from posefleet.actors.detector import Detections
-from posefleet.actors.tracker import FrameOrderError, FramePlan, StreamTracker
+from posefleet.actors.tracker import FramePlan, StreamTracker
 from posefleet.config import PipelineConfig
 from posefleet.serve.schema import Person
 
@@ -133,15 +133,13 @@ class TrackerShard:
             await self._wait_turn(s, frame_index)
         else:
             s.pending, s.pending_since = -1, time.monotonic()  # reserved for this frame
-        try:
-            index = s.tracker.last_index + 1 if frame_index is None else frame_index
-            plan = s.tracker.plan(index)  # raises FrameOrderError on duplicates and late frames
-        except FrameOrderError as exc:
+        index = s.tracker.last_index + 1 if frame_index is None else frame_index
+        if index < s.tracker.last_index and s.policy == "drop_oldest":  # late: stale by the stream's policy
             self._release(s)
-            if exc.late and s.policy == "drop_oldest":  # stale by the stream's own policy
-                s.dropped += 1
-                raise FrameDropped(f"frame {index} dropped: frame {s.tracker.last_index} came before it") from exc
-            raise
+            s.dropped += 1
+            raise FrameDropped(f"frame {index} dropped: frame {s.tracker.last_index} came before it")
+        try:
+            plan = s.tracker.plan(index)  # raises FrameOrderError on duplicates (and late frames under wait)
         except BaseException:
             self._release(s)
             raise

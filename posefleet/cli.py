@@ -223,7 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve_cfg = load_serve_config(args.config)
         app_spec = serve_cfg["applications"][0]
-        application = build_app(app_spec.get("args") or {})
+        app_cfg = AppConfig.model_validate(app_spec.get("args") or {})
+        application = build_app(app_cfg)
     except (ValueError, OSError) as exc:
         raise CliError(f"bad serve config: {exc}") from exc
     http = dict(serve_cfg.get("http_options") or {})
@@ -248,8 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.submit:
             jobs = _submit_jobs(args.submit, None, 1)
             args.max_rate = not args.realtime
-            serving = AppConfig.model_validate(app_spec.get("args") or {}).serving
-            args.token = serving.auth_token or os.environ.get(serving.auth_token_env)  # this server's own
+            args.token = app_cfg.serving.api_token()  # this server's own
             reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
             print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
             if args.annotate:

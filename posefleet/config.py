@@ -6,6 +6,7 @@ code carries thresholds of its own.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -232,6 +233,10 @@ class ServingConfig(_Strict):
     viewer_flush_s: float = Field(
         0.1, gt=0.0, le=5.0, description="how often each ingress replica sends its results to the viewer hub"
     )
+
+    def api_token(self) -> str | None:
+        """The bearer token clients must send (config first, then the environment); None: no auth."""
+        return self.auth_token or os.environ.get(self.auth_token_env) or None
 
 
 class AppConfig(_Strict):

@@ -25,6 +25,12 @@ COCO_SIGMAS = np.array(
 )  # fmt: skip
 
 
+def person_keypoints(data: dict[str, Any]) -> list[str]:
+    """The keypoint names of a COCO file's person category (id 1), empty if it has none."""
+    person = next((c for c in data.get("categories", []) if c.get("id") == 1), None)
+    return list((person or {}).get("keypoints") or [])
+
+
 def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
     """A COCO-format 17-keypoint annotation file, checked, with what COCOeval needs filled in.
 
@@ -37,8 +43,7 @@ def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
         raise ValueError(f"{ann_file}: not a readable JSON file ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
         raise ValueError(f"{ann_file}: not a COCO annotation file (no 'images' and 'annotations')")
-    person = next((c for c in data.get("categories", []) if c.get("id") == 1), None)
-    names = (person or {}).get("keypoints") or []
+    names = person_keypoints(data)
     if len(names) != 17:
         raise ValueError(f"{ann_file}: category 1 has {len(names)} keypoints, not COCO's 17")
     for ann in data["annotations"]:
@@ -95,8 +100,7 @@ def evaluate(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) ->
     data = load_keypoint_set(ann_file)
     results = predict_coco(engine, data, image_dir)
     out: dict[str, Any] = coco_keypoint_ap(data, results) | {"predictions": len(results)}
-    names = next(c["keypoints"] for c in data["categories"] if c.get("id") == 1)
-    pairs = enumerate(zip(names, COCO_KEYPOINTS, strict=True))  # both 17 (checked at load)
+    pairs = enumerate(zip(person_keypoints(data), COCO_KEYPOINTS, strict=True))  # both 17 (checked at load)
     if differ := [f"{i}: {theirs} (ours {ours})" for i, (theirs, ours) in pairs if theirs != ours]:
         out["keypoints_not_coco"] = differ  # PoseTrack: head_bottom/head_top where COCO has eyes; AP understates
     return out

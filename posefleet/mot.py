@@ -57,7 +57,7 @@ def _distances(truth: np.ndarray, hyp: np.ndarray) -> np.ndarray:
     return np.where(iou >= MATCH_IOU, 1.0 - iou, np.nan)
 
 
-def track_sequence(pipeline: Pipeline, seq_dir: str | Path, stream: str) -> dict[str, Any]:
+def track_sequence(pipeline: Pipeline, seq_dir: str | Path, stream: str) -> Any:
     """Run the tracker over a sequence and accumulate its matches against the ground truth."""
     mm = _motmetrics()
     images, gt = read_sequence(seq_dir)
@@ -68,15 +68,15 @@ def track_sequence(pipeline: Pipeline, seq_dir: str | Path, stream: str) -> dict
             raise ValueError(f"{path}: not an image OpenCV can read")
         people = pipeline.process(stream, image, index).people
         rows = gt[gt[:, 0] == index + 1]  # MOT frames count from 1
-        counted = rows[(rows[:, 6] == 1) & (rows[:, 7] == PEDESTRIAN)]
-        ignored = rows[~((rows[:, 6] == 1) & (rows[:, 7] == PEDESTRIAN))]
+        counts = (rows[:, 6] == 1) & (rows[:, 7] == PEDESTRIAN)
+        counted, ignored = rows[counts], rows[~counts]
         hyp = np.asarray([p.box for p in people], np.float64).reshape(-1, 4)
         ids = [p.track_id for p in people]
         if len(ignored) and len(hyp):  # covering a person who does not count is neither right nor wrong
             keep = ~(iou_matrix(hyp, _xyxy(ignored[:, 2:6])) > MATCH_IOU).any(axis=1)
             hyp, ids = hyp[keep], [i for i, k in zip(ids, keep, strict=True) if k]
         acc.update(counted[:, 1].astype(int).tolist(), ids, _distances(_xyxy(counted[:, 2:6]), hyp))
-    return {"name": Path(seq_dir).name, "frames": len(images), "acc": acc}
+    return acc
 
 
 METRICS = ["num_frames", "mota", "idf1", "num_switches", "num_fragmentations", "precision", "recall",
@@ -86,9 +86,9 @@ METRICS = ["num_frames", "mota", "idf1", "num_switches", "num_fragmentations", "
 def evaluate_mot(pipeline: Pipeline, seq_dirs: list[str | Path]) -> dict[str, dict[str, float]]:
     """Per-sequence and overall MOT metrics of the pipeline's tracks on MOT-layout sequences."""
     mm = _motmetrics()
-    runs = [track_sequence(pipeline, d, f"mot-{i}") for i, d in enumerate(seq_dirs)]
+    accs = [track_sequence(pipeline, d, f"mot-{i}") for i, d in enumerate(seq_dirs)]
     summary = mm.metrics.create().compute_many(
-        [r["acc"] for r in runs], metrics=METRICS, names=[r["name"] for r in runs], generate_overall=True
+        accs, metrics=METRICS, names=[Path(d).name for d in seq_dirs], generate_overall=True
     )
     # NaN (e.g. precision with no prediction at all) becomes None: valid JSON
     return {name: {k: None if np.isnan(v) else float(v) for k, v in row.items()}

@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -94,7 +93,7 @@ class Ingress:
         self.metrics = self.frames.metrics
         self.inflight = 0
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
-        app.state.auth_token = s.auth_token or os.environ.get(s.auth_token_env) or None
+        app.state.auth_token = s.api_token()
         if app.state.auth_token is None:
             logging.getLogger("posefleet.ingress").warning(
                 "no API token (set %s or serving.auth_token): every client is admitted", s.auth_token_env

@@ -37,12 +37,7 @@ def free_port() -> int:
     high = max(_ephemeral_low() - 1, _LOW_PORT + 100)
     for _ in range(200):
         port = random.randint(_LOW_PORT, high)
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if not port_in_use("127.0.0.1", port):
             return port
     with socket.socket() as s:  # everything busy: let the kernel choose
         s.bind(("127.0.0.1", 0))
