@@ -142,6 +142,13 @@ def _time(fn: Any, reps: int) -> float:
     return (time.perf_counter() - t0) * 1000 / reps
 
 
+def run_clip(pipeline: Any, images: list[np.ndarray], stream: str = "clip") -> tuple[list, float]:
+    """One stream through the in-process pipeline: its results and frames per second."""
+    t0 = time.perf_counter()
+    out = [pipeline.process(stream, image, i) for i, image in enumerate(images)]
+    return out, len(images) / (time.perf_counter() - t0)
+
+
 def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_dir: Path, bar: tqdm) -> list[dict]:
     """Speed (detector ms per frame, pose ms per crop at batch 8, and the whole single-stream
     pipeline's FPS, where settings such as thread spinning show) and COCO AP of each variant."""
@@ -169,10 +176,7 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
         }
         pipeline = Pipeline(engine.cfg, engine)
         pipeline.process("warm-up", clip[0], 0)
-        t0 = time.perf_counter()
-        for i, image in enumerate(clip):
-            pipeline.process("clip", image, i)
-        row["pipeline_fps"] = len(clip) / (time.perf_counter() - t0)
+        row["pipeline_fps"] = run_clip(pipeline, clip)[1]
         if coco:
             row |= {k: v for k, v in evaluate(engine, *coco).items() if k in ("AP", "AP50", "AR")}
         bar.update(1)
@@ -212,10 +216,7 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
     engine = PoseEngine(load_pipeline_config("balanced"))
 
     def run(n: int) -> tuple[list, float]:
-        p = Pipeline(load_pipeline_config("balanced", overrides={"detect_every": n}), engine)
-        t0 = time.perf_counter()
-        out = [p.process("v", im, i) for i, im in enumerate(images)]
-        return out, len(images) / (time.perf_counter() - t0)
+        return run_clip(Pipeline(load_pipeline_config("balanced", overrides={"detect_every": n}), engine), images)
 
     reference, fps1 = run(1)
     rows = [{"detect_every": 1, "fps": fps1, "id_switches": 0, "fragmentations": 0, "matched": 1.0,
