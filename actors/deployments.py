@@ -17,9 +17,9 @@ import numpy as np
 from ray import serve
 
 from posefleet import metrics
-from posefleet.actors.detector import Detector
-from posefleet.actors.pose import PoseEstimator
 from posefleet.config import DetectorConfig, ModelDeploymentSettings, PoseConfig
+from posefleet.pipeline.detector import Detector
+from posefleet.pipeline.pose import PoseEstimator
 
 T = TypeVar("T")
 

@@ -31,10 +31,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet import __version__
-from posefleet.actors.detector import Detections
-from posefleet.actors.tracker import FramePlan, StreamTracker
 from posefleet.config import PipelineConfig
-from posefleet.serve.schema import Person
+from posefleet.pipeline.detector import Detections
+from posefleet.pipeline.schema import Person
+from posefleet.pipeline.tracker import FramePlan, StreamTracker
 
 Policy = Literal["drop_oldest", "wait"]
 

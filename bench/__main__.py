@@ -152,10 +152,10 @@ def run_clip(pipeline: Any, images: list[np.ndarray], stream: str = "clip") -> t
 def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_dir: Path, bar: tqdm) -> list[dict]:
     """Speed (detector ms per frame, pose ms per crop at batch 8, and the whole single-stream
     pipeline's FPS, where settings such as thread spinning show) and COCO AP of each variant."""
-    from posefleet.actors.pipeline import Pipeline, PoseEngine
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import evaluate
     from posefleet.optimize import optimize
+    from posefleet.pipeline.engine import Pipeline, PoseEngine
     from posefleet.sources import open_source
 
     clip = [f.image for _, f in zip(range(6 if quick else 60), open_source(video), strict=False)]
@@ -207,9 +207,9 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
 
 def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> list[dict]:
     """Detect every N against detect every frame on the same clip: ids, fragments, keypoint OKS."""
-    from posefleet.actors.pipeline import Pipeline, PoseEngine
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import tracking_consistency
+    from posefleet.pipeline.engine import Pipeline, PoseEngine
     from posefleet.sources import open_source
 
     images = [f.image for _, f in zip(range(frames), open_source(video), strict=False)]
@@ -230,9 +230,9 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
 
 def section_mot(quick: bool, bar: tqdm) -> list[dict] | None:
     """Tracks against real box ground truth: crowded 1080p street scenes, detect every N and presets."""
-    from posefleet.actors.pipeline import Pipeline
     from posefleet.config import load_pipeline_config
     from posefleet.mot import evaluate_mot
+    from posefleet.pipeline.engine import Pipeline
 
     if not SHARED_MOT.is_dir():
         return None

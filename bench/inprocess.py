@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from posefleet.actors.bytetrack import ByteTracker
-from posefleet.actors.geometry import iou_matrix, keypoint_box
-from posefleet.actors.pipeline import Pipeline, PoseEngine
 from posefleet.config import PipelineConfig, load_pipeline_config
 from posefleet.image_io import decode_image, encode_jpeg
+from posefleet.pipeline.bytetrack import ByteTracker
+from posefleet.pipeline.engine import Pipeline, PoseEngine
+from posefleet.pipeline.geometry import iou_matrix, keypoint_box
 from posefleet.sources import open_source
 
 LIMITS = {"max_pixels": 40_000_000, "max_side": 16384}

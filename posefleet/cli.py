@@ -34,10 +34,10 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from posefleet.actors.pipeline import Pipeline
     from posefleet.coco import coco_results
     from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
+    from posefleet.pipeline.engine import Pipeline
     from posefleet.sources import SourceError, open_source
 
     cfg = _pipeline_config(args)
@@ -266,8 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from posefleet.actors.pipeline import PoseEngine
     from posefleet.evaluate import evaluate
+    from posefleet.pipeline.engine import PoseEngine
 
     cfg = _pipeline_config(args)
     images = args.images or str(Path(args.annotations).parent)
@@ -282,8 +282,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_mot(args: argparse.Namespace) -> int:
-    from posefleet.actors.pipeline import Pipeline
     from posefleet.mot import evaluate_mot
+    from posefleet.pipeline.engine import Pipeline
 
     try:
         result = evaluate_mot(Pipeline(_pipeline_config(args)), args.sequences)

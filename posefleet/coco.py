@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posefleet.serve.schema import FrameResult
+from posefleet.pipeline.schema import FrameResult
 
 
 def coco_results(results: list[tuple[int, FrameResult]]) -> list[dict[str, Any]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posefleet.actors.pose import COCO_SKELETON
-from posefleet.serve.schema import Person
+from posefleet.pipeline.pose import COCO_SKELETON
+from posefleet.pipeline.schema import Person
 
 
 def track_colour(track_id: int) -> tuple[int, int, int]:

@@ -13,10 +13,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from posefleet.actors.geometry import iou_matrix
-from posefleet.actors.pipeline import PoseEngine
-from posefleet.actors.pose import COCO_KEYPOINTS
-from posefleet.serve.schema import FrameResult
+from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.geometry import iou_matrix
+from posefleet.pipeline.pose import COCO_KEYPOINTS
+from posefleet.pipeline.schema import FrameResult
 
 # COCO's per-keypoint OKS constants (sigmas), nose to ankles.
 COCO_SIGMAS = np.array(

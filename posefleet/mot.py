@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from posefleet.actors.geometry import iou_matrix
-from posefleet.actors.pipeline import Pipeline
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.geometry import iou_matrix
 
 PEDESTRIAN = 1
 MATCH_IOU = 0.5  # MOTChallenge's threshold for a prediction to be the same person as a truth

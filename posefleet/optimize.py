@@ -20,8 +20,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from posefleet import models
-from posefleet.actors.pipeline import PoseEngine
 from posefleet.config import PipelineConfig
+from posefleet.pipeline.engine import PoseEngine
 from posefleet.sources import open_source
 
 log = logging.getLogger("posefleet.optimize")

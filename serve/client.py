@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.schema import FrameResult
+from posefleet.pipeline.schema import FrameResult
 from posefleet.sources import open_source
 
 

@@ -27,12 +27,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from posefleet import __version__
-from posefleet.actors.tracker import FrameOrderError
 from posefleet.actors.tracker_actor import FrameNotInFlight, StreamBusy
 from posefleet.config import AppConfig
 from posefleet.image_io import ImageError
+from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
+from posefleet.pipeline.tracker import FrameOrderError
 from posefleet.serve.processor import FAULTS, FrameProcessor, Unavailable, reason
-from posefleet.serve.schema import FrameResult, Health, StreamInfo, StreamList
 
 T = TypeVar("T")
 

@@ -17,14 +17,14 @@ import ray
 from ray.serve.exceptions import BackPressureError
 
 from posefleet import metrics
-from posefleet.actors import detector as detector_mod
-from posefleet.actors import pose as pose_mod
-from posefleet.actors.tracker import FramePlan
 from posefleet.actors.tracker_actor import FrameDropped, FrameOutcome, shard_of, tracker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
 from posefleet.image_io import ImageError, check_image, decode_image, encode_jpeg
-from posefleet.serve.schema import FrameResult, StageTimings
+from posefleet.pipeline import detector as detector_mod
+from posefleet.pipeline import pose as pose_mod
+from posefleet.pipeline.schema import FrameResult, StageTimings
+from posefleet.pipeline.tracker import FramePlan
 
 log = logging.getLogger("posefleet.processor")
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from posefleet.actors.pipeline import PoseEngine
 from posefleet.config import PipelineConfig, load_pipeline_config
+from posefleet.pipeline.engine import PoseEngine
 
 DATA = Path(__file__).parent / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from posefleet.actors.bytetrack import ByteTracker
 from posefleet.config import TrackerConfig
+from posefleet.pipeline.bytetrack import ByteTracker
 
 
 def box(cx: float, cy: float, w: float = 50, h: float = 150) -> list[float]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from posefleet.actors.smoothing import OneEuroFilter
 from posefleet.config import PipelineConfig, SmoothingConfig, load_pipeline_config
+from posefleet.pipeline.smoothing import OneEuroFilter
 
 
 @pytest.mark.parametrize("name", ["fast", "balanced", "quality"])

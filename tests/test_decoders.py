@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from posefleet.actors.detector import Detector
-from posefleet.actors.pose import PoseEstimator
 from posefleet.config import DetectorConfig, PoseConfig
+from posefleet.pipeline.detector import Detector
+from posefleet.pipeline.pose import PoseEstimator
 
 
 def constant_model(path: Path, input_shape: list, outputs: dict[str, np.ndarray], batch_follows_input: bool) -> str:

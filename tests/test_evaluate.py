@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, SHARED_DATA
-from posefleet.actors.pipeline import PoseEngine
 from posefleet.config import load_pipeline_config
 from posefleet.evaluate import (
     coco_keypoint_ap,
@@ -19,7 +18,8 @@ from posefleet.evaluate import (
     predict_coco,
     tracking_consistency,
 )
-from posefleet.serve.schema import FrameResult, Person
+from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.schema import FrameResult, Person
 
 
 def test_ap_on_the_annotated_coco_photo(engine: PoseEngine) -> None:

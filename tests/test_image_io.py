@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, read
-from posefleet.actors.pipeline import Pipeline, PoseEngine
 from posefleet.config import PipelineConfig
 from posefleet.image_io import ImageError, as_bgr, decode_image
+from posefleet.pipeline.engine import Pipeline, PoseEngine
 
 LIMITS = {"max_pixels": 40_000_000, "max_side": 16384}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from posefleet import models
-from posefleet.actors.runtime import create_session
 from posefleet.config import OrtConfig
+from posefleet.pipeline.runtime import create_session
 
 
 @pytest.mark.parametrize("name", sorted(models.SHIPPED))

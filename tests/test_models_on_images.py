@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, read
-from posefleet.actors.geometry import iou_matrix
-from posefleet.actors.pipeline import PoseEngine
-from posefleet.actors.pose import COCO_KEYPOINTS
+from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.geometry import iou_matrix
+from posefleet.pipeline.pose import COCO_KEYPOINTS
 
 KP = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
 # (image, more than head and shoulders in view: BlazePose's presence is low on a bust portrait)
@@ -97,7 +97,7 @@ def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
     """Four real photos side by side (a wide 'court'): overlapping tiles see each person larger."""
     import cv2
 
-    from posefleet.actors.detector import Detector
+    from posefleet.pipeline.detector import Detector
 
     panels = [read(n) for n, _ in ONE_PERSON]
     panels = [cv2.resize(p, (round(p.shape[1] * 480 / p.shape[0]), 480)) for p in panels]
@@ -119,7 +119,7 @@ def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
 
 
 def test_small_frames_are_not_tiled(cfg) -> None:
-    from posefleet.actors.detector import make_decoder
+    from posefleet.pipeline.detector import make_decoder
 
     decoder = make_decoder(cfg.detector)
     assert len(decoder.regions(426, 240)) == 1  # tiles would be upscaled

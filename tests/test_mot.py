@@ -8,9 +8,9 @@ import cv2
 import pytest
 
 from conftest import SHARED_DATA, video_frames
-from posefleet.actors.pipeline import Pipeline, PoseEngine
 from posefleet.config import PipelineConfig
 from posefleet.mot import evaluate_mot, read_sequence
+from posefleet.pipeline.engine import Pipeline, PoseEngine
 
 pytest.importorskip("motmetrics", reason="motmetrics is in the test extra")
 

@@ -7,8 +7,8 @@ import logging
 import onnxruntime as ort
 import pytest
 
-from posefleet.actors.runtime import choose_providers, create_session, session_options
 from posefleet.config import CPU, CUDA, TENSORRT, OrtConfig
+from posefleet.pipeline.runtime import choose_providers, create_session, session_options
 
 ALL = [TENSORRT, CUDA, CPU]
 

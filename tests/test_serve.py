@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import DATA, video_frames
-from posefleet.actors.pipeline import Pipeline
 from posefleet.config import AppConfig, load_pipeline_config
 from posefleet.image_io import encode_jpeg
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.schema import FrameResult
 from posefleet.serve.client import submit
 from posefleet.serve.local import free_port, local_app
-from posefleet.serve.schema import FrameResult
 
 PIPELINE = {"detector": {"ort": {"intra_op_num_threads": 1}}, "pose": {"ort": {"intra_op_num_threads": 1}}}
 CLIP = str(DATA / "test_video_structuralize.mp4")

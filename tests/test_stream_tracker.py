@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import video_frames
-from posefleet.actors.detector import Detections
-from posefleet.actors.pipeline import Pipeline, PoseEngine
-from posefleet.actors.tracker import FrameOrderError, StreamTracker
 from posefleet.config import PipelineConfig
+from posefleet.pipeline.detector import Detections
+from posefleet.pipeline.engine import Pipeline, PoseEngine
+from posefleet.pipeline.tracker import FrameOrderError, StreamTracker
 
 
 def body_keypoints(b: np.ndarray, score: float = 0.9) -> np.ndarray:

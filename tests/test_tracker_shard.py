@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from posefleet.actors.tracker import FrameOrderError
 from posefleet.actors.tracker_actor import (
     CheckpointStore,
     FrameDropped,
@@ -18,6 +17,7 @@ from posefleet.actors.tracker_actor import (
     shard_of,
 )
 from posefleet.config import PipelineConfig
+from posefleet.pipeline.tracker import FrameOrderError
 
 BOX = np.array([[100, 100, 160, 260]], np.float32)
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from posefleet.actors.geometry import iou_matrix
-from posefleet.actors.kalman import KalmanFilterXYAH, tlbr_to_xyah, xyah_to_tlbr
 from posefleet.config import TrackerConfig
+from posefleet.pipeline.geometry import iou_matrix
+from posefleet.pipeline.kalman import KalmanFilterXYAH, tlbr_to_xyah, xyah_to_tlbr
 
 _KF = KalmanFilterXYAH()
 

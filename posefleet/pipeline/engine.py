@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from posefleet.actors.detector import Detector
-from posefleet.actors.pose import PoseEstimator
-from posefleet.actors.tracker import StreamTracker
 from posefleet.config import PipelineConfig
 from posefleet.image_io import as_bgr, decode_image
-from posefleet.serve.schema import FrameResult, StageTimings
+from posefleet.pipeline.detector import Detector
+from posefleet.pipeline.pose import PoseEstimator
+from posefleet.pipeline.schema import FrameResult, StageTimings
+from posefleet.pipeline.tracker import StreamTracker
 
 
 def _ms(t0: float) -> float:

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from posefleet.actors.bytetrack import ByteTracker, Track
-from posefleet.actors.detector import Detections
-from posefleet.actors.geometry import keypoint_box
-from posefleet.actors.smoothing import OneEuroFilter
 from posefleet.config import PipelineConfig
-from posefleet.serve.schema import Person
+from posefleet.pipeline.bytetrack import ByteTracker, Track
+from posefleet.pipeline.detector import Detections
+from posefleet.pipeline.geometry import keypoint_box
+from posefleet.pipeline.schema import Person
+from posefleet.pipeline.smoothing import OneEuroFilter
 
 
 class FrameOrderError(ValueError):

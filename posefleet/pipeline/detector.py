@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from posefleet.actors import geometry
-from posefleet.actors.runtime import OnnxModel
 from posefleet.config import DetectorConfig
+from posefleet.pipeline import geometry
+from posefleet.pipeline.runtime import OnnxModel
 
 
 @dataclass

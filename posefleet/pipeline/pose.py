@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from posefleet.actors import geometry
-from posefleet.actors.runtime import OnnxModel
 from posefleet.config import PoseConfig
+from posefleet.pipeline import geometry
+from posefleet.pipeline.runtime import OnnxModel
 
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
