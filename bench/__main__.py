@@ -155,7 +155,8 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import evaluate
     from posefleet.optimize import optimize
-    from posefleet.pipeline.engine import Pipeline, PoseEngine
+    from posefleet.pipeline.engine import Pipeline
+    from posefleet.pipeline.frames import LocalModels
     from posefleet.sources import open_source
 
     clip = [f.image for _, f in zip(range(6 if quick else 60), open_source(video), strict=False)]
@@ -163,7 +164,7 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
     reps = 2 if quick else 10
 
     def measure(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        engine = PoseEngine(load_pipeline_config("balanced", overrides=overrides))
+        engine = LocalModels(load_pipeline_config("balanced", overrides=overrides))
         det_inputs = [engine.detector.decoder.prepare(f)[0] for f in frames]
         boxes = [engine.detector(f).boxes for f in frames]
         crops = np.concatenate([engine.pose.decoder.prepare(f, b)[0] for f, b in zip(frames, boxes, strict=True)
@@ -209,11 +210,12 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
     """Detect every N against detect every frame on the same clip: ids, fragments, keypoint OKS."""
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import tracking_consistency
-    from posefleet.pipeline.engine import Pipeline, PoseEngine
+    from posefleet.pipeline.engine import Pipeline
+    from posefleet.pipeline.frames import LocalModels
     from posefleet.sources import open_source
 
     images = [f.image for _, f in zip(range(frames), open_source(video), strict=False)]
-    engine = PoseEngine(load_pipeline_config("balanced"))
+    engine = LocalModels(load_pipeline_config("balanced"))
 
     def run(n: int) -> tuple[list, float]:
         return run_clip(Pipeline(load_pipeline_config("balanced", overrides={"detect_every": n}), engine), images)

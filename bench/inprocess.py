@@ -28,7 +28,8 @@ import numpy as np
 from posefleet.config import PipelineConfig, load_pipeline_config
 from posefleet.image_io import decode_image, encode_jpeg
 from posefleet.pipeline.bytetrack import ByteTracker
-from posefleet.pipeline.engine import Pipeline, PoseEngine
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.geometry import iou_matrix, keypoint_box
 from posefleet.sources import open_source
 
@@ -69,7 +70,7 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
     once (one ORT thread each).
     """
     cores = len(os.sched_getaffinity(0))
-    probe = PoseEngine(cfg)
+    probe = LocalModels(cfg)
     images = [decode_image(f, **LIMITS) for f in frames[:24]]
     det_inputs = [probe.detector.decoder.prepare(im)[0] for im in images]
     crops = [probe.pose.decoder.prepare(im, b)[0] for im in images if len(b := probe.detector(im).boxes)]
@@ -79,7 +80,7 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
         tuned = cfg.model_copy(deep=True)
         for ort_cfg in (tuned.detector.ort, tuned.pose.ort):
             ort_cfg.intra_op_num_threads, ort_cfg.allow_spinning = threads, spin
-        engine = PoseEngine(tuned)
+        engine = LocalModels(tuned)
         per_crop = {}
         for batch in (1, 2, 4, 8, 16, 32):
             x = np.ascontiguousarray(np.resize(crops_all, (batch, *crops_all.shape[1:])))
@@ -95,7 +96,7 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
         x = np.ascontiguousarray(np.resize(crops_all, (best, *crops_all.shape[1:])))
 
         def work(x: np.ndarray = x, n_det: int = n_det, n_crops: int = n_crops, best: int = best,
-                 engine: PoseEngine = engine) -> tuple[float, float]:  # fmt: skip
+                 engine: LocalModels = engine) -> tuple[float, float]:  # fmt: skip
             t0 = time.perf_counter()
             for i in range(n_det):
                 engine.detector.infer(det_inputs[i % len(det_inputs)])
@@ -142,7 +143,7 @@ def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
     Runtime's default session options."""
     naive = ort_defaults(cfg)
     naive.detect_every = 1
-    engine = PoseEngine(naive)
+    engine = LocalModels(naive)
     trackers = [ByteTracker(naive.tracker) for _ in range(streams)]
     rows = []
     t_start = time.perf_counter()
@@ -218,7 +219,7 @@ def run_optimised(cfg: PipelineConfig, frames: list[bytes], streams: int, worker
 def run_rtmlib_style(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
     """rtmlib PoseTracker's loop on our models: per-box pose, IoU ids, boxes from last keypoints,
     sessions opened with ONNX Runtime's defaults as rtmlib opens them."""
-    engine = PoseEngine(ort_defaults(cfg))
+    engine = LocalModels(ort_defaults(cfg))
     det_frequency = cfg.detect_every
     state = [{"boxes": np.zeros((0, 4), np.float32), "ids": [], "next_id": 0} for _ in range(streams)]
     rows = []

@@ -267,12 +267,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from posefleet.evaluate import evaluate
-    from posefleet.pipeline.engine import PoseEngine
+    from posefleet.pipeline.engine import Pipeline
 
     cfg = _pipeline_config(args)
     images = args.images or str(Path(args.annotations).parent)
     try:
-        result = evaluate(PoseEngine(cfg), args.annotations, images)
+        result = evaluate(Pipeline(cfg), args.annotations, images)
     except FileNotFoundError as exc:
         raise CliError(f"missing image or annotation file: {exc}") from exc
     except ValueError as exc:

@@ -58,6 +58,10 @@ class TilingConfig(_Strict):
     overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
     include_full_frame: bool = True
     min_aspect: float = Field(0.0, ge=0.0, description="tile only frames with width/height at least this (0: always)")
+    max_contained: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="drop a box lying this much inside a better one (a person cut by a tile edge); 1: keep all",
+    )  # fmt: skip
 
 
 class DetectorConfig(_Strict):
@@ -84,7 +88,15 @@ class PoseConfig(_Strict):
     sha256: str | None = None
     input_width: int = Field(256, ge=16)
     input_height: int = Field(256, ge=16)
-    crop_scale: float = Field(1.25, gt=1.0, le=3.0, description="crop side = box side x this")
+    crop_scale: float = Field(1.25, gt=1.0, le=3.0, description="crop side = box side (or body circle) x this")
+    align: bool = Field(
+        True,
+        description=(
+            "cut each crop centred on the hips and rotated upright from the person's hip and shoulder "
+            "keypoints, as MediaPipe aligns BlazePose's input; an axis-aligned box crop where they are unsure"
+        ),
+    )
+    align_min_score: float = Field(0.3, ge=0.0, le=1.0, description="hips and shoulders needed to align a crop")
     max_batch: int = Field(32, ge=1, description="crops per session.run")
     min_person_score: float = Field(
         0.5, ge=0.0, le=1.0, description="a carried track below this is lost (forces a detection)"
@@ -99,9 +111,9 @@ class TrackerConfig(_Strict):
     MoveNet's person scores are lower, so these defaults sit lower too.
     """
 
-    high_thresh: float = Field(0.25, ge=0.0, le=1.0, description="first association pass")
+    high_thresh: float = Field(0.15, ge=0.0, le=1.0, description="first association pass")
     low_thresh: float = Field(0.1, ge=0.0, le=1.0, description="second pass takes scores in [low, high)")
-    new_track_thresh: float = Field(0.3, ge=0.0, le=1.0)
+    new_track_thresh: float = Field(0.15, ge=0.0, le=1.0)
     match_thresh: float = Field(0.8, gt=0.0, le=1.0, description="max 1-IoU for the first pass")
     second_match_thresh: float = Field(0.5, gt=0.0, le=1.0)
     unconfirmed_match_thresh: float = Field(0.7, gt=0.0, le=1.0)
@@ -121,7 +133,17 @@ class SmoothingConfig(_Strict):
     d_cutoff: float = Field(1.0, gt=0.0)
 
 
+PoseSource = Literal["single-stage", "top-down", "fused"]
+
+
 class PipelineConfig(_Strict):
+    pose_source: PoseSource = Field(
+        "single-stage",
+        description=(
+            "where keypoints come from: the detector's own (single-stage, every frame), a top-down pose model "
+            "on tracked boxes (top-down, detect every N), or both averaged by score (fused)"
+        ),
+    )
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     pose: PoseConfig = Field(default_factory=PoseConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
@@ -131,6 +153,21 @@ class PipelineConfig(_Strict):
     keypoint_box_padding: float = Field(1.2, ge=1.0, le=2.0)
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
     max_image_side: int = Field(16384, ge=1)
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> PipelineConfig:
+        if self.pose_source != "top-down" and self.detect_every != 1:
+            raise ValueError(
+                f"pose_source {self.pose_source!r} takes keypoints from the detector on every frame: "
+                "detect_every must be 1 (carrying boxes between detections needs pose_source 'top-down')"
+            )
+        if self.pose_source != "top-down" and self.detector.decoder != "movenet":
+            raise ValueError(f"pose_source {self.pose_source!r} needs a detector that gives keypoints (movenet)")
+        return self
+
+    @property
+    def needs_pose_model(self) -> bool:
+        return self.pose_source != "single-stage"
 
 
 def preset_path(name: str) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from posefleet.pipeline.engine import PoseEngine
+from posefleet.coco import coco_results
+from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.geometry import iou_matrix
 from posefleet.pipeline.pose import COCO_KEYPOINTS
 from posefleet.pipeline.schema import FrameResult
@@ -54,25 +55,17 @@ def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
     return data
 
 
-def predict_coco(engine: PoseEngine, gt: dict[str, Any], image_dir: str | Path) -> list[dict[str, Any]]:
-    """Top-down predictions for every image of a COCO annotation set (no tracking: one frame each)."""
+def predict_coco(pipeline: Pipeline, gt: dict[str, Any], image_dir: str | Path) -> list[dict[str, Any]]:
+    """The pipeline's people on every image of a COCO annotation set, each image the first frame of a
+    stream of its own (the same path as ``posefleet run``: detector, tracker, the preset's pose source)."""
     results = []
-    for im in gt["images"]:
+    for n, im in enumerate(gt["images"]):
         image = cv2.imread(str(Path(image_dir) / im["file_name"]), cv2.IMREAD_COLOR)
         if image is None:
             raise FileNotFoundError(Path(image_dir) / im["file_name"])
-        dets = engine.detector(image)
-        kps, presence = engine.pose(image, dets.boxes)
-        for box, det_score, k, pres in zip(dets.boxes, dets.scores, kps, presence, strict=True):
-            visible = k[:, 2] > 0.2
-            kp_score = float(k[visible, 2].mean()) if visible.any() else 0.0
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({
-                "image_id": im["id"], "category_id": 1,
-                "keypoints": [round(float(v), 2) for v in k.reshape(-1)],
-                "score": float(det_score) * kp_score * float(pres) ** 0.5,
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-            })  # fmt: skip
+        result = pipeline.process(f"eval-{n}", image, 0)
+        results += coco_results([(im["id"], result)])
+        pipeline.streams.pop(f"eval-{n}")
     return results
 
 
@@ -96,9 +89,9 @@ def coco_keypoint_ap(data: dict[str, Any], results: list[dict[str, Any]]) -> dic
     return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
 
 
-def evaluate(engine: PoseEngine, ann_file: str | Path, image_dir: str | Path) -> dict[str, Any]:
+def evaluate(pipeline: Pipeline, ann_file: str | Path, image_dir: str | Path) -> dict[str, Any]:
     data = load_keypoint_set(ann_file)
-    results = predict_coco(engine, data, image_dir)
+    results = predict_coco(pipeline, data, image_dir)
     out: dict[str, Any] = coco_keypoint_ap(data, results) | {"predictions": len(results)}
     pairs = enumerate(zip(person_keypoints(data), COCO_KEYPOINTS, strict=True))  # both 17 (checked at load)
     if differ := [f"{i}: {theirs} (ours {ours})" for i, (theirs, ours) in pairs if theirs != ours]:

@@ -21,7 +21,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from posefleet import models
 from posefleet.config import PipelineConfig
-from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.frames import LocalModels
 from posefleet.sources import open_source
 
 log = logging.getLogger("posefleet.optimize")
@@ -37,7 +37,7 @@ class _Reader(CalibrationDataReader):
         return None if item is None else {self.input_name: item}
 
 
-def calibration_tensors(engine: PoseEngine, source: str, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def calibration_tensors(engine: LocalModels, source: str, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Detector inputs and single pose crops from real frames of ``source``."""
     det_inputs, crops = [], []
     step = max(1, (open_source(source).count or frames) // frames)
@@ -88,7 +88,7 @@ def check(path: Path, input_name: str, sample: np.ndarray) -> None:
 def optimize(cfg: PipelineConfig, out_dir: Path, source: str, frames: int = 48) -> dict[str, dict[str, str]]:
     """Write INT8 and FP16 variants of the detector and pose models; returns name -> {kind: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    engine = PoseEngine(cfg)
+    engine = LocalModels(cfg)
     det_inputs, crops = calibration_tensors(engine, source, frames)
     if not crops:
         raise ValueError(f"{source}: no person found in the calibration frames")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from posefleet.config import PipelineConfig, load_pipeline_config
-from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.frames import LocalModels
 
 DATA = Path(__file__).parent / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,8 +22,20 @@ def cfg() -> PipelineConfig:
 
 
 @pytest.fixture(scope="session")
-def engine(cfg: PipelineConfig) -> PoseEngine:
-    return PoseEngine(cfg)
+def topdown_cfg() -> PipelineConfig:
+    return load_pipeline_config("top-down")
+
+
+@pytest.fixture(scope="session")
+def engine(topdown_cfg: PipelineConfig) -> LocalModels:
+    """Both models (the top-down preset loads the pose model too); any preset's pipeline can share them."""
+    return LocalModels(topdown_cfg)
+
+
+@pytest.fixture(scope="session")
+def pipeline(cfg: PipelineConfig, engine: LocalModels) -> Pipeline:
+    """The default preset's in-process pipeline."""
+    return Pipeline(cfg, engine)
 
 
 def read(name: str) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_low_score_detections_keep_a_track_alive() -> None:
         out = step(tracker, [box(100 + 4 * f, 200)], [score])
         assert list(out) == [1], f
     # a low-score detection alone never starts a track
-    assert step(ByteTracker(), [box(50, 50)], [0.15]) == {}
+    assert step(ByteTracker(), [box(50, 50)], [0.12]) == {}
 
 
 def test_lost_track_removed_after_buffer() -> None:

@@ -10,7 +10,7 @@ from posefleet.config import PipelineConfig, SmoothingConfig, load_pipeline_conf
 from posefleet.pipeline.smoothing import OneEuroFilter
 
 
-@pytest.mark.parametrize("name", ["fast", "balanced", "quality"])
+@pytest.mark.parametrize("name", ["fast", "balanced", "quality", "top-down", "crowd"])
 def test_presets_load(name: str) -> None:
     cfg = load_pipeline_config(name)
     assert isinstance(cfg, PipelineConfig)
@@ -18,8 +18,19 @@ def test_presets_load(name: str) -> None:
 
 def test_presets_differ_where_they_should() -> None:
     fast, quality = load_pipeline_config("fast"), load_pipeline_config("quality")
-    assert fast.detect_every > quality.detect_every
     assert fast.detector.input_size < quality.detector.input_size
+    assert not fast.detector.tiling.enabled and quality.detector.tiling.enabled
+    assert load_pipeline_config("balanced").pose_source == "single-stage"
+    top_down = load_pipeline_config("top-down")
+    assert top_down.pose_source == "top-down" and top_down.detect_every > 1 and top_down.pose.align
+    crowd = load_pipeline_config("crowd").detector.tiling
+    assert crowd.cols * crowd.rows > 2
+
+
+def test_single_stage_refuses_carried_frames() -> None:
+    with pytest.raises(ValidationError, match="detect_every must be 1"):
+        load_pipeline_config("balanced", overrides={"detect_every": 2})
+    assert load_pipeline_config("top-down", overrides={"detect_every": 3}).detect_every == 3
 
 
 def test_bad_values_are_refused() -> None:

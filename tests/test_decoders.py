@@ -92,7 +92,9 @@ def test_rtmpose_simcc_decoding_batched(tmp_path: Path) -> None:
     pose = PoseEstimator(cfg)
     frame = np.zeros((400, 400, 3), np.uint8)
     boxes = np.array([[0, 0, 192, 256], [100, 50, 196, 178]], np.float32)
-    batch, _ = pose.decoder.prepare(frame, boxes)
+    crops, _ = pose.decoder.prepare(frame, boxes)
+    assert crops.shape == (2, h, w, 3) and crops.dtype == np.uint8  # uint8 travels; normalised at the model
+    batch = pose.decoder.normalise(crops)
     assert batch.shape == (2, 3, h, w) and batch.flags["C_CONTIGUOUS"]
     kps, scores = pose(frame, boxes)
     assert kps.shape == (2, 17, 3)

@@ -18,19 +18,19 @@ from posefleet.evaluate import (
     predict_coco,
     tracking_consistency,
 )
-from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.schema import FrameResult, Person
 
 
-def test_ap_on_the_annotated_coco_photo(engine: PoseEngine) -> None:
-    result = evaluate(engine, DATA / "coco_785.json", DATA)
+def test_ap_on_the_annotated_coco_photo(pipeline: Pipeline) -> None:
+    result = evaluate(pipeline, DATA / "coco_785.json", DATA)
     assert result["predictions"] >= 1
     assert result["AP"] > 0.5  # a real person, well found: a broken decoder or mapping scores ~0
 
 
-def test_ap_drops_when_keypoints_are_wrong(engine: PoseEngine) -> None:
+def test_ap_drops_when_keypoints_are_wrong(pipeline: Pipeline) -> None:
     data = load_keypoint_set(DATA / "coco_785.json")
-    good = predict_coco(engine, data, DATA)
+    good = predict_coco(pipeline, data, DATA)
     mirrored = []
     for r in good:  # swap left and right: the classic top-down bug
         k = [r["keypoints"][i : i + 3] for i in range(0, 51, 3)]
@@ -39,14 +39,14 @@ def test_ap_drops_when_keypoints_are_wrong(engine: PoseEngine) -> None:
     assert coco_keypoint_ap(data, mirrored)["AP"] < coco_keypoint_ap(data, good)["AP"]
 
 
-def test_posetrack_style_set_without_area_scores_like_coco(engine: PoseEngine, tmp_path: Path) -> None:
+def test_posetrack_style_set_without_area_scores_like_coco(pipeline: Pipeline, tmp_path: Path) -> None:
     data = json.loads((DATA / "coco_785.json").read_text())
     for ann in data["annotations"]:  # PoseTrack files carry no area and write iscrowd as a bool
         ann.pop("area")
         ann["iscrowd"] = False
     (tmp_path / "posetrack_style.json").write_text(json.dumps(data))
-    with_area = evaluate(engine, DATA / "coco_785.json", DATA)
-    without = evaluate(engine, tmp_path / "posetrack_style.json", DATA)
+    with_area = evaluate(pipeline, DATA / "coco_785.json", DATA)
+    without = evaluate(pipeline, tmp_path / "posetrack_style.json", DATA)
     assert without["predictions"] == with_area["predictions"]
     # the box area is at least the segment area, so OKS is at least as lenient: same people, AP not lower
     assert without["AP"] >= with_area["AP"] > 0.5
@@ -101,6 +101,6 @@ def test_tracking_consistency_counts_switches_and_fragments() -> None:
 )
 def test_evaluate_on_shared_posetrack_frames_names_the_keypoints_that_differ() -> None:
     ann = SHARED_DATA / "posetrack18/annotations/test_posetrack18_val.json"
-    result = evaluate(PoseEngine(load_pipeline_config("balanced")), ann, SHARED_DATA / "posetrack18")
+    result = evaluate(Pipeline(load_pipeline_config("balanced")), ann, SHARED_DATA / "posetrack18")
     assert result["predictions"] > 0 and result["AP"] > 0
     assert result["keypoints_not_coco"] == ["1: head_bottom (ours left_eye)", "2: head_top (ours right_eye)"]

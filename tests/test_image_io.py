@@ -12,7 +12,8 @@ import pytest
 from conftest import DATA, read
 from posefleet.config import PipelineConfig
 from posefleet.image_io import ImageError, as_bgr, decode_image
-from posefleet.pipeline.engine import Pipeline, PoseEngine
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.frames import LocalModels
 
 LIMITS = {"max_pixels": 40_000_000, "max_side": 16384}
 
@@ -66,7 +67,7 @@ def test_arrays_of_any_channel_layout_become_bgr() -> None:
         as_bgr(np.zeros((10, 10, 3), np.float32))
 
 
-def test_pipeline_on_grey_photo_finds_the_person(engine: PoseEngine, cfg: PipelineConfig) -> None:
+def test_pipeline_on_grey_photo_finds_the_person(engine: LocalModels, cfg: PipelineConfig) -> None:
     """A greyscale PNG goes through decode, detector and pose like a colour one."""
     _, buf = cv2.imencode(".png", cv2.cvtColor(read("astronaut.png"), cv2.COLOR_BGR2GRAY))
     result = Pipeline(cfg, engine).process_bytes("grey", buf.tobytes(), 0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, read
-from posefleet.pipeline.engine import PoseEngine
+from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.geometry import iou_matrix
 from posefleet.pipeline.pose import COCO_KEYPOINTS
 
@@ -18,7 +18,7 @@ ONE_PERSON = [("astronaut.png", True), ("grace.jpg", False), ("camera.png", True
 
 
 @pytest.mark.parametrize(("name", "body"), ONE_PERSON)
-def test_single_person_found_with_head_on_top(engine: PoseEngine, name: str, body: bool) -> None:
+def test_single_person_found_with_head_on_top(engine: LocalModels, name: str, body: bool) -> None:
     image = read(name)
     dets = engine.detector(image)
     assert len(dets) >= 1
@@ -33,14 +33,14 @@ def test_single_person_found_with_head_on_top(engine: PoseEngine, name: str, bod
     assert (head[:, 0] >= box[0] - 5).all() and (head[:, 0] <= box[2] + 5).all()
 
 
-def test_coco_ground_truth_box_matched(engine: PoseEngine) -> None:
+def test_coco_ground_truth_box_matched(engine: LocalModels) -> None:
     dets = engine.detector(read("000000000785.jpg"))
     gt = np.array([[281, 45, 281 + 219, 45 + 347]], np.float32)  # test_coco.json, image 785
     assert iou_matrix(gt, dets.boxes).max() > 0.7
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "grace.jpg"])
-def test_left_right_not_swapped_on_frontal_subject(engine: PoseEngine, name: str) -> None:
+def test_left_right_not_swapped_on_frontal_subject(engine: LocalModels, name: str) -> None:
     image = read(name)
     dets = engine.detector(image)
     kps, _ = engine.pose(image, dets.boxes[:1])
@@ -50,7 +50,7 @@ def test_left_right_not_swapped_on_frontal_subject(engine: PoseEngine, name: str
         assert k[KP[f"left_{side}"], 0] > k[KP[f"right_{side}"], 0], side
 
 
-def test_batched_pose_equals_per_crop(engine: PoseEngine) -> None:
+def test_batched_pose_equals_per_crop(engine: LocalModels) -> None:
     image = read("astronaut.png")
     boxes = np.array([[18, 11, 361, 509], [100, 50, 300, 400], [0, 0, 200, 512], [250, 100, 500, 500]], np.float32)
     batch, mats = engine.pose.decoder.prepare(image, boxes)
@@ -63,7 +63,7 @@ def test_batched_pose_equals_per_crop(engine: PoseEngine) -> None:
     np.testing.assert_allclose(kp_batch, kp_single, atol=1e-2)
 
 
-def test_results_are_deterministic(engine: PoseEngine) -> None:
+def test_results_are_deterministic(engine: LocalModels) -> None:
     image = read("grace.jpg")
     first = engine.detector(image)
     second = engine.detector(image)
@@ -75,7 +75,7 @@ COCO_DIR = SHARED_DATA / "coco"
 
 
 @pytest.mark.skipif(not (COCO_DIR / "test_coco.json").is_file(), reason="shared/data/coco not beside the checkout")
-def test_every_annotated_person_detected_on_coco_images(engine: PoseEngine) -> None:
+def test_every_annotated_person_detected_on_coco_images(engine: LocalModels) -> None:
     """Every person annotated with 10+ keypoints is found (IoU > 0.5) in the shared COCO images."""
     import cv2
 
@@ -113,9 +113,7 @@ def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
     found = {int(np.searchsorted(edges, c) - 1) for c in centres}
     assert found == {0, 1, 2, 3}  # one person per panel, none missed
     assert tiled.scores.min() > runs[False].scores.min()
-    assert (tiled.scores >= cfg.tracker.new_track_thresh).sum() > (
-        runs[False].scores >= cfg.tracker.new_track_thresh
-    ).sum()
+    assert (tiled.scores >= 0.3).sum() > (runs[False].scores >= 0.3).sum()  # more people found surely
 
 
 def test_small_frames_are_not_tiled(cfg) -> None:

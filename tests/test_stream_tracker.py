@@ -10,7 +10,8 @@ import pytest
 from conftest import video_frames
 from posefleet.config import PipelineConfig
 from posefleet.pipeline.detector import Detections
-from posefleet.pipeline.engine import Pipeline, PoseEngine
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.tracker import FrameOrderError, StreamTracker
 
 
@@ -38,7 +39,7 @@ def run_frame(st: StreamTracker, index: int, boxes: list[list[float]], pose_scor
 
 
 def test_detects_every_n_and_carries_between() -> None:
-    st = StreamTracker(PipelineConfig(detect_every=3))
+    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=3))
     detected = []
     for f in range(10):
         plan, people = run_frame(st, f, [[100 + 4 * f, 100, 160 + 4 * f, 260]])
@@ -48,7 +49,7 @@ def test_detects_every_n_and_carries_between() -> None:
 
 
 def test_carried_box_follows_the_keypoints() -> None:
-    st = StreamTracker(PipelineConfig(detect_every=5))
+    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=5))
     for f in range(5):
         truth = [100 + 6 * f, 100, 160 + 6 * f, 260]
         plan, people = run_frame(st, f, [truth])
@@ -61,7 +62,7 @@ def test_carried_box_follows_the_keypoints() -> None:
 
 
 def test_failed_pose_loses_the_track_and_forces_detection() -> None:
-    st = StreamTracker(PipelineConfig(detect_every=10))
+    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=10))
     run_frame(st, 0, [[100, 100, 160, 260]])
     plan, people = run_frame(st, 1, [[100, 100, 160, 260]], pose_score=0.05)  # pose says: nobody
     assert not plan.detect and people == []
@@ -71,7 +72,7 @@ def test_failed_pose_loses_the_track_and_forces_detection() -> None:
 
 
 def test_empty_scene_detects_every_frame() -> None:
-    st = StreamTracker(PipelineConfig(detect_every=4))
+    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=4))
     assert all(run_frame(st, f, [])[0].detect for f in range(5))
 
 
@@ -87,7 +88,7 @@ def test_duplicate_and_late_frames_are_refused(index: int) -> None:
 
 
 def test_stream_state_round_trip() -> None:
-    cfg = PipelineConfig(detect_every=2)
+    cfg = PipelineConfig(pose_source="top-down", detect_every=2)
     cfg.smoothing.enabled = True
     a = StreamTracker(cfg)
     for f in range(5):
@@ -99,10 +100,10 @@ def test_stream_state_round_trip() -> None:
         assert pa == pb
 
 
-def test_real_clip_detect_every_3_keeps_two_players(engine: PoseEngine, cfg: PipelineConfig) -> None:
+def test_real_clip_detect_every_3_keeps_two_players(engine: LocalModels, topdown_cfg: PipelineConfig) -> None:
     """Basketball clip, 2 players: with detection every 3rd frame both stay tracked on stable ids."""
     frames = video_frames("test_video_structuralize.mp4", 90)
-    every = Pipeline(cfg.model_copy(update={"detect_every": 3}), engine)
+    every = Pipeline(topdown_cfg.model_copy(update={"detect_every": 3}), engine)
     results = [every.process("clip", f, i) for i, f in enumerate(frames)]
     assert sum(r.detected for r in results) <= 45
     counts = [len(r.people) for r in results]

@@ -85,7 +85,7 @@ def test_late_frame_after_a_newer_one_is_answered_by_policy(policy: str, late_er
 
 def test_stalled_frame_is_abandoned_and_forces_a_detection() -> None:
     async def scenario() -> None:
-        shard = TrackerShard(PipelineConfig(detect_every=10), frame_timeout_s=0.1)
+        shard = TrackerShard(PipelineConfig(pose_source="top-down", detect_every=10), frame_timeout_s=0.1)
         await one_frame(shard, "s", 0, [])
         stalled = await shard.plan("s", 1)  # its request dies: never finishes
         assert not stalled.detect
@@ -99,7 +99,7 @@ def test_stalled_frame_is_abandoned_and_forces_a_detection() -> None:
 
 def test_abort_frees_the_stream_at_once() -> None:
     async def scenario() -> None:
-        shard = TrackerShard(PipelineConfig(detect_every=10), frame_timeout_s=30)
+        shard = TrackerShard(PipelineConfig(pose_source="top-down", detect_every=10), frame_timeout_s=30)
         await one_frame(shard, "s", 0, [])
         plan = await shard.plan("s", 1)
         shard.abort("s", plan.frame_index)

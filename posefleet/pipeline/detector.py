@@ -90,7 +90,10 @@ class DetectorDecoder(ABC):
         sizes = dets.boxes[:, 2:] - dets.boxes[:, :2]
         dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
         keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
-        return dets.take(keep)
+        dets = dets.take(keep)
+        if self.cfg.tiling.enabled and self.cfg.tiling.max_contained < 1.0 and len(dets) > 1:
+            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, self.cfg.tiling.max_contained)))
+        return dets
 
 
 class MoveNetDecoder(DetectorDecoder):

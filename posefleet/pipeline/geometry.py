@@ -89,6 +89,38 @@ def square_crop_affine(box: np.ndarray, out_w: int, out_h: int, scale: float) ->
     return np.array([[s, 0, out_w / 2 - cx * s], [0, s, out_h / 2 - cy * s]], dtype=np.float32)
 
 
+# COCO-17 indices of the keypoints that give a body's position and direction
+_SHOULDERS, _HIPS = [5, 6], [11, 12]
+
+
+def aligned_crop_affine(
+    keypoints: np.ndarray, out_w: int, out_h: int, scale: float, min_score: float
+) -> np.ndarray | None:
+    """2x3 affine of an upright crop of a person from its COCO-17 keypoints ``[17, 3]``, as MediaPipe
+    aligns BlazePose's input: centred on the hips, rotated so the hips-to-shoulders line points up,
+    the side ``scale`` x the circle (about the hips) around every confident keypoint.
+
+    None when a hip or shoulder is below ``min_score`` (no reliable direction).
+    """
+    need = keypoints[_SHOULDERS + _HIPS, 2]
+    if (need < min_score).any():
+        return None
+    hips = keypoints[_HIPS, :2].mean(axis=0).astype(np.float64)
+    up = keypoints[_SHOULDERS, :2].mean(axis=0) - hips
+    torso = float(np.hypot(*up))
+    if torso < 1.0:
+        return None
+    good = keypoints[keypoints[:, 2] >= min_score, :2]
+    # a person seen only to the waist still needs room below the hips: at least 1.5 torsos around them
+    radius = max(float(np.max(np.linalg.norm(good - hips, axis=1))), 1.5 * torso)
+    s = min(out_w, out_h) / (2.0 * radius * scale)
+    # rotation taking ``up`` to (0, -1): cos = -up_y / |up|, sin = up_x / |up| (image y points down)
+    c, si = -up[1] / torso, up[0] / torso
+    rot = s * np.array([[c, si], [-si, c]])
+    t = np.array([out_w / 2, out_h / 2]) - rot @ hips
+    return np.hstack([rot, t[:, None]]).astype(np.float32)
+
+
 def warp_crops(image: np.ndarray, affines: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
     """``[N, out_h, out_w, 3]`` uint8 crops, one ``cv2.warpAffine`` each, zero border."""
     out = np.empty((len(affines), out_h, out_w, 3), dtype=np.uint8)
@@ -128,6 +160,24 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None 
     keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), 0.0, iou), dtype=np.int64)
     keep = keep.reshape(-1)
     return keep[:max_keep] if max_keep else keep
+
+
+def suppress_contained(boxes: np.ndarray, scores: np.ndarray, max_ios: float) -> np.ndarray:
+    """Indices kept when a box lying mostly inside a better-scored one (intersection over the smaller
+    area above ``max_ios``) is dropped: on tiled frames a person cut by a tile edge yields a partial box
+    inside the whole-person box, which plain IoU-NMS keeps."""
+    order = np.argsort(-scores)
+    b = boxes[order].astype(np.float32)
+    area = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    lt = np.maximum(b[:, None, :2], b[None, :, :2])
+    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    ios = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+    keep: list[int] = []
+    for i in range(len(b)):
+        if not keep or ios[i, keep].max() <= max_ios:
+            keep.append(i)
+    return order[np.array(keep, dtype=np.int64)]
 
 
 def keypoint_box(keypoints: np.ndarray, min_score: float, padding: float, min_points: int = 3) -> np.ndarray | None:

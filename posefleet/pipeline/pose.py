@@ -41,19 +41,28 @@ class PoseDecoder(ABC):
     def __init__(self, cfg: PoseConfig):
         self.cfg = cfg
 
-    def affines(self, boxes: np.ndarray) -> np.ndarray:
+    def affines(self, boxes: np.ndarray, keypoints: np.ndarray | None = None) -> np.ndarray:
+        """Image -> crop affine per person: aligned from its keypoints where they allow (``cfg.align``),
+        else the box's axis-aligned square."""
         w, h, s = self.cfg.input_width, self.cfg.input_height, self.cfg.crop_scale
-        return np.stack([geometry.square_crop_affine(b, w, h, s) for b in boxes]).astype(np.float32)
+        mats = []
+        for i, box in enumerate(boxes):
+            m = None
+            if self.cfg.align and keypoints is not None:
+                m = geometry.aligned_crop_affine(keypoints[i], w, h, s, self.cfg.align_min_score)
+            mats.append(m if m is not None else geometry.square_crop_affine(box, w, h, s))
+        return np.stack(mats).astype(np.float32)
 
-    def prepare(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Crops of every box as one float32 batch, and each crop's affine (image -> crop)."""
+    def prepare(
+        self, frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Crops of every person as one uint8 BGR batch (normalised where the model runs), and each
+        crop's affine (image -> crop)."""
         if len(boxes) == 0:
-            return self.normalise(np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)), np.zeros(
-                (0, 2, 3), np.float32
-            )
-        mats = self.affines(boxes)
-        crops = geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height)
-        return self.normalise(crops), mats
+            empty = np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)
+            return empty, np.zeros((0, 2, 3), np.float32)
+        mats = self.affines(boxes, keypoints)
+        return geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height), mats
 
     @abstractmethod
     def normalise(self, crops: np.ndarray) -> np.ndarray:
@@ -120,16 +129,18 @@ class PoseEstimator:
         self.decoder = make_decoder(cfg)
         self.model = OnnxModel(cfg.model, cfg.ort, cfg.sha256, outputs=self.decoder.output_names)
 
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Outputs for a crop batch: one ``session.run`` per ``max_batch`` crops."""
-        if len(batch) == 0:
+    def infer(self, crops: np.ndarray) -> list[np.ndarray]:
+        """Outputs for a uint8 crop batch, normalised here: one ``session.run`` per ``max_batch`` crops."""
+        if len(crops) == 0:
             return []
         step = self.cfg.max_batch
-        parts = [self.model.run(batch[i : i + step]) for i in range(0, len(batch), step)]
+        parts = [self.model.run(self.decoder.normalise(crops[i : i + step])) for i in range(0, len(crops), step)]
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
-    def __call__(self, frame: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if len(boxes) == 0:
             return np.zeros((0, 17, 3), np.float32), np.zeros(0, np.float32)
-        batch, mats = self.decoder.prepare(frame, boxes)
-        return self.decoder.decode(self.infer(batch), mats)
+        crops, mats = self.decoder.prepare(frame, boxes, keypoints)
+        return self.decoder.decode(self.infer(crops), mats)

@@ -38,6 +38,9 @@ class FramePlan:
     track_ids: list[int] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # [N, 17, 3] per planned track: the detector's keypoints on detection frames (when it gives them),
+    # the track's previous keypoints on carried frames (NaN where it has none); used to align crops
+    keypoints: np.ndarray | None = None
 
 
 def _tracks_to_plan(plan: FramePlan, tracks: list[Track], use_det_box: bool) -> FramePlan:
@@ -46,6 +49,9 @@ def _tracks_to_plan(plan: FramePlan, tracks: list[Track], use_det_box: bool) -> 
         plan.boxes = np.stack([t.det_box if use_det_box else t.box for t in tracks]).astype(np.float32)
         plan.scores = np.array([t.score for t in tracks], np.float32)
     return plan
+
+
+_NO_KEYPOINTS = np.zeros((17, 3), np.float32)
 
 
 class StreamTracker:
@@ -58,6 +64,7 @@ class StreamTracker:
         self.frames_since_detect = 0
         self.force_detect = True
         self.smoothers: dict[int, OneEuroFilter] = {}
+        self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3]
 
     # -- step 1 -------------------------------------------------------------------------------
     def check_order(self, frame_index: int) -> None:
@@ -76,13 +83,20 @@ class StreamTracker:
             self.force_detect = False
             return FramePlan(frame_index, detect=True)
         self.frames_since_detect += 1
-        return _tracks_to_plan(FramePlan(frame_index, detect=False), self.tracker.carry(), use_det_box=False)
+        plan = _tracks_to_plan(FramePlan(frame_index, detect=False), self.tracker.carry(), use_det_box=False)
+        plan.keypoints = np.stack([self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids] + [_NO_KEYPOINTS])
+        plan.keypoints = plan.keypoints[:-1]  # (the extra row lets a frame with no tracks stack too)
+        return plan
 
     # -- step 2 -------------------------------------------------------------------------------
     def associate(self, plan: FramePlan, dets: Detections) -> FramePlan:
         """Run ByteTrack on a detection frame; the plan then holds the tracks and their det boxes."""
         # every active track was matched to a detection of this frame: pose runs on its det box
-        return _tracks_to_plan(plan, self.tracker.update(dets.boxes, dets.scores), use_det_box=True)
+        tracks = self.tracker.update(dets.boxes, dets.scores)
+        plan = _tracks_to_plan(plan, tracks, use_det_box=True)
+        if dets.keypoints is not None:
+            plan.keypoints = dets.keypoints[[t.det_index for t in tracks]].reshape(-1, 17, 3)
+        return plan
 
     # -- step 3 -------------------------------------------------------------------------------
     def finish(
@@ -121,8 +135,11 @@ class StreamTracker:
                     keypoints=[(round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps],
                 )
             )
+        for i, tid in enumerate(plan.track_ids):
+            self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
         self.smoothers = {k: v for k, v in self.smoothers.items() if k in live}
+        self.keypoints = {k: v for k, v in self.keypoints.items() if k in live}
         return people
 
     def _smooth(self, track_id: int, kps: np.ndarray, t: float) -> np.ndarray:
@@ -141,6 +158,7 @@ class StreamTracker:
             "frames_since_detect": self.frames_since_detect,
             "force_detect": self.force_detect,
             "smoothers": {str(k): v.state_dict() for k, v in self.smoothers.items()},
+            "keypoints": {str(k): v.tolist() for k, v in self.keypoints.items()},
         }
 
     @classmethod
@@ -151,4 +169,5 @@ class StreamTracker:
         st.frames_since_detect = state["frames_since_detect"]
         st.force_detect = state["force_detect"]
         st.smoothers = {int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()}
+        st.keypoints = {int(k): np.array(v, np.float32) for k, v in state.get("keypoints", {}).items()}
         return st
