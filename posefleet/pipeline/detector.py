@@ -91,8 +91,9 @@ class DetectorDecoder(ABC):
         dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
         keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
         dets = dets.take(keep)
-        if self.cfg.tiling.enabled and self.cfg.tiling.max_contained < 1.0 and len(dets) > 1:
-            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, self.cfg.tiling.max_contained)))
+        max_contained = self.cfg.tiling.max_contained
+        if self.cfg.tiling.enabled and max_contained < 1.0 and len(dets) > 1:
+            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, max_contained)))
         return dets
 
 
