@@ -110,7 +110,7 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
             "preset": "balanced",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
             "serving": {"ingress": {**spread, "num_replicas": nodes}, "detector": {**spread, "num_replicas": nodes},
-                        "pose": {**spread, "num_replicas": nodes}, "tracker_actors": 2, "viewer": False},
+                        "pose": {**spread, "num_replicas": nodes}, "workers": 2, "viewer": False},
         }  # fmt: skip
         os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
         cpus = sorted(os.sched_getaffinity(0))

@@ -243,10 +243,21 @@ class ServingConfig(_Strict):
     pose: ModelDeploymentSettings = Field(
         default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5, batch=BatchSettings(max_batch_size=32))
     )
-    tracker_actors: int = Field(2, ge=1, description="streams are spread over this many tracker actors")
-    tracker_num_cpus: float = Field(0.0, ge=0.0)
+    models: Literal["local", "deployments"] = Field(
+        "local",
+        description=(
+            "local: every stream worker runs the models itself (ONNX Runtime, its streams' frames batched), one "
+            "Ray call a frame; deployments: workers call the Detector/Pose Serve deployments (GPU nodes)"
+        ),
+    )
+    workers: int = Field(2, ge=1, description="stream workers (Ray actors); streams are spread over them by id")
+    worker_num_cpus: float = Field(0.5, ge=0.0, description="CPUs Ray reserves for each stream worker")
     frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
-    max_body_bytes: int = Field(20_000_000, ge=1)
+    max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
+    max_batch_frames: int = Field(64, ge=1, description="frames one POST /v1/frames may carry")
+    ws_max_inflight: int = Field(
+        4, ge=1, description="a WebSocket's frames unanswered before the server stops reading (backpressure)"
+    )
     access_log: bool = Field(False, description="Serve access logs cost 17-37% throughput on small machines")
     namespace: str = "posefleet"
     # overload and faults

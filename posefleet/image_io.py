@@ -9,10 +9,7 @@ import struct
 import cv2
 import numpy as np
 
-
-class ImageError(ValueError):
-    """Bytes that are not a usable image; the message says why (it is shown to clients)."""
-
+from posefleet.errors import ImageError, ImageTooLarge
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -68,7 +65,7 @@ def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, 
     if w == 0 or h == 0:
         raise ImageError(f"image has zero size ({w}x{h})")
     if w > max_side or h > max_side or w * h > max_pixels:
-        raise ImageError(f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} px a side")
+        raise ImageTooLarge(f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} px a side")
     tail = data[-32:]
     if fmt == "jpeg" and b"\xff\xd9" not in tail:
         raise ImageError("truncated JPEG: no end-of-image marker")

@@ -1,4 +1,5 @@
-"""The Serve application: ``Ingress`` -> (``Detector``, ``Pose``) composed with ``.bind()``.
+"""The Serve application: ``Ingress`` -> stream workers, composed with ``.bind()``; with
+``serving.models: deployments`` also -> (``Detector``, ``Pose``) Serve deployments.
 
 ``serve run configs/serve-cpu.yaml`` and ``posefleet serve`` both build it from the ``args`` of a
 Serve config file (an :class:`~posefleet.config.AppConfig`).
@@ -42,9 +43,14 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     cfg = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     pipeline = cfg.pipeline_config()
     s = cfg.serving
+    ingress = Ingress.options(**deployment_options(s.ingress, s))
+    if s.models == "local":  # the stream workers run the models themselves
+        return ingress.bind(cfg)
     detector = DetectorDeployment.options(**deployment_options(s.detector, s)).bind(pipeline.detector, s.detector)
-    pose = PoseDeployment.options(**deployment_options(s.pose, s)).bind(pipeline.pose, s.pose)
-    return Ingress.options(**deployment_options(s.ingress, s)).bind(cfg, detector, pose)
+    pose = None
+    if pipeline.needs_pose_model:
+        pose = PoseDeployment.options(**deployment_options(s.pose, s)).bind(pipeline.pose, s.pose)
+    return ingress.bind(cfg, detector, pose)
 
 
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:

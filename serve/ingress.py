@@ -1,43 +1,49 @@
-"""HTTP ingress: FastAPI through ``serve.ingress``.
+"""HTTP ingress: FastAPI through ``serve.ingress``. Three ways in for frames, one path behind them:
 
-Each frame is decoded once here. Only the detector's input tensors and the pose crops travel to
-the model deployments; only boxes and keypoints travel to the stream's tracker actor.
+- ``POST /v1/streams/{id}/frames``: one frame a request;
+- ``WS /v1/streams/{id}/ws``: a stream's frames as binary messages, one JSON result back per frame;
+- ``POST /v1/frames``: several frames of one or many streams in one multipart request.
 
-Cheap checks (auth, content type, body size, image header) come first; then the stream's tracker
-actor admits the frame (in order, dropping stale frames under overload) before any decoding, so a
-flooding stream costs little. Calls to a replica or actor that died are retried for a while, then
-answered 503 with Retry-After: clients see retries or clear errors, never a hang.
+Cheap checks (auth, content type, body size, image header) run here; then each frame's encoded bytes
+go to its stream's worker in one Ray call, where it is admitted (in order, stale frames dropped under
+overload), decoded and run through the pipeline. Calls to a worker that died are retried for a while,
+then answered 503 with Retry-After: clients see retries or clear errors, never a hang. Errors map to
+HTTP answers in one place (:func:`error_answer`).
 """
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import ray
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.websockets import WebSocketDisconnect
 
 from posefleet import __version__
-from posefleet.actors.tracker_actor import FrameNotInFlight, StreamBusy
+from posefleet.actors.stream_worker import FAULTS
 from posefleet.config import AppConfig
-from posefleet.image_io import ImageError
+from posefleet.errors import BodyTooLarge, PosefleetError, Unavailable, UnknownStream, WrongContentType
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
-from posefleet.pipeline.tracker import FrameOrderError
-from posefleet.serve.processor import FAULTS, FrameProcessor, Unavailable, reason
-
-T = TypeVar("T")
+from posefleet.serve.processor import FrameRouter
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+BAD_STREAM_ID = "invalid stream id (1-64 of A-Za-z0-9._-)"
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
+Policy = Literal["drop_oldest", "wait"]
 
 StreamId = Annotated[
     str, Path(pattern=STREAM_ID_PATTERN, description="1-64 characters: letters, digits, '.', '_', '-'")
@@ -46,26 +52,35 @@ StreamId = Annotated[
 bearer = HTTPBearer(auto_error=False, description="required when the server has a token configured")
 
 
+def token_ok(app_: FastAPI, given: str | None) -> bool:
+    """The token check of every route and transport; the token is set per replica (None: auth off)."""
+    token: str | None = getattr(app_.state, "auth_token", None)
+    return token is None or hmac.compare_digest((given or "").encode(), token.encode())
+
+
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
-    """Bearer-token check; the token is set per replica in ``app.state`` (None: auth off)."""
-    token: str | None = getattr(request.app.state, "auth_token", None)
-    if token is None:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_ok(request.app, credentials.credentials if credentials is not None else None):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
 app = FastAPI(
     title="posefleet",
     version=__version__,
-    description="Multi-person 2D pose estimation with tracking, for many camera streams.",
+    description=(
+        "Multi-person 2D pose estimation with tracking, for many camera streams. Frames come in three ways, "
+        "all served by the same pipeline: `POST /v1/streams/{stream_id}/frames` (one JPEG/PNG a request), "
+        "`WS /v1/streams/{stream_id}/ws` (a WebSocket per stream: binary JPEG/PNG messages in, one JSON "
+        "`FrameResult` out per frame, in order; a text message `{\"frame_index\": n, \"timestamp\": t}` "
+        "before a frame sets its index and time; the token goes in the `Authorization` header or "
+        "`?token=`), and `POST /v1/frames` (multipart: several frames of one or many streams, each part "
+        "named by its stream id)."
+    ),
 )
 AUTH = [Depends(require_token)]
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not a usable JPEG/PNG image"},
     401: {"description": "missing or wrong bearer token"},
     409: {"description": "duplicate or out-of-order frame index, or the frame was abandoned"},
@@ -74,26 +89,94 @@ ERRORS = {
     503: {"description": "overloaded or recovering from a fault; retry after Retry-After seconds"},
 }
 
-
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 FRAME_BODY = {
     "required": True,
     "description": "one encoded frame",
     "content": {"image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY},
 }
+FRAMES_BODY = {
+    "required": True,
+    "description": (
+        "multipart/form-data: one file part per frame, its field name the stream id; optional part headers "
+        "`x-frame-index` and `x-timestamp`. A stream's frames apply in the order they appear."
+    ),
+    "content": {"multipart/form-data": {"schema": {"type": "object", "additionalProperties": _BINARY}}},
+}
+
+
+class FrameAnswer(BaseModel):
+    """One frame of a batch: its result, or the error it would have had as a request of its own."""
+
+    stream_id: str
+    status: int = Field(description="the HTTP status this frame alone would have got")
+    result: FrameResult | None = None
+    detail: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    frames: list[FrameAnswer]
+
+
+def _header_number(value: str | None, kind: type) -> Any:
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"not a number: {value!r}") from None
+    if isinstance(number, int) and number < 0:
+        raise ValueError("frame index must be >= 0")
+    return number
+
+
+def _frame_meta(text: str) -> dict[str, Any]:
+    """A WebSocket text message: the next frame's ``frame_index`` and/or ``timestamp``."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"text messages must be JSON: {exc}") from None
+    if not isinstance(meta, dict) or set(meta) - {"frame_index", "timestamp"}:
+        raise ValueError('text messages take {"frame_index": int, "timestamp": float}')
+    index, ts = meta.get("frame_index"), meta.get("timestamp")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise ValueError("frame_index must be an integer >= 0")
+    if ts is not None and not isinstance(ts, int | float):
+        raise ValueError("timestamp must be a number")
+    return meta
+
+
+def _answer_json(stream_id: str, status: int, detail: str) -> str:
+    return json.dumps({"stream_id": stream_id, "error": {"status": status, "detail": detail}})
+
+
+def _done(value: str) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
+@app.exception_handler(PosefleetError)
+async def error_answer(request: Request, exc: PosefleetError) -> JSONResponse:
+    """Every posefleet error as its HTTP status with the reason in ``detail`` (503s say when to retry)."""
+    headers = {"Retry-After": str(request.app.state.retry_after)} if exc.status == 503 else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, app_cfg: AppConfig, detector: DeploymentHandle, pose: DeploymentHandle):
+    def __init__(
+        self, app_cfg: AppConfig, detector: DeploymentHandle | None = None, pose: DeploymentHandle | None = None
+    ):
         self.serving = s = app_cfg.serving
-        self.frames = FrameProcessor(app_cfg, detector, pose)
+        self.frames = FrameRouter(app_cfg, (detector, pose) if detector is not None else None)
         self.detector, self.pose, self.hub = detector, pose, self.frames.hub
         self.metrics = self.frames.metrics
         self.inflight = 0
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_token = s.api_token()
+        app.state.retry_after = s.retry_after_s
         if app.state.auth_token is None:
             logging.getLogger("posefleet.ingress").warning(
                 "no API token (set %s or serving.auth_token): every client is admitted", s.auth_token_env
@@ -101,29 +184,37 @@ class Ingress:
         if s.cors_origins:
             app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["*"], allow_headers=["*"])
 
-    def _unavailable(self, what: str) -> HTTPException:
-        return HTTPException(503, what, headers={"Retry-After": str(self.serving.retry_after_s)})
-
-    async def _retry(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+    @contextlib.asynccontextmanager
+    async def _frame_slot(self) -> AsyncIterator[None]:
+        """Each ingress replica takes at most ``max_inflight_frames`` frames at once, whatever the transport."""
+        if self.inflight >= self.serving.max_inflight_frames:
+            self.metrics.frame_errors.inc(tags={"reason": "overload"})
+            raise Unavailable(f"{self.inflight} frames in flight on this replica")
+        self.inflight += 1
         try:
-            return await self.frames.retry(call, what)
-        except Unavailable as exc:
-            raise self._unavailable(str(exc)) from exc
+            yield
+        finally:
+            self.inflight -= 1
+
+    async def _frame(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
+                     policy: str | None) -> FrameResult:  # fmt: skip
+        async with self._frame_slot():
+            return await self.frames.process(stream_id, body, index, ts, policy)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.serving.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise HTTPException(413, f"body of {length} bytes is over the {limit}-byte limit")
+            raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HTTPException(413, f"body is over the {limit}-byte limit")
+                raise BodyTooLarge(f"body is over the {limit}-byte limit")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    # -- frames -------------------------------------------------------------------------------
+    # -- frames: one per request ----------------------------------------------------------------
     @app.post(
         "/v1/streams/{stream_id}/frames",
         response_model=FrameResult,
@@ -138,85 +229,167 @@ class Ingress:
         response: Response,
         frame_index: Annotated[int | None, Query(ge=0, description="default: the stream's next")] = None,
         timestamp: Annotated[float | None, Query(description="seconds; used by smoothing")] = None,
-        policy: Annotated[
-            Literal["drop_oldest", "wait"] | None, Query(description="set the stream's overload policy")
-        ] = None,
+        policy: Annotated[Policy | None, Query(description="set the stream's overload policy")] = None,
         x_frame_index: Annotated[int | None, Header(ge=0)] = None,
         x_timestamp: Annotated[float | None, Header()] = None,
     ) -> FrameResult:
         """Post one JPEG/PNG frame of a stream; get the stream's tracked people in it."""
-        if self.inflight >= self.serving.max_inflight_frames:
-            self.metrics.frame_errors.inc(tags={"reason": "overload"})
-            raise self._unavailable(f"{self.inflight} frames in flight on this replica")
-        self.inflight += 1
         response.headers["x-served-by"] = self.node
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype not in IMAGE_TYPES:
+            self.metrics.frame_errors.inc(tags={"reason": WrongContentType.reason})
+            raise WrongContentType(f"content type {ctype or '(none)'!r}: send image/jpeg or image/png")
+        body = await self._read_body(request)
+        index = frame_index if frame_index is not None else x_frame_index
+        ts = timestamp if timestamp is not None else x_timestamp
+        return await self._frame(stream_id, body, index, ts, policy)
+
+    # -- frames: many per request -----------------------------------------------------------------
+    @app.post(
+        "/v1/frames",
+        response_model=BatchAnswer,
+        responses={k: v for k, v in ERRORS.items() if k in (401, 413, 415, 503)},
+        dependencies=AUTH,
+        openapi_extra={"requestBody": FRAMES_BODY},
+    )
+    async def post_frames(self, request: Request, response: Response) -> BatchAnswer:
+        """Several frames of one or many streams in one request; an answer per frame, in the request's
+        order. Streams run concurrently, a stream's frames one after another."""
+        response.headers["x-served-by"] = self.node
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype != "multipart/form-data":
+            raise WrongContentType(f"content type {ctype or '(none)'!r}: send multipart/form-data")
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > self.serving.max_body_bytes:
+            raise BodyTooLarge(f"send a content-length of at most {self.serving.max_body_bytes} bytes")
+        form = await request.form(max_files=self.serving.max_batch_frames, max_fields=self.serving.max_batch_frames)
+        parts = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+        answers: list[FrameAnswer | None] = [None] * len(parts)
+        by_stream: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(parts):
+            if re.fullmatch(STREAM_ID_PATTERN, name):
+                by_stream.setdefault(name, []).append(i)
+            else:
+                answers[i] = FrameAnswer(stream_id=name[:64], status=422, detail=BAD_STREAM_ID)
+
+        async def one_stream(stream_id: str, idx: list[int]) -> None:
+            for i in idx:
+                upload = parts[i][1]
+                try:
+                    index = _header_number(upload.headers.get("x-frame-index"), int)
+                    ts = _header_number(upload.headers.get("x-timestamp"), float)
+                    result = await self._frame(stream_id, await upload.read(), index, ts, None)
+                    answers[i] = FrameAnswer(stream_id=stream_id, status=200, result=result)
+                except PosefleetError as exc:
+                    answers[i] = FrameAnswer(stream_id=stream_id, status=exc.status, detail=str(exc))
+                except ValueError as exc:
+                    answers[i] = FrameAnswer(stream_id=stream_id, status=422, detail=str(exc))
+
         try:
-            ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-            if ctype not in IMAGE_TYPES:
-                self.metrics.frame_errors.inc(tags={"reason": "content_type"})
-                raise HTTPException(415, f"content type {ctype or '(none)'!r}: send image/jpeg or image/png")
-            body = await self._read_body(request)
-            index = frame_index if frame_index is not None else x_frame_index
-            ts = timestamp if timestamp is not None else x_timestamp
-            return await self.frames.process(stream_id, body, index, ts, policy)
-        except ImageError as exc:
-            raise HTTPException(413 if "limit" in str(exc) else 400, str(exc)) from exc
-        except FrameOrderError as exc:
-            self.metrics.frame_errors.inc(tags={"reason": "order"})
-            raise HTTPException(409, reason(exc)) from exc
-        except FrameNotInFlight as exc:
-            self.metrics.frame_errors.inc(tags={"reason": "abandoned"})
-            raise HTTPException(409, f"frame was abandoned: {reason(exc)}") from exc
-        except StreamBusy as exc:
-            self.metrics.frame_errors.inc(tags={"reason": "stream_busy"})
-            raise self._unavailable(reason(exc)) from exc
-        except Unavailable as exc:
-            raise self._unavailable(str(exc)) from exc
+            await asyncio.gather(*(one_stream(sid, idx) for sid, idx in by_stream.items()))
         finally:
-            self.inflight -= 1
+            await form.close()
+        return BatchAnswer(frames=[a for a in answers if a is not None])
+
+    # -- frames: a WebSocket per stream ---------------------------------------------------------
+    @app.websocket("/v1/streams/{stream_id}/ws")
+    async def stream_socket(self, websocket: WebSocket, stream_id: str) -> None:
+        """Binary JPEG/PNG messages in, one JSON answer out per frame, in order (see the API description)."""
+        given = websocket.query_params.get("token")
+        auth = websocket.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if not token_ok(websocket.app, given):
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
+            await websocket.close(code=1008, reason=BAD_STREAM_ID)
+            return
+        policy = websocket.query_params.get("policy")
+        if policy not in (None, "drop_oldest", "wait"):
+            await websocket.close(code=1008, reason="policy must be drop_oldest or wait")
+            return
+        await websocket.accept()
+        answers: asyncio.Queue = asyncio.Queue(maxsize=self.serving.ws_max_inflight)
+
+        async def send_in_order() -> None:
+            while (task := await answers.get()) is not None:
+                await websocket.send_text(await task)
+
+        sender = asyncio.create_task(send_in_order())
+        meta: dict[str, Any] = {}
+        try:
+            while not sender.done():
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    try:
+                        meta = _frame_meta(message["text"])
+                    except ValueError as exc:
+                        await answers.put(_done(_answer_json(stream_id, 422, str(exc))))
+                    continue
+                data = message.get("bytes") or b""
+                work = self._socket_frame(stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy)
+                meta = {}
+                await answers.put(asyncio.create_task(work))  # waits while ws_max_inflight are unanswered
+            await answers.put(None)
+            await sender
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away; what is still in flight finishes in its worker
+        finally:
+            sender.cancel()
+
+    async def _socket_frame(self, stream_id: str, data: bytes, index: int | None, ts: float | None,
+                            policy: str | None) -> str:  # fmt: skip
+        try:
+            if len(data) > self.serving.max_body_bytes:
+                raise BodyTooLarge(f"frame of {len(data)} bytes is over the {self.serving.max_body_bytes}-byte limit")
+            result = await self._frame(stream_id, data, index, ts, policy)
+            return result.model_dump_json()
+        except PosefleetError as exc:
+            return _answer_json(stream_id, exc.status, str(exc))
 
     # -- stream management ------------------------------------------------------------------
     @app.get("/v1/streams", response_model=StreamList, dependencies=AUTH)
     async def list_streams(self) -> StreamList:
-        parts = await asyncio.gather(
-            *(self._retry(lambda t=t: t.list_streams.remote(), "stream tracker") for t in self.frames.trackers)
-        )
+        parts = await self.frames.call(None, "list_streams")
         streams = sorted((s for p in parts for s in p), key=lambda s: s["stream_id"])
         return StreamList(streams=[StreamInfo(**s) for s in streams])
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamInfo, responses={404: {}}, dependencies=AUTH)
     async def get_stream(self, stream_id: StreamId) -> StreamInfo:
-        tracker = self.frames.tracker(stream_id)
-        info = await self._retry(lambda: tracker.describe.remote(stream_id), "stream tracker")
+        info = await self.frames.call(stream_id, "describe", stream_id)
         if info is None:
-            raise HTTPException(404, f"unknown stream {stream_id!r}")
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         return StreamInfo(**info)
 
     @app.post("/v1/streams/{stream_id}/reset", response_model=StreamInfo, responses={404: {}}, dependencies=AUTH)
     async def reset_stream(self, stream_id: StreamId) -> StreamInfo:
         """Forget the stream's tracks and frame order; ids start again at 1."""
-        tracker = self.frames.tracker(stream_id)
-        if not await self._retry(lambda: tracker.reset.remote(stream_id), "stream tracker"):
-            raise HTTPException(404, f"unknown stream {stream_id!r}")
+        if not await self.frames.call(stream_id, "reset", stream_id):
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         return await self.get_stream(stream_id)
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, responses={404: {}}, dependencies=AUTH)
     async def delete_stream(self, stream_id: StreamId) -> Response:
-        tracker = self.frames.tracker(stream_id)
-        if not await self._retry(lambda: tracker.delete.remote(stream_id), "stream tracker"):
-            raise HTTPException(404, f"unknown stream {stream_id!r}")
+        if not await self.frames.call(stream_id, "delete", stream_id):
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         if self.frames.feed is not None:
             self.frames.feed.forget(stream_id)
         return Response(status_code=204)
 
     @app.get("/v1/stats", dependencies=AUTH)
     async def stats(self, reset: bool = False) -> dict:
-        """Recent batch sizes and execution providers of the model deployments (one replica each)."""
-        det, pose = await asyncio.gather(
-            self._retry(lambda: self.detector.batch_stats.remote(reset), "detector"),
-            self._retry(lambda: self.pose.batch_stats.remote(reset), "pose model"),
-        )
-        return {"detector": det, "pose": pose, "inflight_frames": self.inflight}
+        """Recent batches of the models (frames and items per inference) and their providers: per stream
+        worker with ``serving.models: local``, per deployment (one replica each) with ``deployments``."""
+        out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models}
+        if self.detector is not None:
+            models = {"detector": self.detector, "pose": self.pose}
+            for name, handle in models.items():
+                out[name] = None if handle is None else await handle.batch_stats.remote(reset)
+            return out
+        return out | {"workers": await self.frames.call(None, "batch_stats", reset)}
 
     # -- live viewer --------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -274,3 +447,4 @@ class Ingress:
     @app.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         return Health()
+

@@ -38,7 +38,7 @@ def two_nodes() -> Iterator[dict]:
         {
             "preset": "fast",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
-            "serving": {"ingress": spread, "detector": spread, "pose": spread, "tracker_actors": 2},
+            "serving": {"ingress": spread, "detector": spread, "pose": spread, "workers": 2},
         }
     )
     try:

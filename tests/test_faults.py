@@ -42,7 +42,7 @@ def server() -> Iterator[str]:
                 "max_inflight_frames": 16,
                 "detector": {"num_cpus": 0.25},
                 "pose": {"num_cpus": 0.25},
-                "tracker_actors": 2,
+                "workers": 2,
                 "auth_token": TOKEN,
                 "checkpoint_every": 5,
                 "fault_retry_s": 30,

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import DATA, read
 from posefleet.config import PipelineConfig
-from posefleet.image_io import ImageError, as_bgr, decode_image
+from posefleet.errors import ImageError
+from posefleet.image_io import as_bgr, decode_image
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.frames import LocalModels
 

@@ -37,7 +37,7 @@ def server() -> Iterator[dict]:
                 "ingress": {"num_cpus": 0.25},
                 "detector": {"num_cpus": 0.25, "batch": {"max_batch_size": 8, **wait}},
                 "pose": {"num_cpus": 0.25, "batch": {"max_batch_size": 32, **wait}},
-                "tracker_actors": 2,
+                "workers": 2,
             },
         }
     )

@@ -9,10 +9,11 @@ import pytest
 
 from conftest import video_frames
 from posefleet.config import PipelineConfig
+from posefleet.errors import FrameOrderError
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.frames import LocalModels
-from posefleet.pipeline.tracker import FrameOrderError, StreamTracker
+from posefleet.pipeline.tracker import StreamTracker
 
 
 def body_keypoints(b: np.ndarray, score: float = 0.9) -> np.ndarray:

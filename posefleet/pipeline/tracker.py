@@ -20,15 +20,12 @@ from typing import Any
 import numpy as np
 
 from posefleet.config import PipelineConfig
+from posefleet.errors import FrameOrderError
 from posefleet.pipeline.bytetrack import ByteTracker, Track
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.geometry import keypoint_box
 from posefleet.pipeline.schema import Person
 from posefleet.pipeline.smoothing import OneEuroFilter
-
-
-class FrameOrderError(ValueError):
-    """A frame index that is not after the stream's last one (a duplicate or a late frame)."""
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""Stream workers: a fixed pool of Ray actors, each holding the state of many streams and applying
+their frames (:class:`~posefleet.pipeline.worker.StreamWorker`); and the checkpoint actor.
+
+A stream always maps to the same worker (a stable hash of its id), so a frame reaches its stream's
+state in one Ray call, carrying its encoded bytes; decoding and the rest of its CPU work run there.
+Models run inside the worker (``serving.models: local``, ONNX Runtime, concurrent frames of its
+streams batched into one inference) or in the Serve model deployments (``deployments``, for GPU
+nodes: ``@serve.batch`` across every worker's frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+import zlib
+from typing import Any
+
+import ray
+from ray.serve.exceptions import BackPressureError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from posefleet import __version__
+from posefleet.config import PipelineConfig, ServingConfig
+from posefleet.errors import Unavailable
+from posefleet.pipeline.frames import LocalModels, ModelCall
+from posefleet.pipeline.model_queue import QueuedModels
+from posefleet.pipeline.worker import CheckpointStore, Served, StreamWorker
+
+log = logging.getLogger("posefleet.worker")
+FAULTS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+async def with_retry(call: Any, what: str, retry_s: float) -> Any:
+    """Await a remote call; on a dead replica or actor retry for ``retry_s``, then Unavailable (503)."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except BackPressureError as exc:
+            raise Unavailable(f"{what} is overloaded") from exc
+        except FAULTS as exc:
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"{what} is restarting after a failure") from exc
+            log.warning("%s failed (%s); retrying", what, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+class DeploymentModels:
+    """Model calls through the Serve model deployments' handles (batched there by ``@serve.batch``)."""
+
+    def __init__(self, detector: Any, pose: Any, retry_s: float):
+        self.handles = {"detector": detector, "pose": pose}
+        self.retry_s = retry_s
+
+    async def __call__(self, call: ModelCall) -> list:
+        handle = self.handles[call.model]
+        return await with_retry(lambda: handle.remote(call.inputs), f"{call.model} model", self.retry_s)
+
+
+class _RemoteCheckpoints:
+    """Checkpoints over a :class:`CheckpointStore` actor handle."""
+
+    def __init__(self, handle: ray.actor.ActorHandle):
+        self.handle = handle
+
+    async def put(self, stream_id: str, state: dict[str, Any]) -> None:
+        self.handle.put.remote(stream_id, state)  # fire and forget: never slows a frame
+
+    async def get(self, stream_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.handle.get.remote(stream_id)
+        except ray.exceptions.RayActorError:
+            return None
+
+    async def delete(self, stream_id: str) -> None:
+        self.handle.delete.remote(stream_id)
+
+
+@ray.remote
+class StreamWorkerActor:
+    """A :class:`StreamWorker` as a Ray actor; knows when Ray restarted it."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        serving: ServingConfig,
+        store: ray.actor.ActorHandle | None,
+        models: tuple[Any, Any] | None = None,
+    ):
+        with warnings.catch_warnings():  # Ray's own body of this public call uses a deprecated property
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if models is None:
+            self.queued: QueuedModels | None = QueuedModels(
+                LocalModels(cfg), {"detector": serving.detector.batch.max_batch_size,
+                                   "pose": serving.pose.batch.max_batch_size},
+            )  # fmt: skip
+            run: Any = self.queued
+        else:
+            self.queued, run = None, DeploymentModels(*models, serving.fault_retry_s)
+        checkpoints = _RemoteCheckpoints(store) if store is not None else None
+        self.worker = StreamWorker(cfg, serving, run, checkpoints, restarted)
+
+    async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
+                      policy: str | None) -> Served:  # fmt: skip
+        return await self.worker.process(stream_id, body, index, ts, policy)  # type: ignore[arg-type]
+
+    def describe(self, stream_id: str) -> dict[str, Any] | None:
+        return self.worker.describe(stream_id)
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        return self.worker.list_streams()
+
+    async def reset(self, stream_id: str) -> bool:
+        return await self.worker.reset(stream_id)
+
+    async def delete(self, stream_id: str) -> bool:
+        return await self.worker.delete(stream_id)
+
+    def batch_stats(self, reset: bool = False) -> dict[str, Any] | None:
+        """Frames and items per inference of this worker's local models (None: models are deployments)."""
+        if self.queued is None:
+            return None
+        return {name: stats.summary(reset) for name, stats in self.queued.stats.items()}
+
+
+CheckpointActor = ray.remote(CheckpointStore)
+
+
+def shard_of(stream_id: str, shards: int) -> int:
+    """Stable across processes and restarts (unlike ``hash``)."""
+    return zlib.crc32(stream_id.encode()) % shards
+
+
+def _pool_id(cfg: PipelineConfig, serving: ServingConfig) -> str:
+    """Named after the version and config: the actors are detached, so a redeploy with other code or
+    settings must not reuse the ones still running from before."""
+    return f"{zlib.crc32(f'{__version__}|{cfg.model_dump_json()}|{serving.model_dump_json()}'.encode()):08x}"
+
+
+def worker_pool(
+    cfg: PipelineConfig, serving: ServingConfig, models: tuple[Any, Any] | None = None
+) -> list[ray.actor.ActorHandle]:
+    """Get or create the named stream workers, so every ingress replica shares the same pool.
+
+    Worker ``i`` prefers the ``i``-th alive node (soft affinity), spreading streams over the cluster.
+    Ray restarts a dead worker (``max_restarts=-1``); it restores its streams from the checkpoint actor.
+    """
+    pool = _pool_id(cfg, serving)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+    def placement(i: int) -> NodeAffinitySchedulingStrategy | str:
+        return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "DEFAULT"
+
+    store = CheckpointActor.options(  # type: ignore[attr-defined]
+        name=f"posefleet-checkpoints-{pool}", namespace=serving.namespace, get_if_exists=True, lifetime="detached",
+        num_cpus=0, max_restarts=-1,
+    ).remote()  # fmt: skip
+    return [
+        StreamWorkerActor.options(  # type: ignore[attr-defined]
+            name=f"posefleet-worker-{pool}-{i}",
+            namespace=serving.namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=serving.worker_num_cpus,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=1000,
+            scheduling_strategy=placement(i),
+        ).remote(cfg, serving, store, models)
+        for i in range(serving.workers)
+    ]
