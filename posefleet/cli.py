@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from posefleet.config import PipelineConfig, load_pipeline_config
 
+TRANSPORTS = ["ws", "http", "batch"]
+
 
 class CliError(Exception):
     """An error shown to the user as one line, exit status 2."""
@@ -38,54 +40,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
     from posefleet.pipeline.engine import Pipeline
+    from posefleet.runner import run_sources
     from posefleet.sources import SourceError, open_source
 
     cfg = _pipeline_config(args)
+    several = len(args.sources) > 1
+    if several and args.coco:
+        raise CliError("--coco takes one source")
+    names = args.stream or []
+    if names and len(names) != len(args.sources):
+        raise CliError(f"{len(names)} --stream names for {len(args.sources)} sources")
     try:
-        source = open_source(args.source)
+        opened = [open_source(spec) for spec in args.sources]
         pipeline = Pipeline(cfg)
     except (SourceError, ModelFileError) as exc:
         raise CliError(str(exc)) from exc
-    stream = args.stream or source.name
-    out_path = Path(args.out or f"out/{stream}.jsonl")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    annotate = AnnotatedWriter(Path(args.annotate), source.fps) if args.annotate else None
+    streams = names or _unique([re.sub(r"[^A-Za-z0-9._-]", "-", s.name)[:56] or "stream" for s in opened])
+    if several:  # --out and --annotate name folders
+        out_paths = {s: Path(args.out or "out") / f"{s}.jsonl" for s in streams}
+        drawn = {s: Path(args.annotate) / f"{s}.mp4" for s in streams} if args.annotate else {}
+    else:
+        out_paths = {streams[0]: Path(args.out or f"out/{streams[0]}.jsonl")}
+        drawn = {streams[0]: Path(args.annotate)} if args.annotate else {}
+    for path in out_paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    outs = {s: p.open("w") for s, p in out_paths.items()}
+    writers = {s: AnnotatedWriter(drawn[s], src.fps) for s, src in zip(streams, opened, strict=True) if s in drawn}
     recent: collections.deque[float] = collections.deque(maxlen=30)
     stages = collections.defaultdict(list)
     coco: list = []
-    total = min(source.count or 0, args.max_frames or 10**9) or None
-    t_start = time.perf_counter()
-    frames = people = 0
-    with out_path.open("w") as out, tqdm(total=total, unit="frame", desc=stream, disable=args.quiet) as bar:
+    counts = [min(s.count or 0, args.max_frames or 10**9) for s in opened]
+    total = sum(counts) if all(counts) else None
+    people = 0
+    t_start = last = time.perf_counter()
+
+    def on_result(frame: Any, result: Any) -> None:
+        nonlocal people, last
+        now = time.perf_counter()
+        recent.append(now - last)
+        last = now
+        outs[result.stream_id].write(result.model_dump_json() + "\n")
+        for k, v in result.timings.model_dump().items():
+            stages[k].append(v)
+        if not several:
+            coco.append((frame.index, result))
+        people += len(result.people)
+        if result.stream_id in writers:
+            fps = len(recent) / max(sum(recent), 1e-9)
+            status = f"{result.stream_id} #{frame.index}  {fps:.1f} FPS  {len(result.people)} people"
+            writers[result.stream_id].write(draw_people(frame.image, result.people, status=status))
+        bar.update(1)
+        bar.set_postfix(people=len(result.people), ms=f"{result.timings.total_ms:.0f}")
+
+    desc = streams[0] if not several else f"{len(streams)} streams"
+    with tqdm(total=total, unit="frame", desc=desc, disable=args.quiet) as bar:
         try:
-            frame_iter = iter(source)
-            while not (args.max_frames and frames >= args.max_frames):
-                t0 = time.perf_counter()
-                frame = next(frame_iter, None)  # reading a frame is this path's decode stage
-                if frame is None:
-                    break
-                decode_ms = (time.perf_counter() - t0) * 1000
-                result = pipeline.process(stream, frame.image, frame.index, frame.timestamp, decode_ms=decode_ms)
-                recent.append(time.perf_counter() - t0)
-                out.write(result.model_dump_json() + "\n")
-                for k, v in result.timings.model_dump().items():
-                    stages[k].append(v)
-                coco.append((frame.index, result))
-                frames += 1
-                people += len(result.people)
-                if annotate:
-                    fps = len(recent) / max(sum(recent), 1e-9)
-                    status = f"{stream} #{frame.index}  {fps:.1f} FPS  {len(result.people)} people"
-                    annotate.write(draw_people(frame.image, result.people, status=status))
-                bar.update(1)
-                bar.set_postfix(people=len(result.people), ms=f"{result.timings.total_ms:.0f}")
+            frames = run_sources(pipeline, dict(zip(streams, opened, strict=True)), on_result, args.max_frames)
         except SourceError as exc:
             raise CliError(str(exc)) from exc
         finally:
-            if annotate:
-                annotate.close()
+            for w in writers.values():
+                w.close()
+            for f in outs.values():
+                f.close()
     if frames == 0:
-        raise CliError(f"{args.source}: no frames could be read")
+        raise CliError(f"{', '.join(args.sources)}: no frames could be read")
     if args.coco:
         Path(args.coco).write_text(json.dumps(coco_results(coco)))
     wall = time.perf_counter() - t_start
@@ -95,8 +114,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         + ", ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in means.items()),
         file=sys.stderr,
     )
-    print(f"results: {out_path}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr)
+    where = ", ".join(str(p) for p in out_paths.values())
+    print(f"results: {where}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr)
     return 0
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Stream names, numbered where two sources share one."""
+    seen: collections.Counter[str] = collections.Counter(names)
+    taken: collections.Counter[str] = collections.Counter()
+    out = []
+    for n in names:
+        taken[n] += 1
+        out.append(n if seen[n] == 1 else f"{n}-{taken[n]}")
+    return out
 
 
 def _annotate_from_results(source_spec: str, results: list, path: Path) -> None:
@@ -153,6 +184,7 @@ def _run_submit(url: str, jobs: list[tuple[str, str]], args: argparse.Namespace,
             progress=not args.quiet,
             keep=keep,
             token=getattr(args, "token", None),
+            transport=getattr(args, "transport", "ws"),
         )
     )
     print(summary(reports, time.perf_counter() - t0), file=sys.stderr)
@@ -311,16 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log model/provider choices")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the in-process pipeline on a video, image or folder")
-    run.add_argument("source", help="video file, image, folder of images, webcam index or stream URL")
-    run.add_argument("--preset", default="balanced", help="configs/<preset>.yaml: fast, balanced, quality")
+    run = sub.add_parser("run", help="run the in-process pipeline on videos, images or folders (several at once)")
+    run.add_argument("sources", nargs="+", help="video files, images, folders of images, webcam indices or URLs; "
+                     "several run as streams batched together")  # fmt: skip
+    run.add_argument("--preset", default="balanced",
+                     help="configs/<preset>.yaml: fast, balanced, quality, top-down, crowd")  # fmt: skip
     run.add_argument("--config", help="a YAML file merged over the preset")
     run.add_argument("--detect-every", type=int, help="override: run the detector every N frames")
-    run.add_argument("--out", help="JSON lines output (default out/<stream>.jsonl)")
-    run.add_argument("--annotate", help="write an annotated .mp4/.avi (or .jpg/.png for one image)")
+    run.add_argument("--out", help="JSON lines output (default out/<stream>.jsonl; a folder for several sources)")
+    run.add_argument("--annotate", help="write an annotated .mp4/.avi (or .jpg/.png for one image); "
+                     "a folder of <stream>.mp4 for several sources")  # fmt: skip
     run.add_argument("--coco", help="also write COCO keypoint results (image_id = frame index)")
-    run.add_argument("--stream", help="stream name (default: the source's name)")
-    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.add_argument("--stream", action="append", help="stream name, once per source (default: the source's name)")
+    run.add_argument("--max-frames", type=int, help="stop after this many frames a stream")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -341,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(frames the server cannot take in time are skipped); default: every frame, as fast as served",
     )
     srv.add_argument("--max-frames", type=int, help="with --submit: at most this many frames a stream")
+    srv.add_argument("--transport", choices=TRANSPORTS, default="ws", help="with --submit: how frames travel")
     srv.add_argument("--once", action="store_true", help="stop after --submit instead of serving on")
     srv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     srv.set_defaults(func=cmd_serve)
@@ -354,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--max-frames", type=int, help="at most this many frames a stream")
     sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
     sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
+    sb.add_argument("--transport", choices=TRANSPORTS, default="ws",
+                    help="a WebSocket per stream (default), a POST per frame, or multipart POSTs of many frames")
     sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
     sb.add_argument("--annotate", help="draw the served results onto a copy of each file source: a file "
                     "for one stream, else a folder of <stream>.mp4")  # fmt: skip

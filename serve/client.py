@@ -1,20 +1,25 @@
-"""Client: read sources with OpenCV, post their frames to a posefleet server, several streams at once.
+"""Client: read sources with OpenCV, send their frames to a posefleet server, several streams at once.
 
-Each stream posts its frames in order, paced at the source's frame rate like a camera (or as fast
+Each stream sends its frames in order, paced at the source's frame rate like a camera (or as fast
 as the server answers with ``max_rate``), with a bounded number of unanswered frames. Results are
-written as JSON lines.
+written as JSON lines. Three transports carry the frames: a WebSocket per stream (``ws``, the
+default: the cheapest per frame), a POST per frame (``http``), or the frames of every stream gathered
+into multipart POSTs (``batch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal, Protocol
 
 import httpx
 import numpy as np
+import websockets
 from tqdm import tqdm
 
 from posefleet.image_io import encode_jpeg
@@ -78,9 +83,154 @@ async def _frames(spec: str, max_frames: int | None, quality: int, cycle: bool):
         count += 1
 
 
+Transport = Literal["ws", "http", "batch"]
+Answer = tuple[int, str]  # HTTP status (0: no answer) and the JSON text of a result or an error
+
+
+class Sender(Protocol):
+    async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer: ...
+    async def close(self) -> None: ...
+
+
+class HttpSender:
+    """``POST /v1/streams/{id}/frames``, one request a frame."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]):
+        self.client, self.url, self.headers = client, url.rstrip("/"), headers
+
+    async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer:
+        try:
+            resp = await self.client.post(
+                f"{self.url}/v1/streams/{stream}/frames",
+                content=data,
+                params={"frame_index": index, "timestamp": round(timestamp, 6)},
+                headers={"content-type": "image/jpeg", **self.headers},
+            )
+        except httpx.TransportError:
+            return 0, ""
+        return resp.status_code, resp.text
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Socket:
+    ws: websockets.ClientConnection
+    waiting: collections.deque = field(default_factory=collections.deque)  # futures, in send order
+    reader: asyncio.Task | None = None
+
+
+class SocketSender:
+    """``WS /v1/streams/{id}/ws``: one connection per stream; answers come back in send order."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float):
+        self.url = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        self.headers, self.timeout_s = headers, timeout_s
+        self.sockets: dict[str, _Socket] = {}
+        self.opening: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    async def _socket(self, stream: str) -> _Socket:
+        async with self.opening[stream]:
+            sock = self.sockets.get(stream)
+            if sock is None:
+                ws = await websockets.connect(
+                    f"{self.url}/v1/streams/{stream}/ws", additional_headers=self.headers, max_size=2**24,
+                    open_timeout=self.timeout_s,
+                )  # fmt: skip
+                sock = self.sockets[stream] = _Socket(ws)
+                sock.reader = asyncio.create_task(self._read(stream, sock))
+            return sock
+
+    async def _read(self, stream: str, sock: _Socket) -> None:
+        try:
+            async for message in sock.ws:
+                if sock.waiting:
+                    sock.waiting.popleft().set_result(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:  # the connection is gone: what waits gets no answer, the next frame reconnects
+            self.sockets.pop(stream, None)
+            while sock.waiting:
+                fut = sock.waiting.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer:
+        try:
+            sock = await self._socket(stream)
+            fut = asyncio.get_running_loop().create_future()
+            sock.waiting.append(fut)
+            header = json.dumps({"frame_index": index, "timestamp": round(timestamp, 6)}).encode() + b"\n"
+            await sock.ws.send(header + data)
+            text = await asyncio.wait_for(fut, self.timeout_s)
+        except (OSError, TimeoutError, websockets.WebSocketException):
+            return 0, ""
+        if text is None:
+            return 0, ""
+        if text.startswith('{"stream_id"') and '"error"' in text[:200]:
+            return int(json.loads(text)["error"]["status"]), text
+        return 200, text
+
+    async def close(self) -> None:
+        for sock in list(self.sockets.values()):
+            await sock.ws.close()
+            if sock.reader is not None:
+                await sock.reader
+
+
+class BatchSender:
+    """``POST /v1/frames``: frames of every stream that are due together go in one multipart request
+    (whatever queued while the previous request was out); ``concurrency`` requests at a time."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str], max_frames: int = 64,
+                 concurrency: int = 2):  # fmt: skip
+        self.client, self.url, self.headers = client, url.rstrip("/"), headers
+        self.max_frames = max_frames
+        self.queue: collections.deque = collections.deque()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.tasks: set[asyncio.Task] = set()
+
+    async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer:
+        fut = asyncio.get_running_loop().create_future()
+        self.queue.append((stream, index, timestamp, data, fut))
+        task = asyncio.create_task(self._post())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return await fut
+
+    async def _post(self) -> None:
+        async with self.slots:
+            batch = [self.queue.popleft() for _ in range(min(self.max_frames, len(self.queue)))]
+            if not batch:
+                return
+            files = [
+                (stream, (f"{index}.jpg", data, "image/jpeg",
+                          {"x-frame-index": str(index), "x-timestamp": f"{timestamp:.6f}"}))
+                for stream, index, timestamp, data, _ in batch
+            ]  # fmt: skip
+            try:
+                resp = await self.client.post(f"{self.url}/v1/frames", files=files, headers=self.headers)
+            except httpx.TransportError:
+                answers: list[Answer] = [(0, "")] * len(batch)
+            else:
+                if resp.status_code != 200:
+                    answers = [(resp.status_code, resp.text)] * len(batch)
+                else:
+                    answers = [
+                        (f["status"], json.dumps(f["result"]) if f["result"] is not None else json.dumps(f))
+                        for f in resp.json()["frames"]
+                    ]
+            for (*_, fut), answer in zip(batch, answers, strict=True):
+                fut.set_result(answer)
+
+    async def close(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks)
+
+
 async def submit_stream(
-    client: httpx.AsyncClient,
-    url: str,
+    sender: Sender,
     stream: str,
     source_spec: str,
     *,
@@ -93,34 +243,23 @@ async def submit_stream(
     out: IO[str] | None = None,
     keep: bool = False,
     bar: tqdm | None = None,
-    headers: dict[str, str] | None = None,
 ) -> StreamReport:
     """Post a source's frames in order. Paced (source FPS, or ``fps``) frames are sent on time like
     a camera would, with at most ``max_inflight`` unanswered; a frame due while that many are out is
     skipped. With ``max_rate`` each frame waits for a free slot instead.
     """
     report = StreamReport(stream)
-    endpoint = f"{url.rstrip('/')}/v1/streams/{stream}/frames"
     slots = asyncio.Semaphore(max_inflight)
     period = 1.0 / fps if fps else None
 
     async def send(index: int, timestamp: float, data: bytes) -> None:
         try:
             t0 = time.perf_counter()
-            try:
-                resp = await client.post(
-                    endpoint,
-                    content=data,
-                    params={"frame_index": index, "timestamp": round(timestamp, 6)},
-                    headers={"content-type": "image/jpeg", **(headers or {})},
-                )
-            except httpx.TransportError:
-                report.errors[0] = report.errors.get(0, 0) + 1  # 0: no HTTP answer
+            status, text = await sender.send(stream, index, timestamp, data)
+            if status != 200:  # 0: no answer
+                report.errors[status] = report.errors.get(status, 0) + 1
                 return
-            if resp.status_code != 200:
-                report.errors[resp.status_code] = report.errors.get(resp.status_code, 0) + 1
-                return
-            result = FrameResult.model_validate_json(resp.content)
+            result = FrameResult.model_validate_json(text)
             if result.dropped:
                 report.dropped += 1
                 return
@@ -131,7 +270,7 @@ async def submit_stream(
             report.ids_restarted += result.ids_restarted
             report.state_recovered += result.state_recovered
             if out is not None:
-                out.write(resp.text + "\n")
+                out.write(text + "\n")
             if keep:
                 report.results.append(result)
         finally:
@@ -178,18 +317,24 @@ async def submit(
     keep: bool = False,
     token: str | None = None,
     timeout_s: float = 60.0,
+    transport: Transport = "ws",
 ) -> list[StreamReport]:
-    """Post every ``(stream, source)`` job concurrently; returns one report per stream."""
+    """Send every ``(stream, source)`` job concurrently; returns one report per stream."""
     totals = []
     for _, spec in jobs:
         count = None if cycle else open_source(spec).count
         totals.append(min(count, max_frames) if count and max_frames else count or max_frames)
     total = sum(totals) if all(totals) else None
-    headers = {"authorization": f"Bearer {token}"} if token else None
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     files: list[IO[str]] = []
     limits = httpx.Limits(max_connections=len(jobs) + 4, max_keepalive_connections=len(jobs) + 4)
     try:
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+            sender: Sender = (
+                SocketSender(url, headers, timeout_s) if transport == "ws"
+                else BatchSender(client, url, headers) if transport == "batch"
+                else HttpSender(client, url, headers)
+            )  # fmt: skip
             with tqdm(total=total, unit="frame", desc="submit", disable=not progress) as bar:
                 tasks = []
                 for stream, spec in jobs:
@@ -200,8 +345,7 @@ async def submit(
                         files.append(out)
                     tasks.append(
                         submit_stream(
-                            client,
-                            url,
+                            sender,
                             stream,
                             spec,
                             max_rate=max_rate,
@@ -212,10 +356,12 @@ async def submit(
                             out=out,
                             keep=keep,
                             bar=bar,
-                            headers=headers,
                         )
                     )
-                return list(await asyncio.gather(*tasks))
+                try:
+                    return list(await asyncio.gather(*tasks))
+                finally:
+                    await sender.close()
     finally:
         for f in files:
             f.close()

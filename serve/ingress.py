@@ -72,9 +72,10 @@ app = FastAPI(
         "Multi-person 2D pose estimation with tracking, for many camera streams. Frames come in three ways, "
         "all served by the same pipeline: `POST /v1/streams/{stream_id}/frames` (one JPEG/PNG a request), "
         "`WS /v1/streams/{stream_id}/ws` (a WebSocket per stream: binary JPEG/PNG messages in, one JSON "
-        "`FrameResult` out per frame, in order; a text message `{\"frame_index\": n, \"timestamp\": t}` "
-        "before a frame sets its index and time; the token goes in the `Authorization` header or "
-        "`?token=`), and `POST /v1/frames` (multipart: several frames of one or many streams, each part "
+        "`FrameResult` out per frame, in order; a message may start with a JSON line "
+        "`{\"frame_index\": n, \"timestamp\": t}` and a newline before the image bytes; errors come back as "
+        "`{\"error\": {\"status\", \"detail\"}}`; the token goes in the `Authorization` header or `?token=`), "
+        "and `POST /v1/frames` (multipart: several frames of one or many streams, each part "
         "named by its stream id)."
     ),
 )
@@ -130,20 +131,29 @@ def _header_number(value: str | None, kind: type) -> Any:
     return number
 
 
-def _frame_meta(text: str) -> dict[str, Any]:
-    """A WebSocket text message: the next frame's ``frame_index`` and/or ``timestamp``."""
+def _socket_frame_message(message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """A WebSocket frame message: JPEG/PNG bytes, optionally after a one-line JSON header
+    ``{"frame_index": n, "timestamp": t}\n`` (an image never starts with ``{``, so no ambiguity)."""
+    data = message.get("bytes")
+    if data is None:
+        raise ValueError("send frames as binary messages")
+    if not data.startswith(b"{"):
+        return {}, data
+    end = data.find(b"\n", 0, 512)
+    if end < 0:
+        raise ValueError("a frame header is one JSON line of at most 512 bytes, then a newline")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"text messages must be JSON: {exc}") from None
+        meta = json.loads(data[:end])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"frame header is not JSON: {exc}") from None
     if not isinstance(meta, dict) or set(meta) - {"frame_index", "timestamp"}:
-        raise ValueError('text messages take {"frame_index": int, "timestamp": float}')
+        raise ValueError('a frame header takes {"frame_index": int, "timestamp": float}')
     index, ts = meta.get("frame_index"), meta.get("timestamp")
     if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
         raise ValueError("frame_index must be an integer >= 0")
-    if ts is not None and not isinstance(ts, int | float):
+    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
         raise ValueError("timestamp must be a number")
-    return meta
+    return meta, data[end + 1 :]
 
 
 def _answer_json(stream_id: str, status: int, detail: str) -> str:
@@ -317,21 +327,17 @@ class Ingress:
                 await websocket.send_text(await task)
 
         sender = asyncio.create_task(send_in_order())
-        meta: dict[str, Any] = {}
         try:
             while not sender.done():
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if message.get("text") is not None:
-                    try:
-                        meta = _frame_meta(message["text"])
-                    except ValueError as exc:
-                        await answers.put(_done(_answer_json(stream_id, 422, str(exc))))
+                try:
+                    meta, data = _socket_frame_message(message)
+                except ValueError as exc:
+                    await answers.put(_done(_answer_json(stream_id, 422, str(exc))))
                     continue
-                data = message.get("bytes") or b""
                 work = self._socket_frame(stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy)
-                meta = {}
                 await answers.put(asyncio.create_task(work))  # waits while ws_max_inflight are unanswered
             await answers.put(None)
             await sender

@@ -1,0 +1,81 @@
+"""Several sources through the in-process pipeline at once (``posefleet run a.mp4 b.mp4``, the bench):
+each round takes the next frame of every source still going and applies them in one batched pass.
+
+Frames are read (decoded) on a thread ahead of the pipeline, so decoding overlaps inference.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from posefleet.pipeline.engine import Pipeline
+from posefleet.pipeline.schema import FrameResult
+from posefleet.sources import Frame, SourceError
+
+
+@dataclass
+class Round:
+    """One frame of each source still going, with how long reading it took (its decode stage)."""
+
+    frames: list[tuple[str, Frame, float]]  # (stream, frame, decode ms)
+
+
+def _read_rounds(sources: dict[str, Iterable[Frame]], max_frames: int | None) -> Iterator[Round | SourceError]:
+    iters = {stream: iter(src) for stream, src in sources.items()}
+    count = 0
+    while iters and not (max_frames and count >= max_frames):
+        frames = []
+        for stream, it in list(iters.items()):
+            t0 = time.perf_counter()
+            try:
+                frame = next(it, None)
+            except SourceError as exc:
+                yield exc
+                return
+            if frame is None:
+                del iters[stream]
+                continue
+            frames.append((stream, frame, (time.perf_counter() - t0) * 1000.0))
+        if frames:
+            yield Round(frames)
+        count += 1
+
+
+def prefetched(rounds: Iterator[Round | SourceError], depth: int = 2) -> Iterator[Round]:
+    """``rounds`` read on a daemon thread, at most ``depth`` ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def reader() -> None:
+        try:
+            for item in rounds:
+                q.put(item)
+        finally:
+            q.put(done)
+
+    threading.Thread(target=reader, daemon=True, name="posefleet-reader").start()
+    while (item := q.get()) is not done:
+        if isinstance(item, SourceError):
+            raise item
+        yield item
+
+
+def run_sources(
+    pipeline: Pipeline,
+    sources: dict[str, Iterable[Frame]],
+    on_result: Callable[[Frame, FrameResult], None],
+    max_frames: int | None = None,
+) -> int:
+    """Every source's frames through ``pipeline``, one batched pass a round; returns frames processed.
+    Raises SourceError when a source fails mid-way."""
+    frames = 0
+    for batch in prefetched(_read_rounds(sources, max_frames)):
+        items = [(stream, f.image, f.index, f.timestamp, round(ms, 3)) for stream, f, ms in batch.frames]
+        for (_, frame, _), result in zip(batch.frames, pipeline.process_many(items), strict=True):
+            on_result(frame, result)
+        frames += len(batch.frames)
+    return frames
