@@ -21,7 +21,7 @@ import ray
 from ray.serve.exceptions import BackPressureError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from posefleet import __version__
+from posefleet import __version__, metrics
 from posefleet.config import PipelineConfig, ServingConfig
 from posefleet.errors import Unavailable
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -95,9 +95,11 @@ class StreamWorkerActor:
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if models is None:
+            batch_size = metrics.get().batch_size
             self.queued: QueuedModels | None = QueuedModels(
                 LocalModels(cfg), {"detector": serving.detector.batch.max_batch_size,
                                    "pose": serving.pose.batch.max_batch_size},
+                on_batch=lambda model, items: batch_size.observe(items, tags={"model": model}),
             )  # fmt: skip
             run: Any = self.queued
         else:

@@ -17,7 +17,6 @@ from conftest import DATA, video_frames
 from posefleet.config import AppConfig, load_pipeline_config
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.engine import Pipeline
-from posefleet.pipeline.schema import FrameResult
 from posefleet.serve.client import submit
 from posefleet.serve.local import free_port, local_app
 
@@ -74,27 +73,32 @@ def test_concurrent_streams_keep_separate_stable_ids_and_batches_form(server: di
     for ra, rb in zip(by["court-a"].results, by["court-b"].results, strict=True):
         assert [p.track_id for p in ra.people] == [p.track_id for p in rb.people]
     stats = httpx.get(f"{server['url']}/v1/stats").json()
-    assert stats["detector"]["max_requests"] > 1, stats["detector"]
-    assert stats["pose"]["max_requests"] > 1, stats["pose"]
-    assert stats["pose"]["max_items"] > stats["pose"]["max_requests"]  # crops of several people per request
+    assert stats["models"] == "local" and len(stats["workers"]) == 2
+    detector = [w["detector"] for w in stats["workers"]]
+    assert max(d["max_requests"] for d in detector) > 1, detector  # frames of several streams in one inference
     listed = {s["stream_id"]: s for s in httpx.get(f"{server['url']}/v1/streams").json()["streams"]}
     assert {"court-a", "court-b", "court-c", "demo"} <= set(listed)
     assert listed["court-a"]["frames"] == 40 and listed["court-a"]["last_frame_index"] == 39
 
 
-def test_http_results_equal_in_process_pipeline(server: dict) -> None:
-    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 12)]
+@pytest.mark.parametrize("transport", ["ws", "http", "batch"])
+def test_every_transport_returns_what_the_in_process_pipeline_returns(server: dict, transport: str) -> None:
+    """posefleet submit over each transport against the in-process pipeline on the very same bytes."""
+    stream = f"parity-{transport}"
+    reports = asyncio.run(submit(server["url"], [(stream, CLIP)], max_rate=True, max_frames=12, progress=False,
+                                 keep=True, transport=transport))  # fmt: skip
+    served = reports[0].results
+    assert [r.frame_index for r in served] == list(range(12)) and not reports[0].errors
     local = Pipeline(load_pipeline_config("balanced", overrides=PIPELINE))
-    for i, data in enumerate(frames):
-        resp = post(server["url"], "parity", data, i)
-        assert resp.status_code == 200, resp.text
-        remote = FrameResult.model_validate_json(resp.content)
-        mine = local.process_bytes("parity", data, i)
+    frames = [encode_jpeg(f, 90) for f in video_frames("test_video_structuralize.mp4", 12)]  # what the client sends
+    for i, (data, remote) in enumerate(zip(frames, served, strict=True)):
+        mine = local.process_bytes(stream, data, i)
         assert remote.detected == mine.detected
         assert [p.track_id for p in remote.people] == [p.track_id for p in mine.people]
         for a, b in zip(remote.people, mine.people, strict=True):
             np.testing.assert_allclose(a.box, b.box, atol=0.05)
             np.testing.assert_allclose(np.array(a.keypoints), np.array(b.keypoints), atol=0.05)
+    assert sum(len(r.people) for r in served) >= 20
 
 
 def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> None:
@@ -160,7 +164,7 @@ def test_metrics_are_scrapeable_in_prometheus_format(server: dict) -> None:
             break
         time.sleep(2)
     assert "posefleet_frames_total{" in text and 'stream="metered"' in text
-    assert "posefleet_batch_size_bucket" in text and 'model="pose"' in text
+    assert "posefleet_batch_size_bucket" in text and 'model="detector"' in text
     assert 'stage="detect"' in text
 
 

@@ -62,8 +62,9 @@ def split_outputs(calls: list[ModelCall], outputs: list) -> list[list]:
 
 
 class _Queue:
-    def __init__(self, run: Callable[[ModelCall], list], max_items: int, stats: QueueStats):
-        self.run, self.max_items, self.stats = run, max_items, stats
+    def __init__(self, run: Callable[[ModelCall], list], max_items: int, stats: QueueStats,
+                 on_batch: Callable[[int], None] | None):  # fmt: skip
+        self.run, self.max_items, self.stats, self.on_batch = run, max_items, stats, on_batch
         self.waiting: collections.deque[tuple[ModelCall, asyncio.Future]] = collections.deque()
         self.busy = False
         self.drainer: asyncio.Task | None = None  # kept referenced while it runs
@@ -99,6 +100,8 @@ class _Queue:
                 self.stats.infer_ms.append((time.perf_counter() - t0) * 1000.0)
                 self.stats.items.append(items)
                 self.stats.calls.append(len(batch))
+                if self.on_batch is not None:
+                    self.on_batch(items)
                 for (_, fut), part in zip(batch, split_outputs(calls, outs), strict=True):
                     if not fut.done():
                         fut.set_result(part)
@@ -110,9 +113,18 @@ class QueuedModels:
     """Async model calls over in-process models (:class:`~posefleet.pipeline.frames.LocalModels`),
     one queue per model, inference in a worker thread so the event loop keeps taking frames."""
 
-    def __init__(self, run: Callable[[ModelCall], list], max_items: dict[str, int]):
+    def __init__(
+        self,
+        run: Callable[[ModelCall], list],
+        max_items: dict[str, int],
+        on_batch: Callable[[str, int], None] | None = None,
+    ):
         self.stats = {name: QueueStats() for name in ("detector", "pose")}
-        self.queues = {name: _Queue(run, max_items[name], self.stats[name]) for name in ("detector", "pose")}
+        self.queues = {
+            name: _Queue(run, max_items[name], self.stats[name],
+                         None if on_batch is None else lambda n, name=name: on_batch(name, n))
+            for name in ("detector", "pose")
+        }  # fmt: skip
 
     async def __call__(self, call: ModelCall) -> list:
         return await self.queues[call.model](call)
