@@ -1,4 +1,7 @@
-"""Two Ray nodes on this machine: model replicas spread over both, streams served from both."""
+"""Two Ray nodes on this machine: model replicas spread over both, streams served from both.
+
+Runs the GPU-cluster layout (``serving.models: deployments``: workers call the batched Detector
+and Pose deployments) with the top-down preset, so that path is served end to end here too."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from conftest import DATA, video_frames
-from posefleet.actors.tracker_actor import shard_of
+from posefleet.actors.stream_worker import shard_of
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
@@ -36,9 +39,10 @@ def two_nodes() -> Iterator[dict]:
     spread = {"num_replicas": 2, "max_replicas_per_node": 1, "num_cpus": 0.25}
     cfg = AppConfig.model_validate(
         {
-            "preset": "fast",
+            "preset": "top-down",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
-            "serving": {"ingress": spread, "detector": spread, "pose": spread, "workers": 2},
+            "serving": {"ingress": spread, "detector": spread, "pose": spread, "workers": 2,
+                        "worker_num_cpus": 0.25, "models": "deployments"},
         }
     )
     try:
@@ -54,18 +58,21 @@ def nodes_of(class_fragment: str) -> set[str]:
     return {a.node_id for a in alive if class_fragment in a.class_name}
 
 
-def test_replicas_and_trackers_spread_over_both_nodes_and_serve(two_nodes: dict) -> None:
+def test_replicas_and_workers_spread_over_both_nodes_and_serve(two_nodes: dict) -> None:
     assert len(two_nodes["nodes"]) == 2
     for deployment in ("Ingress", "Detector", "Pose"):
         assert nodes_of(f"ServeReplica:posefleet:{deployment}") == two_nodes["nodes"], deployment
-    # four streams whose names hash to both tracker actors
+    # four streams whose names hash to both stream workers
     names = [f"node-test-{i}" for i in range(40)]
     names = [n for n in names if shard_of(n, 2) == 0][:2] + [n for n in names if shard_of(n, 2) == 1][:2]
     jobs = [(name, CLIP) for name in names]
     reports = asyncio.run(submit(two_nodes["url"], jobs, max_rate=True, max_frames=15, progress=False))
     assert all(r.frames == 15 and not r.errors for r in reports), [r.line() for r in reports]
-    # tracker actors prefer different nodes (soft affinity: a busy 1-CPU node may spill one over)
-    assert nodes_of("TrackerActor") <= two_nodes["nodes"]
+    # one stream worker on each node (each node has room for exactly one beside its three replicas)
+    assert nodes_of("StreamWorkerActor") == two_nodes["nodes"]
+    assert all(sum(len(p.keypoints) == 17 for p in x.people) for r in reports for x in r.results[2:])
+    stats = httpx.get(f"{two_nodes['url']}/v1/stats").json()
+    assert stats["models"] == "deployments" and stats["pose"]["batches"] > 0 and stats["detector"]["batches"] > 0
     # frames are served by ingress replicas on both nodes (concurrent requests spread over them)
     frame = encode_jpeg(video_frames("test_video_structuralize.mp4", 1)[0])
 
@@ -81,10 +88,10 @@ def test_replicas_and_trackers_spread_over_both_nodes_and_serve(two_nodes: dict)
     assert served_by == {n[:12] for n in two_nodes["nodes"]}
     streams = httpx.get(f"{two_nodes['url']}/v1/streams").json()["streams"]
     assert {s["stream_id"] for s in streams} >= {name for name, _ in jobs}
-    # each tracker actor (one per node) holds the streams that hash to it
+    # each stream worker (one per node) holds the streams that hash to it
     holders = []
     for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-        if "TrackerActor" in actor.class_name:
+        if "StreamWorkerActor" in actor.class_name:
             handle = ray.get_actor(actor.name, namespace="posefleet")
             held = ray.get(handle.list_streams.remote())
             holders.append(sum(s["stream_id"].startswith("node-test") for s in held))
