@@ -55,9 +55,11 @@ class DeploymentModels:
     def __init__(self, detector: Any, pose: Any, retry_s: float):
         self.handles = {"detector": detector, "pose": pose}
         self.retry_s = retry_s
+        self.calls = {"detector": 0, "pose": 0}
 
     async def __call__(self, call: ModelCall) -> list:
         handle = self.handles[call.model]
+        self.calls[call.model] += 1
         return await with_retry(lambda: handle.remote(call.inputs), f"{call.model} model", self.retry_s)
 
 
@@ -66,9 +68,11 @@ class _RemoteCheckpoints:
 
     def __init__(self, handle: ray.actor.ActorHandle):
         self.handle = handle
+        self.puts = 0
 
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
         self.handle.put.remote(stream_id, state)  # fire and forget: never slows a frame
+        self.puts += 1
 
     async def get(self, stream_id: str) -> dict[str, Any] | None:
         try:
@@ -101,11 +105,11 @@ class StreamWorkerActor:
                                    "pose": serving.pose.batch.max_batch_size},
                 on_batch=lambda model, items: batch_size.observe(items, tags={"model": model}),
             )  # fmt: skip
-            run: Any = self.queued
+            self.models: Any = self.queued
         else:
-            self.queued, run = None, DeploymentModels(*models, serving.fault_retry_s)
-        checkpoints = _RemoteCheckpoints(store) if store is not None else None
-        self.worker = StreamWorker(cfg, serving, run, checkpoints, restarted)
+            self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
+        self.checkpoints = _RemoteCheckpoints(store) if store is not None else None
+        self.worker = StreamWorker(cfg, serving, self.models, self.checkpoints, restarted)
 
     async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
                       policy: str | None) -> Served:  # fmt: skip
@@ -123,11 +127,14 @@ class StreamWorkerActor:
     async def delete(self, stream_id: str) -> bool:
         return await self.worker.delete(stream_id)
 
-    def batch_stats(self, reset: bool = False) -> dict[str, Any] | None:
-        """Frames and items per inference of this worker's local models (None: models are deployments)."""
-        if self.queued is None:
-            return None
-        return {name: stats.summary(reset) for name, stats in self.queued.stats.items()}
+    def batch_stats(self, reset: bool = False) -> dict[str, Any]:
+        """Frames and items per inference of this worker's local models (none: models are deployments),
+        and the Ray calls it made."""
+        calls = {"checkpoint": self.checkpoints.puts if self.checkpoints is not None else 0}
+        if isinstance(self.models, DeploymentModels):
+            calls |= self.models.calls
+        models = {} if self.queued is None else {name: s.summary(reset) for name, s in self.queued.stats.items()}
+        return models | {"ray_calls": calls, "frames": sum(s.frames for s in self.worker.streams.values())}
 
 
 CheckpointActor = ray.remote(CheckpointStore)

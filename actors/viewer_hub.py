@@ -121,6 +121,7 @@ class HubFeed:
         self.render = render  # a result -> what the hub keeps; run only for the newest of each flush
         self.pending: dict[str, StreamUpdate] = {}
         self._flush: asyncio.Task | None = None
+        self.calls = 0  # Ray calls made (for the bench's calls-per-frame)
 
     def add(
         self, stream_id: str, latest: Any = None, total_ms: float = 0.0, dropped: int = 0,
@@ -145,6 +146,7 @@ class HubFeed:
                 u.latest = self.render(u.latest)
         if updates:
             self.hub.publish.remote(updates)
+            self.calls += 1
 
     def forget(self, stream_id: str) -> None:
         self.pending.pop(stream_id, None)

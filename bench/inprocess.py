@@ -3,12 +3,15 @@
     python -m bench.inprocess MODE --video clip.mp4 --frames 120 --streams 4 --json out.json
 
 MODE is one of:
-  limit      the models alone on pre-decoded frames and pre-cut crops, at the best pose batch
-  naive      detect every frame, one pose inference per person, default ORT options, sequential
-  optimised  detect every N, one batched pose call per frame, tuned threads, streams on a
-             worker pool with decoding prefetched on another thread (CPU work overlaps inference)
-  rtmlib     a loop shaped like rtmlib's PoseTracker: det_frequency, per-box pose calls,
+  limit      the models alone on pre-decoded frames (and pre-cut crops, top-down), best layout
+  naive      top-down seed-style: detect every frame, one pose inference per person, default ORT
+             options, stages in turn
+  in-process the product's own path (``posefleet run a.mp4 b.mp4 ...``): the preset's pipeline,
+             one batched pass over every stream's next frame, reading prefetched on a thread
+  rtmlib     a loop shaped like rtmlib's PoseTracker (top-down): det_frequency, per-box pose calls,
              greedy IoU tracking, next boxes from the previous keypoints; same models
+
+Every row also gives the machine's CPU time per frame (/proc/stat: every process, not only this one).
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import resource
-import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,9 +33,19 @@ from posefleet.pipeline.bytetrack import ByteTracker
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.geometry import iou_matrix, keypoint_box
-from posefleet.sources import open_source
+from posefleet.pipeline.schema import FrameResult
+from posefleet.runner import run_sources, tuned_for_streams
+from posefleet.sources import Frame, open_source
 
 LIMITS = {"max_pixels": 40_000_000, "max_side": 16384}
+_TICK_MS = 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_ms() -> float:
+    """CPU time every process on this machine has used so far (user, nice, system, irq, softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq) * _TICK_MS
 STAGES = ("decode_ms", "detect_ms", "track_ms", "pose_ms", "total_ms")
 
 
@@ -43,9 +55,11 @@ def load_frames(video: str, count: int) -> list[bytes]:
     return [frames[i % len(frames)] for i in range(count)]
 
 
-def summarise(mode: str, streams: int, wall: float, rows: list[dict[str, float]], extra: dict | None = None) -> dict:
+def summarise(mode: str, streams: int, wall: float, rows: list[dict[str, float]], extra: dict | None = None,
+              cpu_ms: float | None = None) -> dict:  # fmt: skip
     lat = np.array([r["total_ms"] for r in rows])
     return {
+        "cpu_ms_per_frame": None if cpu_ms is None else cpu_ms / len(rows),
         "mode": mode,
         "streams": streams,
         "frames": len(rows),
@@ -73,8 +87,11 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
     probe = LocalModels(cfg)
     images = [decode_image(f, **LIMITS) for f in frames[:24]]
     det_inputs = [probe.detector.decoder.prepare(im)[0] for im in images]
-    crops = [probe.pose.decoder.prepare(im, b)[0] for im in images if len(b := probe.detector(im).boxes)]
-    crops_all = np.concatenate(crops) if crops else np.zeros((1, 256, 256, 3), np.float32)
+    top_down = probe.pose is not None
+    crops = []
+    if top_down:
+        crops = [probe.pose.decoder.prepare(im, b)[0] for im in images if len(b := probe.detector(im).boxes)]
+    crops_all = np.concatenate(crops) if crops else np.zeros((1, 256, 256, 3), np.uint8)
     layouts = {}
     for workers, threads, spin in ((1, 0, False), (1, 0, True), (cores, 1, False)):
         tuned = cfg.model_copy(deep=True)
@@ -82,14 +99,14 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
             ort_cfg.intra_op_num_threads, ort_cfg.allow_spinning = threads, spin
         engine = LocalModels(tuned)
         per_crop = {}
-        for batch in (1, 2, 4, 8, 16, 32):
+        for batch in (1, 2, 4, 8, 16, 32) if top_down else ():
             x = np.ascontiguousarray(np.resize(crops_all, (batch, *crops_all.shape[1:])))
             engine.pose.infer(x)
             t0 = time.perf_counter()
             for _ in range(max(1, 32 // batch)):
                 engine.pose.infer(x)
             per_crop[batch] = _ms(t0) / (max(1, 32 // batch) * batch)
-        best = min(per_crop, key=per_crop.get)
+        best = min(per_crop, key=per_crop.get) if per_crop else 1
         n_frames = 48  # each worker: detections and crops of 48 frames, crops at the best batch
         n_det = max(1, round(n_frames * detect_fraction))
         n_crops = max(best, round(n_frames * people_per_frame))
@@ -101,7 +118,7 @@ def run_limit(cfg: PipelineConfig, frames: list[bytes], streams: int, people_per
             for i in range(n_det):
                 engine.detector.infer(det_inputs[i % len(det_inputs)])
             t1 = time.perf_counter()
-            for _ in range(n_crops // best):
+            for _ in range(n_crops // best if top_down else 0):
                 engine.pose.infer(x)
             return t1 - t0, time.perf_counter() - t1
 
@@ -168,52 +185,26 @@ def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
     return summarise("naive", streams, time.perf_counter() - t_start, rows)
 
 
-def run_optimised(cfg: PipelineConfig, frames: list[bytes], streams: int, workers: int = 2) -> dict:
-    """Batched crops, detect every N, tuned threads. One stream runs in turn with ORT on every core
-    (a frame depends on the previous one's tracks); several streams run on ``workers`` threads with
-    one ORT thread each, decoding prefetched on another thread, so CPU work overlaps inference.
-    """
-    tuned = cfg.model_copy(deep=True)
-    for ort_cfg in (tuned.detector.ort, tuned.pose.ort):
-        ort_cfg.intra_op_num_threads = 0 if streams == 1 else 1
-    pipeline = Pipeline(tuned)
+def run_pipeline(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
+    """The product's in-process path on ``streams`` copies of the clip: :func:`posefleet.runner.run_sources`
+    (one batched pass a round, frames decoded on the reading thread), ONNX Runtime on every core."""
+    pipeline = Pipeline(tuned_for_streams(cfg, streams))
+    pipeline.process("warm-up", decode_image(frames[0], **LIMITS), 0)
     rows: list[dict] = []
 
-    def one(i: int, s: int, image: np.ndarray, decode_ms: float) -> None:
-        result = pipeline.process(f"s{s}", image, i, decode_ms=decode_ms)
+    def source(name: str) -> Iterator[Frame]:
+        for i, data in enumerate(frames):
+            yield Frame(i, i / 30.0, decode_image(data, **LIMITS), name)
+
+    def keep(_: Frame, result: FrameResult) -> None:
         rows.append(result.timings.model_dump() | {"people": len(result.people)})
 
-    t_start = time.perf_counter()
-    if streams == 1:
-        for i, data in enumerate(frames):
-            t = time.perf_counter()
-            one(i, 0, decode_image(data, **LIMITS), _ms(t))
-    else:
-        decoded: queue.Queue = queue.Queue(maxsize=2 * streams + 2)
-
-        def decoder() -> None:
-            for i, data in enumerate(frames):
-                for s in range(streams):
-                    t = time.perf_counter()
-                    decoded.put((i, s, decode_image(data, **LIMITS), _ms(t)))
-            decoded.put(None)
-
-        threading.Thread(target=decoder, daemon=True).start()
-        busy = [threading.Lock() for _ in range(streams)]  # a stream's frames stay in order
-
-        def work(i: int, s: int, image: np.ndarray, decode_ms: float) -> None:
-            with busy[s]:
-                one(i, s, image, decode_ms)
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = []
-            while (item := decoded.get()) is not None:
-                futures.append(pool.submit(work, *item))
-            for f in futures:
-                f.result()
-    extra = {"detect_fraction": 1.0 / tuned.detect_every,
+    cpu0, t_start = machine_cpu_ms(), time.perf_counter()
+    run_sources(pipeline, {f"s{s}": source(f"s{s}") for s in range(streams)}, keep)
+    wall, cpu = time.perf_counter() - t_start, machine_cpu_ms() - cpu0
+    extra = {"detect_fraction": 1.0 / cfg.detect_every,
              "people_per_frame": float(np.mean([r["people"] for r in rows]))}  # fmt: skip
-    return summarise("optimised", streams, time.perf_counter() - t_start, rows, extra)
+    return summarise("in-process", streams, wall, rows, extra, cpu)
 
 
 def run_rtmlib_style(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
@@ -262,7 +253,7 @@ def run_rtmlib_style(cfg: PipelineConfig, frames: list[bytes], streams: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["limit", "naive", "optimised", "rtmlib"])
+    parser.add_argument("mode", choices=["limit", "naive", "in-process", "rtmlib"])
     parser.add_argument("--video", required=True)
     parser.add_argument("--frames", type=int, default=120, help="frames per stream")
     parser.add_argument("--streams", type=int, default=1)
@@ -276,7 +267,7 @@ def main() -> None:
     if args.mode == "limit":
         row = run_limit(cfg, frames, args.streams, args.people_per_frame, args.detect_fraction)
     else:
-        row = {"naive": run_naive, "optimised": run_optimised, "rtmlib": run_rtmlib_style}[args.mode](
+        row = {"naive": run_naive, "in-process": run_pipeline, "rtmlib": run_rtmlib_style}[args.mode](
             cfg, frames, args.streams
         )
     Path(args.json).write_text(json.dumps(row, indent=2, default=float))

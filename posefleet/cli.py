@@ -40,10 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
     from posefleet.pipeline.engine import Pipeline
-    from posefleet.runner import run_sources
+    from posefleet.runner import run_sources, tuned_for_streams
     from posefleet.sources import SourceError, open_source
 
-    cfg = _pipeline_config(args)
+    cfg = tuned_for_streams(_pipeline_config(args), len(args.sources))
     several = len(args.sources) > 1
     if several and args.coco:
         raise CliError("--coco takes one source")
@@ -390,8 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--max-frames", type=int, help="at most this many frames a stream")
     sb.add_argument("--fps", type=float, help="send at this rate instead of the source's")
     sb.add_argument("--inflight", type=int, default=2, help="unanswered frames a stream may have")
-    sb.add_argument("--transport", choices=TRANSPORTS, default="ws",
-                    help="a WebSocket per stream (default), a POST per frame, or multipart POSTs of many frames")
+    sb.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="ws",
+        help="a WebSocket per stream (default), a POST per frame, or multipart POSTs of many frames",
+    )
     sb.add_argument("--out", default="out", help="folder for <stream>.jsonl results")
     sb.add_argument("--annotate", help="draw the served results onto a copy of each file source: a file "
                     "for one stream, else a folder of <stream>.mp4")  # fmt: skip

@@ -6,15 +6,31 @@ Frames are read (decoded) on a thread ahead of the pipeline, so decoding overlap
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from posefleet.config import PipelineConfig
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.schema import FrameResult
 from posefleet.sources import Frame, SourceError
+
+
+def tuned_for_streams(cfg: PipelineConfig, streams: int) -> PipelineConfig:
+    """Several streams in one process: each model runs one ONNX Runtime thread per call and as many calls
+    at once as there are cores (measured here: MoveNet 6.7 ms a frame that way on 2 cores, 10.1 ms with one
+    call on both), unless the config already sets its threads. One stream keeps the config as it is."""
+    if streams < 2:
+        return cfg
+    cores = len(os.sched_getaffinity(0))
+    tuned = cfg.model_copy(deep=True)
+    for ort in (tuned.detector.ort, tuned.pose.ort):
+        if ort.intra_op_num_threads == 0 and ort.parallel_runs == 1:
+            ort.intra_op_num_threads, ort.parallel_runs = 1, cores
+    return tuned
 
 
 @dataclass

@@ -73,8 +73,8 @@ app = FastAPI(
         "all served by the same pipeline: `POST /v1/streams/{stream_id}/frames` (one JPEG/PNG a request), "
         "`WS /v1/streams/{stream_id}/ws` (a WebSocket per stream: binary JPEG/PNG messages in, one JSON "
         "`FrameResult` out per frame, in order; a message may start with a JSON line "
-        "`{\"frame_index\": n, \"timestamp\": t}` and a newline before the image bytes; errors come back as "
-        "`{\"error\": {\"status\", \"detail\"}}`; the token goes in the `Authorization` header or `?token=`), "
+        '`{"frame_index": n, "timestamp": t}` and a newline before the image bytes; errors come back as '
+        '`{"error": {"status", "detail"}}`; the token goes in the `Authorization` header or `?token=`), '
         "and `POST /v1/frames` (multipart: several frames of one or many streams, each part "
         "named by its stream id)."
     ),
@@ -389,13 +389,14 @@ class Ingress:
     async def stats(self, reset: bool = False) -> dict:
         """Recent batches of the models (frames and items per inference) and their providers: per stream
         worker with ``serving.models: local``, per deployment (one replica each) with ``deployments``."""
-        out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models}
+        workers = await self.frames.call(None, "batch_stats", reset)
+        out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models,
+                               "ray_calls": self.frames.ray_calls(), "workers": workers}  # fmt: skip
         if self.detector is not None:
             models = {"detector": self.detector, "pose": self.pose}
             for name, handle in models.items():
                 out[name] = None if handle is None else await handle.batch_stats.remote(reset)
-            return out
-        return out | {"workers": await self.frames.call(None, "batch_stats", reset)}
+        return out
 
     # -- live viewer --------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -453,4 +454,3 @@ class Ingress:
     @app.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         return Health()
-

@@ -32,6 +32,11 @@ class FrameRouter:
         self.metrics = metrics.get()
         self.hub = viewer_hub(s.namespace) if s.viewer else None
         self.feed = HubFeed(self.hub, s.viewer_flush_s, _for_viewer) if self.hub is not None else None
+        self.frame_calls = 0  # Ray calls that carried a frame (one each)
+
+    def ray_calls(self) -> dict[str, int]:
+        """Ray calls this replica made for frames: to the workers, and to the viewer hub."""
+        return {"worker": self.frame_calls, "viewer_hub": self.feed.calls if self.feed is not None else 0}
 
     def worker(self, stream_id: str) -> ray.actor.ActorHandle:
         return self.workers[shard_of(stream_id, len(self.workers))]
@@ -53,6 +58,7 @@ class FrameRouter:
         try:
             _, w, h = check_image(body, self.cfg.max_image_pixels, self.cfg.max_image_side)
             worker = self.worker(stream_id)
+            self.frame_calls += 1
             try:
                 served = await with_retry(
                     lambda: worker.process.remote(stream_id, body, index, ts, policy), "stream worker",

@@ -41,8 +41,14 @@ def two_nodes() -> Iterator[dict]:
         {
             "preset": "top-down",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
-            "serving": {"ingress": spread, "detector": spread, "pose": spread, "workers": 2,
-                        "worker_num_cpus": 0.25, "models": "deployments"},
+            "serving": {
+                "ingress": spread,
+                "detector": spread,
+                "pose": spread,
+                "workers": 2,
+                "worker_num_cpus": 0.25,
+                "models": "deployments",
+            },
         }
     )
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -106,6 +107,7 @@ class OnnxModel:
         self.output_names = outputs or [o.name for o in self.session.get_outputs()]
         self.dynamic_batch = not isinstance(self.input_shape[0], int)
         self.provider = self.session.get_providers()[0]
+        self.pool = ThreadPoolExecutor(cfg.parallel_runs, "posefleet-ort") if cfg.parallel_runs > 1 else None
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """One ``session.run`` on a ready batch."""
@@ -118,9 +120,9 @@ class OnnxModel:
         """
         results: list[list[np.ndarray] | None] = [None] * len(tensors)
         if not self.dynamic_batch:
-            for i, t in enumerate(tensors):
-                results[i] = self.run(t)
-            return results  # type: ignore[return-value]
+            if self.pool is not None and len(tensors) > 1:  # ORT releases the GIL: runs overlap on the cores
+                return list(self.pool.map(self.run, tensors))
+            return [self.run(t) for t in tensors]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, t in enumerate(tensors):
             groups.setdefault(tuple(t.shape[1:]), []).append(i)
