@@ -1,7 +1,12 @@
-"""Served throughput and latency for K concurrent streams: over HTTP on loopback, and through
-deployment handles from the driver (the same frame processing without HTTP, to show its cost).
+"""Served throughput, latency and cost for K concurrent streams over each transport: a WebSocket per
+stream (``ws``), a POST per frame (``http``), multipart POSTs of many frames (``batch``).
 
     python -m bench.served [--frames 60] [--streams 1 4 8] [--config configs/serve-cpu.yaml]
+
+Frames are encoded once up front (as the in-process bench decodes pre-encoded frames), each stream keeps
+one frame unanswered (it sends the next when the last is answered), and every row gives the machine's
+CPU time per frame (/proc/stat: client, proxy, ingress, workers), the Ray calls per frame the server
+made (``/v1/stats``) and the frames per model inference.
 """
 
 from __future__ import annotations
@@ -17,17 +22,17 @@ from typing import Any
 
 import httpx
 import numpy as np
-from ray import serve
 
-from posefleet.config import AppConfig
+from bench.inprocess import machine_cpu_ms
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
-from posefleet.serve.client import submit
+from posefleet.serve.client import BatchSender, HttpSender, Sender, SocketSender
 from posefleet.serve.local import local_app
-from posefleet.serve.processor import FrameProcessor
 from posefleet.sources import open_source
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
+WARM_UP_FRAMES = 8  # first calls (sessions, connections) are not what a running server costs
+TRANSPORTS = ("ws", "batch", "http")
 
 
 class RssSampler:
@@ -45,12 +50,7 @@ class RssSampler:
                 continue
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if (
-                    int(pid) != os.getpid()
-                    and b"ray::" not in cmd
-                    and b"raylet" not in cmd
-                    and b"gcs_server" not in cmd
-                ):
+                if int(pid) != os.getpid() and not any(k in cmd for k in (b"ray::", b"raylet", b"gcs_server")):
                     continue
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -73,86 +73,144 @@ class RssSampler:
         self._thread.join()
 
 
-def _row(kind: str, k: int, wall: float, latencies: list[float], frames: int, stats: dict, rss: float) -> dict:
-    lat = np.array(latencies) if latencies else np.array([np.nan])
+def encoded_frames(source: str, count: int) -> list[bytes]:
+    frames = [encode_jpeg(f.image) for f in open_source(source)]
+    return [frames[i % len(frames)] for i in range(count)]
+
+
+async def _drive(url: str, transport: str, frames: list[bytes], names: list[str], period_s: float | None) -> dict:
+    """Every stream sends ``frames`` in order, one unanswered at a time (or, paced, one every ``period_s``:
+    a frame due while the last is unanswered is skipped, like a camera's)."""
+    limits = httpx.Limits(max_connections=len(names) + 4, max_keepalive_connections=len(names) + 4)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        sender: Sender = (
+            SocketSender(url, {}, 120) if transport == "ws" else BatchSender(client, url, {})
+            if transport == "batch" else HttpSender(client, url, {})
+        )  # fmt: skip
+        lat: list[float] = []
+        errors: dict[int, int] = {}
+        counts = {"served": 0, "dropped": 0, "skipped": 0}
+        start = time.perf_counter()
+
+        async def one(name: str) -> None:
+            busy: asyncio.Task | None = None
+            for i, data in enumerate(frames):
+                if period_s is not None:
+                    await asyncio.sleep(max(0.0, start + i * period_s - time.perf_counter()))
+                    if busy is not None and not busy.done():
+                        counts["skipped"] += 1
+                        continue
+                busy = asyncio.create_task(send(name, i, data))
+                if period_s is None:
+                    await busy
+            if busy is not None:
+                await busy
+
+        async def send(name: str, i: int, data: bytes) -> None:
+            t0 = time.perf_counter()
+            status, text = await sender.send(name, i, i / 30.0, data)
+            if status != 200:
+                errors[status] = errors.get(status, 0) + 1
+            elif '"dropped":true' in text:
+                counts["dropped"] += 1
+            else:
+                counts["served"] += 1
+                lat.append((time.perf_counter() - t0) * 1000.0)
+
+        try:
+            await asyncio.gather(*(one(n) for n in names))
+        finally:
+            await sender.close()
+        return {"wall": time.perf_counter() - start, "latencies": lat, "errors": errors} | counts
+
+
+def _stats_row(stats: dict, frames: int) -> dict[str, Any]:
+    """Ray calls per frame and frames per model inference from ``/v1/stats``."""
+    workers = stats.get("workers") or []
+    calls = sum(stats.get("ray_calls", {}).values()) + sum(sum(w["ray_calls"].values()) for w in workers)
+    det = stats.get("detector") or {}
+    if not det:  # local models: per worker, weighted by batches
+        batches = [w["detector"] for w in workers if w.get("detector", {}).get("batches")]
+        n = sum(b["batches"] for b in batches)
+        det = {"mean_requests": sum(b["mean_requests"] * b["batches"] for b in batches) / n if n else 0.0,
+               "max_requests": max((b["max_requests"] for b in batches), default=0)}  # fmt: skip
     return {
-        "mode": kind,
-        "streams": k,
-        "frames": frames,
-        "fps": frames / wall,
-        "p50_ms": float(np.nanpercentile(lat, 50)),
-        "p99_ms": float(np.nanpercentile(lat, 99)),
-        "peak_rss_mb": rss,
-        "det_requests_per_batch": stats.get("detector", {}).get("mean_requests"),
-        "det_max_requests": stats.get("detector", {}).get("max_requests"),
-        "pose_requests_per_batch": stats.get("pose", {}).get("mean_requests"),
-        "pose_crops_per_batch": stats.get("pose", {}).get("mean_items"),
-        "pose_max_crops": stats.get("pose", {}).get("max_items"),
+        "ray_calls_per_frame": calls / frames if frames else None,
+        "frames_per_model_call": det.get("mean_requests"),
+        "max_frames_per_model_call": det.get("max_requests"),
     }
 
 
-WARM_UP_FRAMES = 8  # first calls (sessions, connections, handles) are not what a running server costs
-
-
-def run_http(url: str, source: str, streams: list[int], frames: int, progress: bool = False) -> list[dict]:
+def run_transport(url: str, transport: str, source: str, streams: list[int], frames: int) -> list[dict]:
+    encoded = encoded_frames(source, frames)
+    asyncio.run(_drive(url, transport, encoded[:WARM_UP_FRAMES], [f"{transport}-warm-up"], None))
     rows = []
-    asyncio.run(submit(url, [("http-warm-up", source)], max_rate=True, max_frames=WARM_UP_FRAMES, progress=False))
     for k in streams:
-        jobs = [(f"http-{k}-{i}", source) for i in range(k)]
+        names = [f"{transport}-{k}-{i}" for i in range(k)]
         httpx.get(f"{url}/v1/stats", params={"reset": True})
+        before = httpx.get(f"{url}/v1/stats").json()
         with RssSampler() as rss:
-            t0 = time.perf_counter()
-            reports = asyncio.run(submit(url, jobs, max_rate=True, max_frames=frames, progress=progress))
-            wall = time.perf_counter() - t0
-        stats = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
-        lat = [x for r in reports for x in r.latencies_ms]
-        rows.append(_row("served-http", k, wall, lat, sum(r.frames for r in reports), stats, rss.peak_mb))
+            cpu0 = machine_cpu_ms()
+            run = asyncio.run(_drive(url, transport, encoded, names, None))
+            cpu = machine_cpu_ms() - cpu0
+        after = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
+        served = run["served"]
+        rows.append(_row(f"served-{transport}", k, run, cpu, rss.peak_mb) | _stats_row(_delta(before, after), served))
     return rows
 
 
-def run_handle(app_args: dict[str, Any], source: str, streams: list[int], frames: int) -> list[dict]:
-    """The ingress's frame processing in this driver, calling the deployments through handles."""
-    cfg = AppConfig.model_validate(app_args | {"serving": (app_args.get("serving") or {}) | {"viewer": False}})
-    det = serve.get_deployment_handle("Detector", app_name="posefleet")
-    pose = serve.get_deployment_handle("Pose", app_name="posefleet")
-    images = [encode_jpeg(f.image) for f in open_source(source)]
-    rows = []
+def run_paced(url: str, transport: str, source: str, streams: int, frames: int, capacity_fps: float,
+              load: float = 0.8) -> dict:  # fmt: skip
+    """``streams`` camera-like streams offering ``load`` x ``capacity_fps`` in all: p99 latency against
+    the frame period."""
+    per_stream = load * capacity_fps / streams
+    period = 1.0 / per_stream
+    names = [f"paced-{transport}-{i}" for i in range(streams)]
+    cpu0 = machine_cpu_ms()
+    run = asyncio.run(_drive(url, transport, encoded_frames(source, frames), names, period))
+    row = _row(f"served-{transport} at {load:.0%}", streams, run, machine_cpu_ms() - cpu0, 0.0)
+    return row | {"offered_fps": per_stream * streams, "frame_period_ms": period * 1000,
+                  "p99_in_periods": row["p99_ms"] / (period * 1000)}  # fmt: skip
 
-    async def one_stream(proc: FrameProcessor, name: str, lat: list[float]) -> None:
-        for i in range(frames):
-            t = time.perf_counter()
-            await proc.process(name, images[i % len(images)], i, None)
-            lat.append((time.perf_counter() - t) * 1000)
 
-    async def run(k: int) -> tuple[float, list[float]]:
-        proc = FrameProcessor(cfg, det, pose)
-        for i in range(WARM_UP_FRAMES):
-            await proc.process(f"handle-{k}-warm-up", images[i % len(images)], i, None)
-        await asyncio.gather(det.batch_stats.remote(True), pose.batch_stats.remote(True))  # count from here
-        lat: list[float] = []
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one_stream(proc, f"handle-{k}-{i}", lat) for i in range(k)))
-        return time.perf_counter() - t0, lat
+def _delta(before: dict, after: dict) -> dict:
+    """Counters of ``after`` less ``before`` (calls are cumulative; batch stats were reset before)."""
+    out = dict(after)
+    out["ray_calls"] = {k: v - before.get("ray_calls", {}).get(k, 0) for k, v in after.get("ray_calls", {}).items()}
+    workers = []
+    for b, a in zip(before.get("workers") or [], after.get("workers") or [], strict=False):
+        workers.append(a | {"ray_calls": {k: v - b["ray_calls"].get(k, 0) for k, v in a["ray_calls"].items()}})
+    out["workers"] = workers
+    return out
 
-    for k in streams:
-        with RssSampler() as rss:
-            wall, lat = asyncio.run(run(k))
-        stats = {"detector": det.batch_stats.remote(True).result(), "pose": pose.batch_stats.remote(True).result()}
-        rows.append(_row("served-handle", k, wall, lat, k * frames, stats, rss.peak_mb))
-    return rows
+
+def _row(mode: str, k: int, run: dict, cpu_ms: float, rss: float) -> dict:
+    lat = np.array(run["latencies"]) if run["latencies"] else np.array([np.nan])
+    served = run["served"]
+    return {
+        "mode": mode,
+        "streams": k,
+        "frames": served,
+        "fps": served / run["wall"],
+        "p50_ms": float(np.nanpercentile(lat, 50)),
+        "p99_ms": float(np.nanpercentile(lat, 99)),
+        "cpu_ms_per_frame": cpu_ms / served if served else None,
+        "dropped": run["dropped"],
+        "skipped": run["skipped"],
+        "errors": run["errors"],
+        "peak_rss_mb": rss,
+    }
 
 
 def table(rows: list[dict]) -> str:
-    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "det req/batch (max)", "pose req/batch",
-            "pose crops/batch (max)", "peak RSS MB"]  # fmt: skip
+    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "CPU ms/frame", "Ray calls/frame", "frames/model call (max)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [
-            r["mode"], r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-            f"{r['det_requests_per_batch'] or 0:.2f} ({r['det_max_requests']})",
-            f"{r['pose_requests_per_batch'] or 0:.2f}",
-            f"{r['pose_crops_per_batch'] or 0:.2f} ({r['pose_max_crops']})", f"{r['peak_rss_mb']:.0f}",
-        ]  # fmt: skip
+        fpc = r.get("frames_per_model_call")
+        cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+                 f"{r['cpu_ms_per_frame']:.1f}" if r.get("cpu_ms_per_frame") else "",
+                 f"{r['ray_calls_per_frame']:.2f}" if r.get("ray_calls_per_frame") is not None else "",
+                 f"{fpc:.2f} ({r['max_frames_per_model_call']})" if fpc else ""]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
@@ -161,14 +219,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60, help="frames per stream")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     parser.add_argument("--config", help="Serve config (default configs/serve-cpu.yaml)")
     parser.add_argument("--source", default=str(CLIP))
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     app_args = load_serve_config(args.config)["applications"][0].get("args") or {}
+    rows = []
     with local_app(app_args) as url:
-        rows = run_http(url, args.source, args.streams, args.frames, progress=True)
-        rows += run_handle(app_args, args.source, args.streams, args.frames)
+        for transport in args.transports:
+            rows += run_transport(url, transport, args.source, args.streams, args.frames)
     print("\n" + table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
