@@ -22,6 +22,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet import __version__, metrics
+from posefleet.actors import FAULTS
 from posefleet.config import PipelineConfig, ServingConfig
 from posefleet.errors import Unavailable
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -29,7 +30,6 @@ from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.worker import CheckpointStore, Served, StreamWorker
 
 log = logging.getLogger("posefleet.worker")
-FAULTS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 async def with_retry(call: Any, what: str, retry_s: float) -> Any:
@@ -64,29 +64,44 @@ class DeploymentModels:
 
 
 class _RemoteCheckpoints:
-    """Checkpoints over a :class:`CheckpointStore` actor handle."""
+    """Checkpoints over a :class:`CheckpointStore` actor handle: states gathered here and sent together
+    in one fire-and-forget call every ``flush_s``, so checkpoints cost a few Ray calls a second in all,
+    not one per stream (a worker lost between flushes loses at most ``flush_s`` of its streams' states)."""
 
-    def __init__(self, handle: ray.actor.ActorHandle):
-        self.handle = handle
-        self.puts = 0
+    def __init__(self, handle: ray.actor.ActorHandle, flush_s: float):
+        self.handle, self.flush_s = handle, flush_s
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.flusher: asyncio.Task | None = None
+        self.puts = 0  # Ray calls made
 
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
-        self.handle.put.remote(stream_id, state)  # fire and forget: never slows a frame
-        self.puts += 1
+        self.pending[stream_id] = state
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        states, self.pending = self.pending, {}
+        if states:
+            self.handle.put_many.remote(states)  # fire and forget: never slows a frame
+            self.puts += 1
 
     async def get(self, stream_id: str) -> dict[str, Any] | None:
+        if stream_id in self.pending:
+            return self.pending[stream_id]
         try:
             return await self.handle.get.remote(stream_id)
         except ray.exceptions.RayActorError:
             return None
 
     async def delete(self, stream_id: str) -> None:
+        self.pending.pop(stream_id, None)
         self.handle.delete.remote(stream_id)
 
 
-@ray.remote
-class StreamWorkerActor:
-    """A :class:`StreamWorker` as a Ray actor; knows when Ray restarted it."""
+class WorkerHost:
+    """A :class:`StreamWorker` with its models and checkpoints: the body of a stream worker actor, or
+    of an ingress replica that holds its streams itself (``serving.workers: 0``)."""
 
     def __init__(
         self,
@@ -94,10 +109,8 @@ class StreamWorkerActor:
         serving: ServingConfig,
         store: ray.actor.ActorHandle | None,
         models: tuple[Any, Any] | None = None,
+        restarted: bool = False,
     ):
-        with warnings.catch_warnings():  # Ray's own body of this public call uses a deprecated property
-            warnings.simplefilter("ignore")
-            restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if models is None:
             batch_size = metrics.get().batch_size
             self.queued: QueuedModels | None = QueuedModels(
@@ -108,7 +121,7 @@ class StreamWorkerActor:
             self.models: Any = self.queued
         else:
             self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
-        self.checkpoints = _RemoteCheckpoints(store) if store is not None else None
+        self.checkpoints = _RemoteCheckpoints(store, serving.checkpoint_flush_s) if store is not None else None
         self.worker = StreamWorker(cfg, serving, self.models, self.checkpoints, restarted)
 
     async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
@@ -137,6 +150,18 @@ class StreamWorkerActor:
         return models | {"ray_calls": calls, "frames": sum(s.frames for s in self.worker.streams.values())}
 
 
+@ray.remote
+class StreamWorkerActor(WorkerHost):
+    """A :class:`WorkerHost` as a Ray actor; knows when Ray restarted it."""
+
+    def __init__(self, cfg: PipelineConfig, serving: ServingConfig, store: ray.actor.ActorHandle | None,
+                 models: tuple[Any, Any] | None = None):  # fmt: skip
+        with warnings.catch_warnings():  # Ray's own body of this public call uses a deprecated property
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        super().__init__(cfg, serving, store, models, restarted)
+
+
 CheckpointActor = ray.remote(CheckpointStore)
 
 
@@ -149,6 +174,14 @@ def _pool_id(cfg: PipelineConfig, serving: ServingConfig) -> str:
     """Named after the version and config: the actors are detached, so a redeploy with other code or
     settings must not reuse the ones still running from before."""
     return f"{zlib.crc32(f'{__version__}|{cfg.model_dump_json()}|{serving.model_dump_json()}'.encode()):08x}"
+
+
+def checkpoint_store(cfg: PipelineConfig, serving: ServingConfig) -> ray.actor.ActorHandle:
+    """The named checkpoint actor of this config's streams (get or create)."""
+    return CheckpointActor.options(  # type: ignore[attr-defined]
+        name=f"posefleet-checkpoints-{_pool_id(cfg, serving)}", namespace=serving.namespace, get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_restarts=-1,
+    ).remote()  # fmt: skip
 
 
 def worker_pool(
@@ -165,10 +198,7 @@ def worker_pool(
     def placement(i: int) -> NodeAffinitySchedulingStrategy | str:
         return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "DEFAULT"
 
-    store = CheckpointActor.options(  # type: ignore[attr-defined]
-        name=f"posefleet-checkpoints-{pool}", namespace=serving.namespace, get_if_exists=True, lifetime="detached",
-        num_cpus=0, max_restarts=-1,
-    ).remote()  # fmt: skip
+    store = checkpoint_store(cfg, serving)
     return [
         StreamWorkerActor.options(  # type: ignore[attr-defined]
             name=f"posefleet-worker-{pool}-{i}",

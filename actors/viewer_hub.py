@@ -20,6 +20,7 @@ import numpy as np
 import ray
 
 from posefleet import __version__
+from posefleet.actors import FAULTS
 
 
 @dataclass
@@ -40,14 +41,18 @@ class ViewerHub:
         self.views: dict[str, _View] = {}
         self.version = 0
         self.changed = asyncio.Event()
+        self.last_viewer = float("-inf")  # monotonic time a viewer last asked for a snapshot
 
     def _bump(self) -> None:
         self.version += 1
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def publish(self, updates: dict[str, StreamUpdate]) -> None:
-        """What an ingress replica answered since its last flush, per stream."""
+    def watched(self, within_s: float = 15.0) -> bool:
+        return time.monotonic() - self.last_viewer < within_s
+
+    def publish(self, updates: dict[str, StreamUpdate]) -> bool:
+        """What an ingress replica answered since its last flush, per stream; returns whether anyone watches."""
         now = time.time()
         for stream_id, u in updates.items():
             v = self.views.setdefault(stream_id, _View())
@@ -62,6 +67,7 @@ class ViewerHub:
                 v.thumb_version += 1
         if updates:
             self._bump()
+        return self.watched()
 
     def forget(self, stream_id: str) -> None:
         if self.views.pop(stream_id, None) is not None:
@@ -92,6 +98,7 @@ class ViewerHub:
 
     async def wait(self, since: int, timeout_s: float = 5.0) -> dict[str, Any]:
         """The snapshot once the version passes ``since`` (or after ``timeout_s``, unchanged)."""
+        self.last_viewer = time.monotonic()
         if self.version <= since:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout_s)
@@ -115,9 +122,12 @@ class StreamUpdate:
 class HubFeed:
     """An ingress replica's side of the hub: results gathered here, sent in one call per flush."""
 
-    def __init__(self, hub: Any, flush_s: float, render: Callable[[Any], dict[str, Any]] = dict):
+    def __init__(self, hub: Any, flush_s: float, render: Callable[[Any], dict[str, Any]] = dict,
+                 idle_flush_s: float = 2.0):  # fmt: skip
         self.hub = hub
         self.flush_s = flush_s
+        self.idle_flush_s = idle_flush_s  # while no viewer watches: the stream list stays fresh, cheaply
+        self.watched = True
         self.render = render  # a result -> what the hub keeps; run only for the newest of each flush
         self.pending: dict[str, StreamUpdate] = {}
         self._flush: asyncio.Task | None = None
@@ -139,14 +149,15 @@ class HubFeed:
             self._flush = asyncio.get_running_loop().create_task(self._flush_later())
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self.flush_s)
+        await asyncio.sleep(self.flush_s if self.watched else self.idle_flush_s)
         updates, self.pending = self.pending, {}
         for u in updates.values():
             if u.latest is not None:
                 u.latest = self.render(u.latest)
         if updates:
-            self.hub.publish.remote(updates)
             self.calls += 1
+            with contextlib.suppress(*FAULTS):
+                self.watched = await self.hub.publish.remote(updates)
 
     def forget(self, stream_id: str) -> None:
         self.pending.pop(stream_id, None)

@@ -257,7 +257,14 @@ class ServingConfig(_Strict):
             "Ray call a frame; deployments: workers call the Detector/Pose Serve deployments (GPU nodes)"
         ),
     )
-    workers: int = Field(2, ge=1, description="stream workers (Ray actors); streams are spread over them by id")
+    workers: int = Field(
+        2, ge=0,
+        description=(
+            "stream workers (Ray actors); streams are spread over them by id. 0: each ingress replica holds its "
+            "streams and models itself, no Ray call a frame (one ingress replica only: nothing routes a stream "
+            "back to the replica that holds it)"
+        ),
+    )  # fmt: skip
     worker_num_cpus: float = Field(0.5, ge=0.0, description="CPUs Ray reserves for each stream worker")
     frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
     max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
@@ -275,7 +282,10 @@ class ServingConfig(_Strict):
     max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
     fault_retry_s: float = Field(15.0, ge=0.0, description="retry calls to dead replicas/actors this long")
-    checkpoint_every: int = Field(10, ge=1, description="frames between tracker state checkpoints")
+    checkpoint_every: int = Field(10, ge=1, description="frames between a stream's state checkpoints (and its first)")
+    checkpoint_flush_s: float = Field(
+        0.5, gt=0.0, le=10.0, description="how often a worker sends its streams' checkpoints, all in one call"
+    )
     # security
     auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
     auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
@@ -288,6 +298,12 @@ class ServingConfig(_Strict):
     viewer_flush_s: float = Field(
         0.1, gt=0.0, le=5.0, description="how often each ingress replica sends its results to the viewer hub"
     )
+
+    @model_validator(mode="after")
+    def _streams_have_one_home(self) -> ServingConfig:
+        if self.workers == 0 and (self.ingress.num_replicas > 1 or self.ingress.autoscaling):
+            raise ValueError("workers: 0 (streams held by the ingress) needs exactly one ingress replica")
+        return self
 
     def api_token(self) -> str | None:
         """The bearer token clients must send (config first, then the environment); None: no auth."""

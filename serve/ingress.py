@@ -34,7 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.websockets import WebSocketDisconnect
 
 from posefleet import __version__
-from posefleet.actors.stream_worker import FAULTS
+from posefleet.actors import FAULTS
 from posefleet.config import AppConfig
 from posefleet.errors import BodyTooLarge, PosefleetError, Unavailable, UnknownStream, WrongContentType
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList

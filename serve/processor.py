@@ -4,18 +4,20 @@ viewer feed and metrics. The ingress maps the errors to HTTP answers; the bench 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import ray
 
 from posefleet import metrics
-from posefleet.actors.stream_worker import shard_of, with_retry, worker_pool
+from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, shard_of, with_retry, worker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
 from posefleet.errors import PosefleetError, cause
 from posefleet.image_io import check_image
 from posefleet.pipeline.schema import FrameResult
+from posefleet.pipeline.worker import Served
 
 
 def _for_viewer(result: FrameResult) -> dict[str, Any]:
@@ -28,7 +30,14 @@ class FrameRouter:
     def __init__(self, app_cfg: AppConfig, models: tuple[Any, Any] | None = None):
         self.serving = s = app_cfg.serving
         self.cfg = app_cfg.pipeline_config()
-        self.workers = worker_pool(self.cfg, s, models)
+        self.local: WorkerHost | None = None
+        self.workers: list[Any] = []
+        if s.workers == 0:  # this replica holds the streams itself: no Ray call per frame
+            store = checkpoint_store(self.cfg, s)
+            restarted = ray.get(store.holds_any.remote())  # states from a replica before this one
+            self.local = WorkerHost(self.cfg, s, store, models, restarted=restarted)
+        else:
+            self.workers = worker_pool(self.cfg, s, models)
         self.metrics = metrics.get()
         self.hub = viewer_hub(s.namespace) if s.viewer else None
         self.feed = HubFeed(self.hub, s.viewer_flush_s, _for_viewer) if self.hub is not None else None
@@ -43,6 +52,10 @@ class FrameRouter:
 
     async def call(self, stream_id: str | None, method: str, *args: Any) -> Any:
         """A management call on a stream's worker (or, with no stream, on every worker)."""
+        if self.local is not None:
+            result = getattr(self.local, method)(*args)
+            result = await result if asyncio.iscoroutine(result) else result
+            return [result] if stream_id is None else result
         targets = self.workers if stream_id is None else [self.worker(stream_id)]
         results = []
         for w in targets:
@@ -57,15 +70,10 @@ class FrameRouter:
         start = time.perf_counter()
         try:
             _, w, h = check_image(body, self.cfg.max_image_pixels, self.cfg.max_image_side)
-            worker = self.worker(stream_id)
-            self.frame_calls += 1
-            try:
-                served = await with_retry(
-                    lambda: worker.process.remote(stream_id, body, index, ts, policy), "stream worker",
-                    self.serving.fault_retry_s,
-                )  # fmt: skip
-            except ray.exceptions.RayTaskError as exc:
-                raise cause(exc) from None
+            if self.local is not None:
+                served = await self.local.process(stream_id, body, index, ts, policy)
+            else:
+                served = await self._remote_process(stream_id, body, index, ts, policy)
         except PosefleetError as exc:
             self.metrics.frame_errors.inc(tags={"reason": exc.reason})
             raise
@@ -83,3 +91,15 @@ class FrameRouter:
         if self.feed is not None:
             self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail)
         return result
+
+    async def _remote_process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
+                              policy: str | None) -> Served:  # fmt: skip
+        worker = self.worker(stream_id)
+        self.frame_calls += 1
+        try:
+            return await with_retry(
+                lambda: worker.process.remote(stream_id, body, index, ts, policy), "stream worker",
+                self.serving.fault_retry_s,
+            )  # fmt: skip
+        except ray.exceptions.RayTaskError as exc:
+            raise cause(exc) from None

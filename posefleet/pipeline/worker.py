@@ -308,6 +308,13 @@ class CheckpointStore:
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
         self.states[stream_id] = state
 
+    def put_many(self, states: dict[str, dict[str, Any]]) -> None:
+        """Several streams' states in one call (workers send theirs together, once a flush period)."""
+        self.states.update(states)
+
+    def holds_any(self) -> bool:
+        return bool(self.states)
+
     async def get(self, stream_id: str) -> dict[str, Any] | None:
         return self.states.get(stream_id)
 
