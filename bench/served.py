@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 
 from bench.inprocess import machine_cpu_ms
+from posefleet.config import deep_merge
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import BatchSender, HttpSender, Sender, SocketSender
@@ -222,9 +223,10 @@ def main() -> None:
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     parser.add_argument("--config", help="Serve config (default configs/serve-cpu.yaml)")
     parser.add_argument("--source", default=str(CLIP))
+    parser.add_argument("--set", default="{}", help="JSON merged over the config's args")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    app_args = load_serve_config(args.config)["applications"][0].get("args") or {}
+    app_args = deep_merge(load_serve_config(args.config)["applications"][0].get("args") or {}, json.loads(args.set))
     rows = []
     with local_app(app_args) as url:
         for transport in args.transports:

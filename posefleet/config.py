@@ -185,11 +185,11 @@ def preset_path(name: str) -> Path:
     raise ValueError(f"unknown preset {name!r}; presets: {', '.join(known)}")
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -202,8 +202,8 @@ def load_pipeline_config(
     data: dict[str, Any] = {}
     for source in ([preset_path(preset)] if preset else []) + ([Path(path)] if path else []):
         loaded = yaml.safe_load(Path(source).read_text()) or {}
-        data = _deep_merge(data, loaded.get("pipeline", loaded))
-    return PipelineConfig.model_validate(_deep_merge(data, overrides or {}))
+        data = deep_merge(data, loaded.get("pipeline", loaded))
+    return PipelineConfig.model_validate(deep_merge(data, overrides or {}))
 
 
 # -- serving -------------------------------------------------------------------------------------
