@@ -2,12 +2,15 @@
 
     python -m bench [--quick] [--video clip.mp4] [--out bench/results]
 
-1. in-process, each mode in its own subprocess: limit, naive, optimised (1/4/8 streams), rtmlib-style
-2. served: HTTP on loopback and deployment handles, 1/4/8 streams
-3. variants: detector input size, ONNX Runtime settings, INT8/FP16 models (``posefleet optimize``)
-4. accuracy: COCO keypoint AP of each variant; detect-every-N against detect-every-frame on video;
-   MOTA/IDF1 against MOT17-mini's box ground truth (where ``../shared/data/mot17-mini`` is)
-5. scaling: the served app on 1 vs 2 Ray nodes of 1 CPU each
+1. in-process, each mode in its own subprocess: limit, naive, the product's in-process path
+   (1/4/8 streams), rtmlib-style
+2. served, the embedded default (streams in the ingress replica) over WebSocket, multipart batches and a
+   POST per frame at 1/4/8 streams, at 80% of capacity, and the stream-worker layout beside it
+3. accuracy of every preset and pose source: COCO and PoseTrack keypoint AP, MOT17-mini tracking,
+   FPS on the clip; the crowd preset's tiling trade-off
+4. variants: ONNX Runtime settings, INT8/FP16 models (``posefleet optimize``)
+5. detect-every-N against detect-every-frame (top-down preset) on video
+6. scaling: the served app on 1 vs 2 Ray nodes of 1 CPU each
 
 Writes ``results.json``, ``results.md`` (the tables, with the ratios) and ``throughput.png``.
 Speeds are printed, never asserted: ``--quick`` (for CI) runs a small slice of every section to
@@ -33,6 +36,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VIDEO = ROOT / "tests" / "data" / "test_video_structuralize.mp4"
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco"
+SHARED_POSETRACK = ROOT.parent / "shared" / "data" / "posetrack18"
 SHARED_MOT = ROOT.parent / "shared" / "data" / "mot17-mini"  # CC BY-NC-SA: read for benchmarks, never copied
 ONE_THREAD = {"intra_op_num_threads": 1}
 
@@ -45,7 +49,7 @@ def machine() -> str:
     )
 
 
-def inprocess(mode: str, video: str, frames: int, streams: int, **extra: float) -> dict[str, Any]:
+def inprocess(mode: str, video: str, frames: int, streams: int, **extra: float | str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, "-m", "bench.inprocess", mode, "--video", video, "--frames", str(frames),
                "--streams", str(streams), "--json", out.name]  # fmt: skip
@@ -68,49 +72,60 @@ def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, 
 
     for _ in range(rounds):
         for k in streams:
-            keep(inprocess("optimised", video, frames if k == 1 else max(4, frames // k), k))
-        keep(inprocess("naive", video, frames, 1))
-        keep(inprocess("rtmlib", video, frames, 1))
-        base = best[("optimised", streams[0])]
+            keep(inprocess("in-process", video, frames, k))
+        keep(inprocess("naive", video, frames, 1, preset="top-down"))
+        keep(inprocess("rtmlib", video, frames, 1, preset="top-down"))
+        base = best[("in-process", streams[0])]
         keep(inprocess("limit", video, frames, 1, people_per_frame=base["people_per_frame"],
                        detect_fraction=base["detect_fraction"]))  # fmt: skip
         bar.update(len(streams) + 3)
     return list(best.values())
 
 
-def section_served(video: str, frames: int, streams: list[int], bar: tqdm) -> list[dict]:
-    from bench.served import run_handle, run_http
+def section_served(video: str, frames: int, streams: list[int], quick: bool, bar: tqdm) -> list[dict]:
+    """The embedded default over each transport, at 80% of its WebSocket capacity, then the
+    stream-worker layout (2 worker actors, one Ray call a frame) on the same machine."""
+    from bench.served import run_paced, run_transport
+    from posefleet.config import deep_merge
     from posefleet.serve.app import load_serve_config
     from posefleet.serve.local import local_app
 
     app_args = load_serve_config()["applications"][0]["args"]
+    rows: list[dict] = []
     with local_app(app_args) as url:
-        rows = run_http(url, video, streams, frames)
+        for transport in ("ws", "batch", "http"):
+            rows += run_transport(url, transport, video, streams, frames)
+            bar.update(1)
+        capacity = max(r["fps"] for r in rows if r["mode"] == "served-ws")
+        rows.append(run_paced(url, "ws", video, streams[-1], frames, capacity))
         bar.update(1)
-        rows += run_handle(app_args, video, streams, frames)
-        bar.update(1)
+    workers = deep_merge(app_args, {"serving": {"workers": 2, "ingress": {"num_cpus": 0.5}},
+                                    "pipeline": {"detector": {"ort": {"parallel_runs": 1}}}})  # fmt: skip
+    with local_app(workers) as url:
+        for row in run_transport(url, "ws", video, streams[-1:], frames):
+            rows.append(row | {"mode": "served-ws, 2 worker actors"})
+    bar.update(1)
     return rows
 
 
 def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
-    """The same app and load (4 streams) on one Ray node of 1 CPU, then on two such nodes.
+    """The same app and load (4 WebSocket streams) on one Ray node of 1 CPU, then on two such nodes.
 
     Each node's processes are pinned to a core of their own (they inherit the affinity the node was
     started with), so "1 CPU" is a physical core, not just a scheduling label.
     """
     from ray.cluster_utils import Cluster
 
-    from bench.served import run_http
+    from bench.served import run_transport
     from posefleet.serve.local import local_app
 
-    spread = {"num_cpus": 0.25, "max_replicas_per_node": 1}
     result = {}
     for nodes in (1, 2):
-        args = {
+        args = {  # one ingress replica and one stream worker per node (spread by soft node affinity)
             "preset": "balanced",
-            "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
-            "serving": {"ingress": {**spread, "num_replicas": nodes}, "detector": {**spread, "num_replicas": nodes},
-                        "pose": {**spread, "num_replicas": nodes}, "workers": 2, "viewer": False},
+            "pipeline": {"detector": {"ort": ONE_THREAD}},
+            "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
+                        "workers": nodes, "worker_num_cpus": 0.75, "viewer": False},
         }  # fmt: skip
         os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
         cpus = sorted(os.sched_getaffinity(0))
@@ -125,7 +140,7 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
         cluster.wait_for_nodes()
         try:
             with local_app(args, address=cluster.address) as url:
-                result[f"{nodes}_node_fps"] = run_http(url, video, [4], frames)[0]["fps"]
+                result[f"{nodes}_node_fps"] = run_transport(url, "ws", video, [4], frames)[0]["fps"]
         finally:
             cluster.shutdown()
             os.environ.pop("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", None)
@@ -149,9 +164,10 @@ def run_clip(pipeline: Any, images: list[np.ndarray], stream: str = "clip") -> t
     return out, len(images) / (time.perf_counter() - t0)
 
 
-def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_dir: Path, bar: tqdm) -> list[dict]:
-    """Speed (detector ms per frame, pose ms per crop at batch 8, and the whole single-stream
-    pipeline's FPS, where settings such as thread spinning show) and COCO AP of each variant."""
+def section_variants(video: str, coco: tuple[str, str], quick: bool, out_dir: Path, bar: tqdm) -> list[dict]:
+    """ONNX Runtime settings and INT8/FP16 models: detector ms per frame, pose ms per crop (batch 8) and the
+    whole single-stream pipeline's FPS and COCO AP, on the default preset (detector variants) and the
+    top-down preset (pose variants)."""
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import evaluate
     from posefleet.optimize import optimize
@@ -163,51 +179,119 @@ def section_variants(video: str, coco: tuple[str, str] | None, quick: bool, out_
     frames = clip[:8]
     reps = 2 if quick else 10
 
-    def measure(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        engine = LocalModels(load_pipeline_config("balanced", overrides=overrides))
-        det_inputs = [engine.detector.decoder.prepare(f)[0] for f in frames]
-        boxes = [engine.detector(f).boxes for f in frames]
-        crops = np.concatenate([engine.pose.decoder.prepare(f, b)[0] for f, b in zip(frames, boxes, strict=True)
-                                if len(b)])  # fmt: skip
-        batch = np.ascontiguousarray(np.resize(crops, (8, *crops.shape[1:])))
-        row = {
-            "variant": name,
-            "detector_ms": _time(lambda: [engine.detector.infer(t) for t in det_inputs], reps) / len(det_inputs),
-            "pose_ms_per_crop": _time(lambda: engine.pose.infer(batch), reps) / 8,
-        }
-        pipeline = Pipeline(engine.cfg, engine)
+    def measure(name: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        cfg = load_pipeline_config(preset, overrides=overrides)
+        models = LocalModels(cfg)
+        det_inputs = [models.detector.decoder.prepare(f)[0] for f in frames]
+        row = {"variant": name, "preset": preset,
+               "detector_ms": _time(lambda: [models.detector.infer(t) for t in det_inputs], reps) / len(det_inputs)}
+        if models.pose is not None:
+            dets = [models.detector(f) for f in frames]
+            crops = np.concatenate([models.pose.decoder.prepare(f, d.boxes, d.keypoints)[0]
+                                    for f, d in zip(frames, dets, strict=True) if len(d)])  # fmt: skip
+            batch = np.ascontiguousarray(np.resize(crops, (8, *crops.shape[1:])))
+            row["pose_ms_per_crop"] = _time(lambda: models.pose.infer(batch), reps) / 8
+        pipeline = Pipeline(cfg, models)
         pipeline.process("warm-up", clip[0], 0)
         row["pipeline_fps"] = run_clip(pipeline, clip)[1]
-        if coco:
-            row |= {k: v for k, v in evaluate(engine, *coco).items() if k in ("AP", "AP50", "AR")}
+        row |= {k: v for k, v in evaluate(pipeline, *coco).items() if k in ("AP", "AP50", "AR")}
         bar.update(1)
         return row
 
-    sizes = [256] if quick else [192, 256, 320]
-    rows = [measure(f"detector input {s}", {"detector": {"input_size": s, "tiling": {"enabled": False}}})
-            for s in sizes]  # fmt: skip
+    no_tiles = {"detector": {"tiling": {"enabled": False}}}
     ort_variants = {
+        "ORT defaults (as configured)": {},
         "ORT graph basic": {"graph_optimization_level": "basic"},
         "ORT 1 thread": {"intra_op_num_threads": 1},
-        "ORT parallel execution": {"execution_mode": "parallel"},
         "ORT idle threads spinning": {"allow_spinning": True},
     }
+    rows = []
     for name, ort in list(ort_variants.items())[: 1 if quick else None]:
-        rows.append(measure(name, {"detector": {"ort": ort, "tiling": {"enabled": False}}, "pose": {"ort": ort}}))
+        rows.append(measure(name, "balanced", {"detector": {"ort": ort, "tiling": {"enabled": False}}}))
     if not quick:
-        made = optimize(load_pipeline_config("balanced"), out_dir / "optimized", video, frames=32)
+        made = optimize(load_pipeline_config("top-down"), out_dir / "optimized", video, frames=32)
         for kind in ("int8", "fp16"):
-            if kind in made.get("pose", {}):
-                rows.append(measure(f"pose {kind}", {"detector": {"tiling": {"enabled": False}},
-                                                     "pose": {"model": made["pose"][kind]}}))  # fmt: skip
             if kind in made.get("detector", {}):
-                rows.append(measure(f"detector {kind}", {"detector": {"model": made["detector"][kind],
-                                                                      "tiling": {"enabled": False}}}))  # fmt: skip
+                rows.append(measure(f"detector {kind}", "balanced",
+                                    {"detector": {"model": made["detector"][kind], "tiling": {"enabled": False}}}))
+            if kind in made.get("pose", {}):
+                rows.append(measure(f"pose {kind}", "top-down", no_tiles | {"pose": {"model": made["pose"][kind]}}))
+    return rows
+
+
+# Every preset and pose source, each a row of the accuracy table (name, preset, overrides).
+SOURCES: list[tuple[str, str, dict[str, Any]]] = [
+    ("balanced: single-stage 256 (default)", "balanced", {}),
+    ("fast: single-stage 192", "fast", {}),
+    ("quality: single-stage 320, smoothed", "quality", {}),
+    ("top-down: BlazePose, aligned crops", "top-down", {}),
+    ("top-down: BlazePose, box crops (the previous balanced)", "top-down",
+     {"pose": {"align": False}, "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3}}),
+    ("fused: MoveNet + aligned BlazePose by score", "top-down", {"pose_source": "fused", "detect_every": 1}),
+    ("crowd: single-stage 320, 4x2 tiles", "crowd", {}),
+]
+
+
+def section_accuracy(video: str, frames: int, quick: bool, bar: tqdm) -> list[dict]:
+    """Per preset and pose source: keypoint AP on every annotated set in ../shared/data (COCO, PoseTrack;
+    the repo's one COCO photo without it), MOT17-mini tracking, FPS on the clip, all in this run."""
+    from posefleet.config import load_pipeline_config
+    from posefleet.evaluate import evaluate
+    from posefleet.mot import evaluate_mot
+    from posefleet.pipeline.engine import Pipeline
+    from posefleet.sources import open_source
+
+    sets = {"coco": (SHARED_COCO / "test_coco.json", SHARED_COCO),
+            "posetrack": (SHARED_POSETRACK / "annotations" / "test_posetrack18_val.json", SHARED_POSETRACK)}
+    sets = {k: v for k, v in sets.items() if v[0].is_file()} or {"coco": (ROOT / "tests/data/coco_785.json",
+                                                                         ROOT / "tests/data")}  # fmt: skip
+    sequences = sorted(p for p in SHARED_MOT.iterdir() if p.is_dir()) if SHARED_MOT.is_dir() else []
+    clip = [f.image for _, f in zip(range(frames), open_source(video), strict=False)]
+    rows = []
+    for name, preset, overrides in SOURCES[:2] if quick else SOURCES:
+        cfg = load_pipeline_config(preset, overrides=overrides)
+        pipeline = Pipeline(cfg)
+        pipeline.process("warm-up", clip[0], 0)
+        row: dict[str, Any] = {"source": name, "preset": preset, "pose_source": cfg.pose_source,
+                               "fps": run_clip(pipeline, clip)[1]}  # fmt: skip
+        for key, (ann, images) in sets.items():
+            ap = evaluate(pipeline, ann, images)
+            row |= {f"{key}_{k}": ap[k] for k in ("AP", "AP50", "AR")}
+        if sequences:
+            mot = evaluate_mot(Pipeline(cfg, pipeline.models), sequences[: 1 if quick else None])["OVERALL"]
+            row |= {f"mot_{k}": mot[k] for k in ("recall", "precision", "idf1", "num_switches", "mota")}
+        rows.append(row)
+        bar.update(1)
+    return rows
+
+
+def section_crowd(quick: bool, bar: tqdm) -> list[dict] | None:
+    """The crowd preset's choice: MOT17-mini recall, precision and ms a frame per tiling grid and input."""
+    from posefleet.config import load_pipeline_config
+    from posefleet.mot import evaluate_mot
+    from posefleet.pipeline.engine import Pipeline
+
+    if not SHARED_MOT.is_dir():
+        return None
+    sequences = sorted(p for p in SHARED_MOT.iterdir() if p.is_dir())[: 1 if quick else None]
+    grids = [(256, 2, 1), (320, 4, 2)] if quick else [(256, 2, 1), (256, 3, 2), (256, 4, 2), (320, 2, 1),
+                                                       (320, 3, 2), (320, 4, 2), (320, 5, 3)]  # fmt: skip
+    rows = []
+    for size, cols, tiles_rows in grids:
+        cfg = load_pipeline_config("crowd", overrides={"detector": {"input_size": size, "tiling": {
+            "cols": cols, "rows": tiles_rows}}})  # fmt: skip
+        frames = sum(len(list((s / "img1").iterdir())) for s in sequences)
+        t0 = time.perf_counter()
+        mot = evaluate_mot(Pipeline(cfg), sequences)["OVERALL"]
+        ms = (time.perf_counter() - t0) * 1000 / frames
+        rows.append({"input": size, "grid": f"{cols}x{tiles_rows}", "ms_per_frame": ms, "recall": mot["recall"],
+                     "precision": mot["precision"], "idf1": mot["idf1"], "recall_per_100ms": mot["recall"] / ms * 100})
+        bar.update(1)
     return rows
 
 
 def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> list[dict]:
-    """Detect every N against detect every frame on the same clip: ids, fragments, keypoint OKS."""
+    """Detect every N against detect every frame (top-down preset) on the same clip: ids, fragments, OKS."""
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import tracking_consistency
     from posefleet.pipeline.engine import Pipeline
@@ -215,10 +299,10 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
     from posefleet.sources import open_source
 
     images = [f.image for _, f in zip(range(frames), open_source(video), strict=False)]
-    engine = LocalModels(load_pipeline_config("balanced"))
+    models = LocalModels(load_pipeline_config("top-down"))
 
     def run(n: int) -> tuple[list, float]:
-        return run_clip(Pipeline(load_pipeline_config("balanced", overrides={"detect_every": n}), engine), images)
+        return run_clip(Pipeline(load_pipeline_config("top-down", overrides={"detect_every": n}), models), images)
 
     reference, fps1 = run(1)
     rows = [{"detect_every": 1, "fps": fps1, "id_switches": 0, "fragmentations": 0, "matched": 1.0,
@@ -230,35 +314,23 @@ def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> lis
     return rows
 
 
-def section_mot(quick: bool, bar: tqdm) -> list[dict] | None:
-    """Tracks against real box ground truth: crowded 1080p street scenes, detect every N and presets."""
-    from posefleet.config import load_pipeline_config
-    from posefleet.mot import evaluate_mot
-    from posefleet.pipeline.engine import Pipeline
-
-    if not SHARED_MOT.is_dir():
-        return None
-    sequences = sorted(p for p in SHARED_MOT.iterdir() if p.is_dir())[: 1 if quick else None]
-    runs = [("balanced", 1), ("balanced", 2), ("balanced", 3), ("quality", 1)][: 1 if quick else None]
-    rows = []
-    for preset, every in runs:
-        overall = evaluate_mot(Pipeline(load_pipeline_config(preset, overrides={"detect_every": every})), sequences)
-        rows.append({"preset": preset, "detect_every": every, "sequences": len(sequences)} | overall["OVERALL"])
-        bar.update(1)
-    return rows
-
-
-def ratios(inproc: list[dict], served: list[dict]) -> dict[str, float]:
+def ratios(inproc: list[dict], served: list[dict], accuracy: list[dict]) -> dict[str, float]:
     by = {(r["mode"], r["streams"]): r for r in inproc + served}
-    opt, naive, rtm, limit = by[("optimised", 1)], by[("naive", 1)], by[("rtmlib", 1)], by[("limit", 1)]
+    ks = sorted(k for m, k in by if m == "in-process")
+    one, naive, rtm, limit = by[("in-process", ks[0])], by[("naive", 1)], by[("rtmlib", 1)], by[("limit", 1)]
     out = {
-        "optimised/naive": opt["fps"] / naive["fps"],
-        "optimised/rtmlib-style": opt["fps"] / rtm["fps"],
-        "optimised/limit": opt["fps"] / limit["fps"],
+        "in-process/naive (top-down)": one["fps"] / naive["fps"],
+        "in-process/rtmlib-style (top-down)": one["fps"] / rtm["fps"],
+        "in-process/limit": one["fps"] / limit["fps"],
     }
     for (mode, k), r in sorted(by.items()):
-        if mode.startswith("served"):
-            out[f"{mode} {k} streams/limit"] = r["fps"] / limit["fps"]
+        if mode.startswith("served") and ("in-process", k) in by and "%" not in mode:
+            out[f"{mode} {k} streams / in-process {k} streams"] = r["fps"] / by[("in-process", k)]["fps"]
+    fps = {r["source"]: r["fps"] for r in accuracy}
+    default = next((r for r in accuracy if "(default)" in r["source"]), None)
+    previous = next((r for r in accuracy if "previous balanced" in r["source"]), None)
+    if default and previous:
+        out["default preset FPS / previous balanced FPS (clip, 1 stream)"] = fps[default["source"]] / previous["fps"]
     return out
 
 
@@ -269,7 +341,7 @@ def plot(inproc: list[dict], served: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, style in (("optimised", "o-"), ("served-http", "s-"), ("served-handle", "^-")):
+    for mode, style in (("in-process", "o-"), ("served-ws", "s-"), ("served-batch", "^-"), ("served-http", "v-")):
         rows = sorted((r for r in inproc + served if r["mode"] == mode), key=lambda r: r["streams"])
         if rows:
             ks = [r["streams"] for r in rows]
@@ -277,7 +349,7 @@ def plot(inproc: list[dict], served: list[dict], path: Path) -> None:
             ax2.plot(ks, [r["p99_ms"] for r in rows], style, label=mode)
     limit = next((r for r in inproc if r["mode"] == "limit"), None)
     if limit:
-        ax1.axhline(limit["fps"], color="grey", ls="--", label="limit (models alone)")
+        ax1.axhline(limit["fps"], color="grey", ls="--", label="limit (model alone)")
     ax1.set(xlabel="concurrent streams", ylabel="frames/s (all streams)", title="throughput")
     ax2.set(xlabel="concurrent streams", ylabel="p99 frame latency (ms)", title="p99 latency")
     for ax in (ax1, ax2):
@@ -288,54 +360,72 @@ def plot(inproc: list[dict], served: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _f(value: Any, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured {res['date']} on {res['machine']}; video `{Path(res['video']).name}`; "
              f"{res['frames']} frames per stream{' (quick)' if res['quick'] else ''}.", ""]  # fmt: skip
-    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "decode", "detect", "track", "pose", "peak RSS MB"]
+    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "CPU ms/frame", "Ray calls/frame", "frames/model call (max)",
+            "decode", "detect", "track", "pose", "peak RSS MB"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res["inprocess"] + res["served"]:
         st = r.get("stages_ms", {})
+        fpc = r.get("frames_per_model_call")
         cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+                 _f(r.get("cpu_ms_per_frame"), ".1f"), _f(r.get("ray_calls_per_frame"), ".2f"),
+                 f"{fpc:.2f} ({r['max_frames_per_model_call']})" if fpc else "",
                  *(f"{st[k]:.1f}" if k in st else "" for k in ("decode", "detect", "track", "pose")),
-                 f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+                 _f(r.get("peak_rss_mb") or None, ".0f")]  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    paced = [r for r in res["served"] if "%" in r["mode"]]
+    for r in paced:
+        lines += ["", f"{r['mode']}: {r['streams']} streams offering {r['offered_fps']:.1f} FPS in all "
+                  f"(one frame each every {r['frame_period_ms']:.0f} ms): served {r['fps']:.1f} FPS, p99 "
+                  f"{r['p99_ms']:.0f} ms = {r['p99_in_periods']:.2f} frame periods, {r['skipped']} frames skipped "
+                  f"by the cameras, {r['dropped']} dropped by the server."]  # fmt: skip
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
-    served = [r for r in res["served"] if r.get("pose_crops_per_batch") is not None]
-    if served:
-        head = "| served | streams | detector requests/batch (max) | pose requests/batch | pose crops/batch (max) |"
-        lines += ["", head, "|---|---|---|---|---|"]
-        lines += [f"| {r['mode']} | {r['streams']} | {r['det_requests_per_batch']:.2f} ({r['det_max_requests']}) | "
-                  f"{r['pose_requests_per_batch']:.2f} | {r['pose_crops_per_batch']:.2f} ({r['pose_max_crops']}) |"
-                  for r in served]  # fmt: skip
+    if res.get("accuracy"):
+        acc = res["accuracy"]
+        keys = [k for k in ("coco", "posetrack") if f"{k}_AP" in acc[0]]
+        head = ["preset / pose source", "FPS (clip, 1 stream)", *(f"{k} AP / AP50 / AR" for k in keys)]
+        mot = "mot_recall" in acc[0]
+        head += ["MOT17 recall / precision / IDF1 / id sw"] if mot else []
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in acc:
+            cells = [r["source"], f"{r['fps']:.1f}"]
+            cells += [f"{r[f'{k}_AP']:.3f} / {r[f'{k}_AP50']:.3f} / {r[f'{k}_AR']:.3f}" for k in keys]
+            if mot:
+                cells.append(f"{r['mot_recall']:.3f} / {_f(r['mot_precision'], '.3f')} / {r['mot_idf1']:.3f} / "
+                             f"{r['mot_num_switches']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    if res.get("crowd"):
+        lines += ["", "Crowd preset: tiling grid and input on MOT17-mini (1080p/480p street crowds):", "",
+                  "| input | grid (+ full frame) | ms/frame | recall | precision | IDF1 | recall per 100 ms |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['input']} | {r['grid']} | {r['ms_per_frame']:.0f} | {r['recall']:.3f} | "
+                  f"{_f(r['precision'], '.3f')} | {r['idf1']:.3f} | {r['recall_per_100ms']:.3f} |"
+                  for r in res["crowd"]]  # fmt: skip
     if res.get("variants"):
-        lines += [
-            "",
-            "| variant | detector ms/frame | pose ms/crop (batch 8) | pipeline FPS (1 stream) | AP | AP50 | AR |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        lines += ["", "| variant | preset | detector ms/frame | pose ms/crop (batch 8) | pipeline FPS | AP | AP50 "
+                  "| AR |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for v in res["variants"]:
-            lines.append(f"| {v['variant']} | {v['detector_ms']:.1f} | {v['pose_ms_per_crop']:.1f} | "
-                         f"{v.get('pipeline_fps', float('nan')):.1f} | "
-                         f"{v.get('AP', float('nan')):.3f} | {v.get('AP50', float('nan')):.3f} | "
-                         f"{v.get('AR', float('nan')):.3f} |")  # fmt: skip
+            lines.append(f"| {v['variant']} | {v['preset']} | {v['detector_ms']:.1f} | "
+                         f"{_f(v.get('pose_ms_per_crop'), '.1f')} | {v['pipeline_fps']:.1f} | {v['AP']:.3f} | "
+                         f"{v['AP50']:.3f} | {v['AR']:.3f} |")  # fmt: skip
     if res.get("detect_every"):
-        lines += ["", "| detect every | FPS | id switches | fragmentations | matched | keypoint OKS vs every frame |",
+        lines += ["", "Top-down preset, detect every N against every frame:", "",
+                  "| detect every | FPS | id switches | fragmentations | matched | keypoint OKS vs every frame |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['detect_every']} | {r['fps']:.1f} | {r['id_switches']} | {r['fragmentations']} | "
                   f"{r['matched']:.2f} | {r['mean_oks_vs_reference']:.3f} |" for r in res["detect_every"]]  # fmt: skip
-    if res.get("mot"):
-        lines += ["", f"Tracking against MOT17-mini box ground truth ({res['mot'][0]['sequences']} sequences, "
-                  f"{res['mot'][0]['num_frames']:.0f} frames, {res['mot'][0]['num_objects']:.0f} boxes to find):",
-                  "", "| preset | detect every | MOTA | IDF1 | id switches | precision | recall | mostly tracked |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['preset']} | {r['detect_every']} | {r['mota']:.3f} | {r['idf1']:.3f} | "
-                  f"{r['num_switches']:.0f} | {r['precision'] or 0:.3f} | {r['recall']:.3f} | "
-                  f"{r['mostly_tracked']:.0f} / {r['num_unique_objects']:.0f} |" for r in res["mot"]]  # fmt: skip
     if res.get("scaling"):
         s = res["scaling"]
-        lines += ["", f"Scaling, 4 streams served: 1 node (1 CPU) {s['1_node_fps']:.1f} FPS, 2 nodes "
-                  f"{s['2_node_fps']:.1f} FPS: efficiency {s['efficiency']:.2f}."]  # fmt: skip
+        lines += ["", f"Scaling, 4 WebSocket streams served by stream workers: 1 node (1 CPU) {s['1_node_fps']:.1f} "
+                  f"FPS, 2 nodes {s['2_node_fps']:.1f} FPS: {s['2_node_fps'] / s['1_node_fps']:.2f}x "
+                  f"(efficiency {s['efficiency']:.2f})."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -345,7 +435,6 @@ def main() -> None:
     parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="a real multi-person clip")
     parser.add_argument("--frames", type=int, help="frames per stream (default 120, quick 6)")
     parser.add_argument("--streams", type=int, nargs="+", help="stream counts (default 1 4 8, quick 1 2)")
-    parser.add_argument("--coco", nargs=2, metavar=("ANNOTATIONS", "IMAGES"), help="COCO keypoint set for AP")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 Ray nodes section")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
@@ -353,31 +442,28 @@ def main() -> None:
     quick = args.quick
     frames = args.frames or (6 if quick else 120)
     streams = args.streams or ([1, 2] if quick else [1, 4, 8])
-    coco = tuple(args.coco) if args.coco else None
-    if coco is None:
-        shared = (str(SHARED_COCO / "test_coco.json"), str(SHARED_COCO))
-        coco = (
-            shared if Path(shared[0]).is_file() else (str(ROOT / "tests/data/coco_785.json"), str(ROOT / "tests/data"))
-        )
+    coco = (SHARED_COCO / "test_coco.json", SHARED_COCO)
+    coco = coco if coco[0].is_file() else (ROOT / "tests/data/coco_785.json", ROOT / "tests/data")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scaling = not (quick or args.no_scaling)
     rounds = 1 if quick else 2
-    mot_steps = (1 if quick else 4) if SHARED_MOT.is_dir() else 0
-    steps = rounds * (len(streams) + 3) + 2 + (4 if quick else 12) + (1 if quick else 3) + mot_steps
+    steps = rounds * (len(streams) + 3) + 5 + (2 if quick else len(SOURCES))
+    steps += (2 if quick else 7) * SHARED_MOT.is_dir() + (1 if quick else 7) + (1 if quick else 3)
     steps += 2 if scaling else 0
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
-                           "frames": frames, "quick": quick, "coco": coco}  # fmt: skip
+                           "frames": frames, "quick": quick}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
         res["inprocess"] = section_inprocess(args.video, frames, streams, rounds, bar)
-        res["served"] = section_served(args.video, max(4, frames // 2), streams, bar)
+        res["served"] = section_served(args.video, max(4, frames // 2), streams, quick, bar)
+        res["accuracy"] = section_accuracy(args.video, frames, quick, bar)
+        res["crowd"] = section_crowd(quick, bar)
         res["variants"] = section_variants(args.video, coco, quick, out, bar)
         res["detect_every"] = section_detect_every(args.video, frames, quick, bar)
-        res["mot"] = section_mot(quick, bar)
         res["scaling"] = section_scaling(args.video, max(4, frames // 4), bar) if scaling else None
         bar.n = bar.total
-    res["ratios"] = ratios(res["inprocess"], res["served"])
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    res["ratios"] = ratios(res["inprocess"], res["served"], res["accuracy"])
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown(res)
     (out / "results.md").write_text(md)
     plot(res["inprocess"], res["served"], out / "throughput.png")
