@@ -101,7 +101,7 @@ class _Batched:
         return self.stats.summary(reset) | {"provider": self.provider}
 
 
-@serve.deployment(name="Detector")
+@serve.deployment(name="DetectorModel")
 class DetectorDeployment(_Batched):
     """Person detector: one request = the input tensors of one frame (one per tile)."""
 
@@ -123,7 +123,7 @@ class DetectorDeployment(_Batched):
         return await self.detect(tensors)
 
 
-@serve.deployment(name="Pose")
+@serve.deployment(name="PoseModel")
 class PoseDeployment(_Batched):
     """Top-down pose: one request = the crops of one frame; a batch = all crops of many frames."""
 

@@ -11,6 +11,7 @@ nodes: ``@serve.batch`` across every worker's frames).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import warnings
@@ -166,8 +167,9 @@ CheckpointActor = ray.remote(CheckpointStore)
 
 
 def shard_of(stream_id: str, shards: int) -> int:
-    """Stable across processes and restarts (unlike ``hash``)."""
-    return zlib.crc32(stream_id.encode()) % shards
+    """Stable across processes and restarts (unlike ``hash``), and spread even for names that differ in one
+    character (crc32 sent all of ``cam-0``..``cam-3`` to the same one of two workers)."""
+    return int.from_bytes(hashlib.blake2b(stream_id.encode(), digest_size=8).digest(), "big") % shards
 
 
 def _pool_id(cfg: PipelineConfig, serving: ServingConfig) -> str:

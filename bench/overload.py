@@ -5,8 +5,9 @@
 1. rated: what the server sustains with the streams sending as fast as answers come back;
 2. overload: each stream sends on time at ``factor x rated / streams`` FPS for ``duration``
    seconds (at most 4 unanswered frames a stream, later frames skipped like a camera would);
-3. with ``--faults``, a pose replica is killed a third of the way in and a tracker actor at two
-   thirds.
+3. with ``--faults``, the process holding the streams is killed a third of the way in and again at
+   two thirds: the ingress replica in the embedded default (Serve replaces it), a stream worker
+   actor in the worker layout (Ray restarts it); either restores its streams from checkpoints.
 Prints shed/dropped counts, latency (p50/p99 overall and per 10 s window, to show it stays
 bounded) and checks that every stream's server-side state matches what the client saw.
 """
@@ -32,16 +33,21 @@ CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_s
 
 
 def kill_during(duration: float) -> threading.Thread:
-    def run() -> None:
+    def holder() -> tuple[str, str, bool]:
+        """(name, namespace, whether Ray should restart it) of what holds the streams now."""
         names = {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        time.sleep(duration / 3)
-        pose = next(n for n in names if "#Pose#" in n)
-        ray.kill(ray.get_actor(pose, namespace=names[pose]), no_restart=True)
-        print(f"\n[{duration / 3:.0f} s] killed {pose}", flush=True)
-        time.sleep(duration / 3)
-        tracker = next(n for n in names if "posefleet-tracker-" in n)
-        ray.kill(ray.get_actor(tracker, namespace=names[tracker]), no_restart=False)
-        print(f"[{2 * duration / 3:.0f} s] killed {tracker}", flush=True)
+        worker = next((n for n in names if "posefleet-worker-" in n), None)
+        if worker is not None:
+            return worker, names[worker], True
+        replica = next(n for n in names if "#Ingress#" in n)  # Serve starts a new replica itself
+        return replica, names[replica], False
+
+    def run() -> None:
+        for k in (1, 2):
+            time.sleep(duration / 3)
+            name, namespace, restart = holder()
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=not restart)
+            print(f"\n[{k * duration / 3:.0f} s] killed {name}", flush=True)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -99,7 +105,7 @@ def main() -> None:
         },
         "ids_restarted": sum(r.ids_restarted for r in reports),
         "streams_recovered_from_checkpoint": sum(r.state_recovered for r in reports),
-        # after a tracker restart a stream's counters restart from its checkpoint, so only without faults
+        # after a restart a stream's counters restart from its checkpoint, so only without faults
         "state_intact": intact if not args.faults else None,
         "streams_served": sum(1 for r in reports if r.frames),
     }

@@ -66,7 +66,7 @@ def nodes_of(class_fragment: str) -> set[str]:
 
 def test_replicas_and_workers_spread_over_both_nodes_and_serve(two_nodes: dict) -> None:
     assert len(two_nodes["nodes"]) == 2
-    for deployment in ("Ingress", "Detector", "Pose"):
+    for deployment in ("Ingress", "DetectorModel", "PoseModel"):
         assert nodes_of(f"ServeReplica:posefleet:{deployment}") == two_nodes["nodes"], deployment
     # four streams whose names hash to both stream workers
     names = [f"node-test-{i}" for i in range(40)]

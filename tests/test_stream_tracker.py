@@ -13,7 +13,7 @@ from posefleet.errors import FrameOrderError
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.frames import LocalModels
-from posefleet.pipeline.tracker import StreamTracker
+from posefleet.pipeline.tracker import StreamState
 
 
 def body_keypoints(b: np.ndarray, score: float = 0.9) -> np.ndarray:
@@ -23,7 +23,7 @@ def body_keypoints(b: np.ndarray, score: float = 0.9) -> np.ndarray:
     return np.column_stack([xs, ys, np.full(17, score)]).astype(np.float32)
 
 
-def run_frame(st: StreamTracker, index: int, boxes: list[list[float]], pose_score: float = 0.9):
+def run_frame(st: StreamState, index: int, boxes: list[list[float]], pose_score: float = 0.9):
     """One frame of a scene whose people stand at ``boxes``; pose finds them where they truly are."""
     truth = np.array(boxes, np.float32).reshape(-1, 4)
     plan = st.plan(index)
@@ -40,7 +40,7 @@ def run_frame(st: StreamTracker, index: int, boxes: list[list[float]], pose_scor
 
 
 def test_detects_every_n_and_carries_between() -> None:
-    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=3))
+    st = StreamState(PipelineConfig(pose_source="top-down", detect_every=3))
     detected = []
     for f in range(10):
         plan, people = run_frame(st, f, [[100 + 4 * f, 100, 160 + 4 * f, 260]])
@@ -50,7 +50,7 @@ def test_detects_every_n_and_carries_between() -> None:
 
 
 def test_carried_box_follows_the_keypoints() -> None:
-    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=5))
+    st = StreamState(PipelineConfig(pose_source="top-down", detect_every=5))
     for f in range(5):
         truth = [100 + 6 * f, 100, 160 + 6 * f, 260]
         plan, people = run_frame(st, f, [truth])
@@ -63,7 +63,7 @@ def test_carried_box_follows_the_keypoints() -> None:
 
 
 def test_failed_pose_loses_the_track_and_forces_detection() -> None:
-    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=10))
+    st = StreamState(PipelineConfig(pose_source="top-down", detect_every=10))
     run_frame(st, 0, [[100, 100, 160, 260]])
     plan, people = run_frame(st, 1, [[100, 100, 160, 260]], pose_score=0.05)  # pose says: nobody
     assert not plan.detect and people == []
@@ -73,13 +73,13 @@ def test_failed_pose_loses_the_track_and_forces_detection() -> None:
 
 
 def test_empty_scene_detects_every_frame() -> None:
-    st = StreamTracker(PipelineConfig(pose_source="top-down", detect_every=4))
+    st = StreamState(PipelineConfig(pose_source="top-down", detect_every=4))
     assert all(run_frame(st, f, [])[0].detect for f in range(5))
 
 
 @pytest.mark.parametrize("index", [3, 2])
 def test_duplicate_and_late_frames_are_refused(index: int) -> None:
-    st = StreamTracker(PipelineConfig())
+    st = StreamState(PipelineConfig())
     run_frame(st, 0, [[100, 100, 160, 260]])
     run_frame(st, 3, [[100, 100, 160, 260]])  # gaps are fine (dropped frames)
     with pytest.raises(FrameOrderError, match="duplicate" if index == 3 else "out-of-order"):
@@ -91,10 +91,10 @@ def test_duplicate_and_late_frames_are_refused(index: int) -> None:
 def test_stream_state_round_trip() -> None:
     cfg = PipelineConfig(pose_source="top-down", detect_every=2)
     cfg.smoothing.enabled = True
-    a = StreamTracker(cfg)
+    a = StreamState(cfg)
     for f in range(5):
         run_frame(a, f, [[100 + 3 * f, 100, 160 + 3 * f, 260]])
-    b = StreamTracker.from_state(cfg, json.loads(json.dumps(a.state_dict())))
+    b = StreamState.from_state(cfg, json.loads(json.dumps(a.state_dict())))
     for f in range(5, 9):
         _, pa = run_frame(a, f, [[100 + 3 * f, 100, 160 + 3 * f, 260]])
         _, pb = run_frame(b, f, [[100 + 3 * f, 100, 160 + 3 * f, 260]])

@@ -1,4 +1,4 @@
-"""The in-process pipeline: local models shared by every stream, one :class:`StreamTracker` per stream.
+"""The in-process pipeline: local models shared by every stream, one :class:`StreamState` per stream.
 
 ``posefleet run`` (one or several files), evaluation and the bench use it; it drives the same
 :class:`~posefleet.pipeline.frames.FramePipeline` as the server's stream workers.
@@ -15,7 +15,7 @@ from posefleet.config import PipelineConfig
 from posefleet.image_io import as_bgr, decode_image
 from posefleet.pipeline.frames import FrameInput, FramePipeline, LocalModels, run_sync
 from posefleet.pipeline.schema import FrameResult
-from posefleet.pipeline.tracker import StreamTracker
+from posefleet.pipeline.tracker import StreamState
 
 
 class Pipeline:
@@ -25,11 +25,11 @@ class Pipeline:
         self.cfg = cfg
         self.models = models or LocalModels(cfg)
         self.frames = FramePipeline(cfg)
-        self.streams: dict[str, StreamTracker] = {}
+        self.streams: dict[str, StreamState] = {}
 
-    def stream(self, stream_id: str) -> StreamTracker:
+    def stream(self, stream_id: str) -> StreamState:
         if stream_id not in self.streams:
-            self.streams[stream_id] = StreamTracker(self.cfg)
+            self.streams[stream_id] = StreamState(self.cfg)
         return self.streams[stream_id]
 
     def process_bytes(

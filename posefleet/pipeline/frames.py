@@ -22,7 +22,7 @@ from posefleet.config import PipelineConfig
 from posefleet.pipeline import detector as detector_mod
 from posefleet.pipeline import pose as pose_mod
 from posefleet.pipeline.schema import FrameResult, StageTimings
-from posefleet.pipeline.tracker import FramePlan, StreamTracker
+from posefleet.pipeline.tracker import FramePlan, StreamState
 
 EMPTY_KEYPOINTS = np.zeros((0, 17, 3), np.float32)
 
@@ -32,7 +32,7 @@ class FrameInput:
     """One decoded frame of a stream, ready to be applied to that stream's state."""
 
     stream_id: str
-    state: StreamTracker
+    state: StreamState
     image: np.ndarray  # BGR uint8
     frame_index: int | None = None  # None: the stream's next
     timestamp: float | None = None

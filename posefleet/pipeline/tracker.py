@@ -2,14 +2,14 @@
 
 A frame goes through three steps, in this order, for each stream:
 
-1. :meth:`StreamTracker.plan` decides whether the detector runs on this frame. If not, it
+1. :meth:`StreamState.plan` decides whether the detector runs on this frame. If not, it
    advances the tracker on prediction and hands back the carried boxes to pose.
-2. :meth:`StreamTracker.associate` (detection frames only) runs ByteTrack on the detections.
-3. :meth:`StreamTracker.finish` takes the pose keypoints: between detections they measure the
+2. :meth:`StreamState.associate` (detection frames only) runs ByteTrack on the detections.
+3. :meth:`StreamState.finish` takes the pose keypoints: between detections they measure the
    carried tracks (the box around the keypoints refines the prediction), a carried person whose
    pose fails is lost and forces a detection on the next frame.
 
-The state is plain data (:meth:`StreamTracker.state_dict`), so a stream can move between actors.
+The state is plain data (:meth:`StreamState.state_dict`), so a stream can move between actors.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _tracks_to_plan(plan: FramePlan, tracks: list[Track], use_det_box: bool) -> 
 _NO_KEYPOINTS = np.zeros((17, 3), np.float32)
 
 
-class StreamTracker:
+class StreamState:
     """Everything one stream remembers between frames."""
 
     def __init__(self, cfg: PipelineConfig):
@@ -159,7 +159,7 @@ class StreamTracker:
         }
 
     @classmethod
-    def from_state(cls, cfg: PipelineConfig, state: dict[str, Any]) -> StreamTracker:
+    def from_state(cls, cfg: PipelineConfig, state: dict[str, Any]) -> StreamState:
         st = cls(cfg)
         st.tracker = ByteTracker.from_state(state["tracker"])
         st.last_index = state["last_index"]

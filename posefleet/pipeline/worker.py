@@ -34,7 +34,7 @@ from posefleet.errors import FrameAbandoned, FrameDropped, FrameOrderError, Imag
 from posefleet.image_io import decode_image, encode_jpeg
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, Steps
 from posefleet.pipeline.schema import FrameResult
-from posefleet.pipeline.tracker import StreamTracker
+from posefleet.pipeline.tracker import StreamState
 
 Policy = Literal["drop_oldest", "wait"]
 AsyncModels = Callable[[ModelCall], Awaitable[list]]
@@ -56,7 +56,7 @@ class Served:
 
 @dataclass
 class _Stream:
-    tracker: StreamTracker
+    state: StreamState
     policy: Policy = "drop_oldest"
     frames: int = 0
     dropped: int = 0
@@ -121,7 +121,7 @@ class StreamWorker:
             self._release(stream)
             raise
         try:
-            steps = self.pipeline.steps([FrameInput(stream_id, stream.tracker, image, index, timestamp, decode_ms)])
+            steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
             [result] = await self._drive(steps, stream, index)
         except FrameAbandoned:
             raise
@@ -135,7 +135,7 @@ class StreamWorker:
         stream.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
         self._release(stream)
         if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.serving.checkpoint_every == 0):
-            await self.checkpoints.put(stream_id, stream.tracker.state_dict())
+            await self.checkpoints.put(stream_id, stream.state.state_dict())
         return Served(result, await self._thumbnail(stream, image))
 
     async def _drive(self, steps: Steps, stream: _Stream, index: int) -> list[FrameResult]:
@@ -172,14 +172,14 @@ class StreamWorker:
         s = self.streams.get(stream_id)
         if s is not None:
             return s
-        s = _Stream(StreamTracker(self.cfg), policy=self.serving.overload_policy)
+        s = _Stream(StreamState(self.cfg), policy=self.serving.overload_policy)
         if self.restarted and self.checkpoints is not None:
             state = await self.checkpoints.get(stream_id)
             if stream_id in self.streams:  # another frame restored it meanwhile
                 return self.streams[stream_id]
             if state is not None:
-                s.tracker = StreamTracker.from_state(self.cfg, state)
-                s.tracker.force_detect = True
+                s.state = StreamState.from_state(self.cfg, state)
+                s.state.force_detect = True
                 s.state_recovered = True
             elif frame_index:
                 s.ids_restarted = True  # frames came before, but their tracks are gone
@@ -196,13 +196,13 @@ class StreamWorker:
             await self._wait_turn(s, frame_index)
         else:
             s.pending, s.pending_since = -1, time.monotonic()  # reserved for this frame
-        index = s.tracker.last_index + 1 if frame_index is None else frame_index
-        if index < s.tracker.last_index and s.policy == "drop_oldest":  # late: stale by the stream's policy
+        index = s.state.last_index + 1 if frame_index is None else frame_index
+        if index < s.state.last_index and s.policy == "drop_oldest":  # late: stale by the stream's policy
             self._release(s)
             s.dropped += 1
-            raise FrameDropped(f"frame {index} dropped: frame {s.tracker.last_index} came before it")
+            raise FrameDropped(f"frame {index} dropped: frame {s.state.last_index} came before it")
         try:
-            s.tracker.check_order(index)  # duplicates, and late frames under wait
+            s.state.check_order(index)  # duplicates, and late frames under wait
         except FrameOrderError:
             self._release(s)
             raise
@@ -241,7 +241,7 @@ class StreamWorker:
     def _release(s: _Stream, failed: bool = False) -> None:
         """End the frame in flight and hand the stream to the next waiting frame, if any."""
         if failed:
-            s.tracker.force_detect = True
+            s.state.force_detect = True
         s.pending = None
         while s.waiting:
             _, fut = s.waiting.popleft()
@@ -255,13 +255,13 @@ class StreamWorker:
         s = self.streams.get(stream_id)
         if s is None:
             return None
-        tracks = s.tracker.tracker
+        tracks = s.state.tracker
         return {
             "stream_id": stream_id,
             "frames": s.frames,
             "dropped": s.dropped,
             "policy": s.policy,
-            "last_frame_index": s.tracker.last_index,
+            "last_frame_index": s.state.last_index,
             "active_tracks": [t.track_id for t in tracks.active()],
             "lost_tracks": len(tracks.lost),
             "next_track_id": tracks.next_id,
@@ -277,7 +277,7 @@ class StreamWorker:
         if old is None:
             return False
         self._drop_all(old, "the stream was reset")
-        self.streams[stream_id] = _Stream(StreamTracker(self.cfg), policy=old.policy)
+        self.streams[stream_id] = _Stream(StreamState(self.cfg), policy=old.policy)
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return True

@@ -1,0 +1,217 @@
+"""A stream worker's body without Ray, on real models and real frames: one frame in flight per
+stream, order kept, overload policies, stalls recovered, checkpoints restored, streams batched."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conftest import video_frames
+from posefleet.actors.stream_worker import shard_of
+from posefleet.config import PipelineConfig, ServingConfig, load_pipeline_config
+from posefleet.errors import FrameAbandoned, FrameOrderError, ImageError, StreamBusy
+from posefleet.image_io import encode_jpeg
+from posefleet.pipeline.frames import LocalModels, ModelCall
+from posefleet.pipeline.model_queue import QueuedModels
+from posefleet.pipeline.worker import CheckpointStore, StreamWorker
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[bytes]:
+    return [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 12)]
+
+
+class SlowModels:
+    """The real models behind a worker's queue, with a delay standing for a busy accelerator, a count of
+    calls in flight, and a call that hangs until released (a stalled frame)."""
+
+    def __init__(self, engine: LocalModels, delay_s: float = 0.0):
+        self.queue = QueuedModels(engine, {"detector": 8, "pose": 32})
+        self.delay_s, self.active, self.most = delay_s, 0, 0
+        self.hang: asyncio.Event | None = None  # the next call waits for it (a stalled frame)
+
+    async def __call__(self, call: ModelCall) -> list:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            if self.hang is not None and not self.hang.is_set():
+                hang, self.hang = self.hang, None
+                await hang.wait()
+            await asyncio.sleep(self.delay_s)
+            return await self.queue(call)
+        finally:
+            self.active -= 1
+
+
+def worker(engine: LocalModels, cfg: PipelineConfig | None = None, models: Any = None, **serving: Any) -> StreamWorker:
+    settings = ServingConfig(viewer=False, **serving)
+    return StreamWorker(cfg or load_pipeline_config("balanced"), settings, models or SlowModels(engine))
+
+
+def test_concurrent_frames_of_a_stream_are_applied_one_after_another(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> tuple[list, int]:
+        models = SlowModels(engine, delay_s=0.01)
+        w = worker(engine, models=models, overload_policy="wait", max_waiting_per_stream=8)
+        served = await asyncio.gather(*(w.process("s", jpegs[i], i) for i in range(5)))
+        return served, models.most
+
+    served, most = asyncio.run(scenario())
+    assert [s.result.frame_index for s in served] == [0, 1, 2, 3, 4]
+    assert most == 1  # never two frames of the stream in the models at once
+    ids = [{p.track_id for p in s.result.people} for s in served]
+    assert ids[0] and all(i == ids[0] for i in ids)
+
+
+def test_streams_in_flight_together_share_one_inference(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> dict:
+        models = SlowModels(engine)
+        w = worker(engine, models=models)
+        for i in range(3):
+            await asyncio.gather(*(w.process(f"cam-{k}", jpegs[i], i) for k in range(4)))
+        return models.queue.stats["detector"].summary()
+
+    stats = asyncio.run(scenario())
+    assert stats["max_requests"] >= 3  # frames of several streams in one detector call
+
+
+@pytest.mark.parametrize(("policy", "late_error"), [("drop_oldest", None), ("wait", FrameOrderError)])
+def test_late_frame_after_a_newer_one_is_answered_by_policy(engine: LocalModels, jpegs: list, policy: str,
+                                                            late_error: type | None) -> None:  # fmt: skip
+    async def scenario() -> StreamWorker:
+        w = worker(engine, overload_policy=policy)
+        await w.process("s", jpegs[0], 5)
+        if late_error is None:
+            late = (await w.process("s", jpegs[1], 4)).result
+            assert late.dropped and "frame 4 dropped: frame 5 came before it" in late.note
+        else:
+            with pytest.raises(late_error, match="out-of-order"):
+                await w.process("s", jpegs[1], 4)
+        with pytest.raises(FrameOrderError, match="duplicate"):  # a repeat is refused under every policy
+            await w.process("s", jpegs[1], 5)
+        await w.process("s", jpegs[2], 6)  # the stream goes on
+        return w
+
+    info = asyncio.run(scenario()).describe("s")
+    assert info["frames"] == 2 and info["last_frame_index"] == 6
+    assert info["dropped"] == (1 if policy == "drop_oldest" else 0)
+
+
+def test_a_bad_image_changes_nothing(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> dict:
+        w = worker(engine)
+        await w.process("s", jpegs[0], 0)
+        with pytest.raises(ImageError):
+            await w.process("s", jpegs[1][: len(jpegs[1]) // 3], 1)
+        assert (await w.process("s", jpegs[1], 1)).result.frame_index == 1  # index 1 still free
+        return w.describe("s")
+
+    assert asyncio.run(scenario())["frames"] == 2
+
+
+def test_stalled_frame_is_abandoned_and_the_next_one_detects(engine: LocalModels, jpegs: list) -> None:
+    top_down = load_pipeline_config("top-down", overrides={"detect_every": 10})
+
+    async def run() -> None:
+        models = SlowModels(engine)
+        w = worker(engine, top_down, models=models, frame_timeout_s=0.2)
+        assert (await w.process("s", jpegs[0], 0)).result.detected
+        gate = asyncio.Event()
+        models.hang = gate
+        stalled = asyncio.create_task(w.process("s", jpegs[1], 1))
+        await asyncio.sleep(0.05)
+        nxt = await asyncio.wait_for(w.process("s", jpegs[2], 2), 10)
+        assert nxt.result.detected and not stalled.done()
+        gate.set()  # the stalled call returns at last: it must not touch the stream any more
+        with pytest.raises(FrameAbandoned):
+            await stalled
+        assert w.describe("s")["last_frame_index"] == 2 and w.describe("s")["frames"] == 2
+
+    asyncio.run(run())
+
+
+def test_drop_oldest_keeps_the_newest_waiting_frame_and_reports_drops(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> list:
+        w = worker(engine, models=SlowModels(engine, delay_s=0.1))
+        first = asyncio.create_task(w.process("cam", jpegs[0], 0))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(w.process("cam", jpegs[i], i)) for i in (1, 2, 3)]
+        return [s.result for s in await asyncio.gather(first, *waiting)]
+
+    results = asyncio.run(scenario())
+    assert [r.dropped for r in results] == [False, True, True, False]
+    assert results[0].dropped_before == 2 and results[3].dropped_before == 0  # the next answer tells the client
+
+
+def test_a_late_arrival_older_than_a_waiting_frame_is_the_one_dropped(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> list:
+        w = worker(engine, models=SlowModels(engine, delay_s=0.1))
+        first = asyncio.create_task(w.process("cam", jpegs[0], 0))
+        await asyncio.sleep(0.01)
+        newer = asyncio.create_task(w.process("cam", jpegs[5], 5))
+        await asyncio.sleep(0.01)
+        late = (await w.process("cam", jpegs[4], 4)).result
+        assert late.dropped and "frame 5 is already waiting" in late.note
+        return [s.result.frame_index for s in await asyncio.gather(first, newer)]
+
+    assert asyncio.run(scenario()) == [0, 5]
+
+
+def test_wait_policy_queues_up_to_its_bound_then_refuses(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> list:
+        w = worker(engine, models=SlowModels(engine, delay_s=0.1), overload_policy="wait", max_waiting_per_stream=2)
+        first = asyncio.create_task(w.process("cam", jpegs[0], 0))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(w.process("cam", jpegs[i], i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(StreamBusy):
+            await w.process("cam", jpegs[3], 3)
+        return [s.result.frame_index for s in await asyncio.gather(first, *queued)]
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+
+
+def test_list_reset_and_delete(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> None:
+        w = worker(engine)
+        for i in range(3):
+            await w.process("a", jpegs[i], i)
+        [info] = w.list_streams()
+        assert info["stream_id"] == "a" and info["frames"] == 3 and len(info["active_tracks"]) == 2
+        assert await w.reset("a") and w.describe("a")["last_frame_index"] == -1
+        assert (await w.process("a", jpegs[0], 0)).result.people[0].track_id == 1  # ids start over
+        assert await w.delete("a") and w.describe("a") is None and not await w.delete("a")
+
+    asyncio.run(scenario())
+
+
+def test_shard_of_is_stable_and_spreads() -> None:
+    assert shard_of("court-1-cam-3", 8) == shard_of("court-1-cam-3", 8)
+    assert len({shard_of(f"cam-{i}", 4) for i in range(40)}) == 4
+    assert {shard_of(f"cam-{i}", 2) for i in range(4)} == {0, 1}  # four cameras, both workers
+
+
+def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> tuple:
+        store = CheckpointStore()
+        settings = ServingConfig(viewer=False, checkpoint_every=5)
+        cfg = load_pipeline_config("balanced")
+        before = StreamWorker(cfg, settings, SlowModels(engine), store)
+        for i in range(3):  # fewer frames than a checkpoint interval: the first frame's checkpoint holds
+            kept = await before.process("kept", jpegs[i], i)
+            await before.process("lost", jpegs[i], i)
+        await store.delete("lost")  # as if its checkpoint never arrived
+        after = StreamWorker(cfg, settings, SlowModels(engine), store, restarted=True)
+        back = await after.process("kept", jpegs[3], 3)
+        lost = await after.process("lost", jpegs[3], 3)
+        fresh = await after.process("new-stream", jpegs[0], 0)
+        again = await after.process("kept", jpegs[4], 4)
+        return kept.result, back.result, lost.result, fresh.result, again.result
+
+    kept, back, lost, fresh, again = asyncio.run(scenario())
+    assert back.state_recovered and not back.ids_restarted
+    assert {p.track_id for p in back.people} == {p.track_id for p in kept.people}  # ids kept
+    assert lost.ids_restarted and not lost.state_recovered
+    assert not fresh.ids_restarted and not fresh.state_recovered
+    assert not again.state_recovered  # said once
