@@ -22,6 +22,8 @@ from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
 from posefleet.serve.local import free_port, local_app
 
+pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
+
 CLIP = str(DATA / "test_video_structuralize.mp4")
 ONE_THREAD = {"intra_op_num_threads": 1}
 

@@ -24,6 +24,8 @@ from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
 from posefleet.serve.local import local_app
 
+pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
+
 TOKEN = "test-token-5f2c"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 CLIP = str(DATA / "test_video_structuralize.mp4")

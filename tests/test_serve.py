@@ -21,6 +21,8 @@ from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
 from posefleet.serve.local import free_port, local_app
 
+pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
+
 PIPELINE = {"detector": {"ort": {"intra_op_num_threads": 1}}, "pose": {"ort": {"intra_op_num_threads": 1}}}
 CLIP = str(DATA / "test_video_structuralize.mp4")
 

@@ -17,6 +17,8 @@ from posefleet.config import AppConfig
 from posefleet.serve.client import submit
 from posefleet.serve.local import local_app
 
+pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
+
 CHROMIUM = os.environ.get("POSEFLEET_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "viewer-token-81"
 CHROMIUM_ARGS = [
