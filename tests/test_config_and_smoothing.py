@@ -6,14 +6,34 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from posefleet.config import PipelineConfig, SmoothingConfig, load_pipeline_config
+from posefleet.config import SmoothingConfig, load_pipeline_config
 from posefleet.pipeline.smoothing import OneEuroFilter
 
 
+def _leaves(tree: dict, prefix: tuple = ()) -> dict[tuple, object]:
+    out: dict[tuple, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _leaves(value, (*prefix, key))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
 @pytest.mark.parametrize("name", ["fast", "balanced", "quality", "top-down", "crowd"])
-def test_presets_load(name: str) -> None:
-    cfg = load_pipeline_config(name)
-    assert isinstance(cfg, PipelineConfig)
+def test_every_value_a_preset_sets_is_the_value_loaded(name: str) -> None:
+    import yaml
+
+    from posefleet.config import preset_path
+
+    written = _leaves(yaml.safe_load(preset_path(name).read_text())["pipeline"])
+    loaded = load_pipeline_config(name).model_dump()
+    for path, value in written.items():
+        got = loaded
+        for key in path:
+            got = got[key]
+        assert got == value, (name, path)
+    assert len(written) > 3
 
 
 def test_presets_differ_where_they_should() -> None:
@@ -66,7 +86,24 @@ def test_serve_configs_validate_and_build(name: str) -> None:
     assert spec["import_path"] == "posefleet.serve.app:build_app"
     cfg = AppConfig.model_validate(spec["args"])
     assert cfg.serving.access_log is False
-    assert build_app(spec["args"]) is not None
+    app = build_app(spec["args"])
+    # the embedded default runs the models in the ingress; the GPU layout binds the model deployments
+    deployments = _deployment_names(app)
+    expected = {"Ingress"} if cfg.serving.models == "local" else {"Ingress", "DetectorModel"}
+    assert deployments == expected, deployments
+
+
+def _deployment_names(app: object) -> set[str]:
+    """Names of every deployment an application binds, following the arguments of its ingress."""
+    from ray.serve import Application
+
+    names, todo = set(), [app]
+    while todo:
+        a = todo.pop()
+        bound = a._bound_deployment
+        names.add(bound.name)
+        todo += [x for x in (*bound.init_args, *bound.init_kwargs.values()) if isinstance(x, Application)]
+    return names
 
 
 def test_batches_must_be_able_to_fill() -> None:

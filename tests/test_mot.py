@@ -35,11 +35,33 @@ def sequence_from_own_tracks(root: Path, cfg: PipelineConfig, engine: LocalModel
     return seq
 
 
-def test_tracks_scored_against_themselves_are_perfect(tmp_path: Path, cfg: PipelineConfig, engine: LocalModels) -> None:
-    seq = sequence_from_own_tracks(tmp_path, cfg, engine)
+def test_tracking_scored_against_independent_ground_truth(tmp_path: Path, cfg: PipelineConfig,
+                                                          engine: LocalModels) -> None:  # fmt: skip
+    """COCO photo 785 panning across 8 frames, its annotated person box moved with it: truth made by
+    COCO's annotators, not by the pipeline."""
+    import json
+
+    import numpy as np
+
+    from conftest import DATA, read
+
+    ann = max(json.loads((DATA / "coco_785.json").read_text())["annotations"], key=lambda a: a["area"])
+    x, y, w, h = ann["bbox"]
+    photo = read("000000000785.jpg")
+    seq = tmp_path / "pan"
+    (seq / "img1").mkdir(parents=True)
+    (seq / "gt").mkdir()
+    (seq / "seqinfo.ini").write_text("[Sequence]\nname=pan\nimDir=img1\nframeRate=30\nimExt=.jpg\n")
+    rows = []
+    for i in range(8):
+        dx = 12 * i - 40  # the camera pans: the person moves right 12 px a frame
+        shifted = cv2.warpAffine(photo, np.float32([[1, 0, dx], [0, 1, 0]]), (photo.shape[1], photo.shape[0]))
+        cv2.imwrite(str(seq / "img1" / f"{i + 1:06d}.jpg"), shifted)
+        rows.append(f"{i + 1},7,{x + dx},{y},{w},{h},1,1,1.0")
+    (seq / "gt" / "gt.txt").write_text("\n".join(rows) + "\n")
     overall = evaluate_mot(Pipeline(cfg, engine), [seq])["OVERALL"]
-    assert overall["num_objects"] >= 10  # two players over 6 frames
-    assert overall["mota"] == 1.0 and overall["idf1"] == 1.0 and overall["num_switches"] == 0
+    assert overall["num_objects"] == 8
+    assert overall["recall"] >= 0.875 and overall["num_switches"] == 0 and overall["idf1"] >= 0.8, overall
 
 
 def test_swapped_truth_ids_are_switches(tmp_path: Path, cfg: PipelineConfig, engine: LocalModels) -> None:

@@ -106,7 +106,9 @@ def test_real_clip_detect_every_3_keeps_two_players(engine: LocalModels, topdown
     frames = video_frames("test_video_structuralize.mp4", 90)
     every = Pipeline(topdown_cfg.model_copy(update={"detect_every": 3}), engine)
     results = [every.process("clip", f, i) for i, f in enumerate(frames)]
-    assert sum(r.detected for r in results) <= 45
+    detected = [i for i, r in enumerate(results) if r.detected]
+    assert 30 <= len(detected) <= 33  # every 3rd frame, and a few more where a carried pose failed
+    assert max(np.diff(detected)) <= 3  # never more than 2 carried frames in a row
     counts = [len(r.people) for r in results]
     assert np.mean(counts) >= 1.8
     assert len({p.track_id for r in results for p in r.people}) <= 3

@@ -92,6 +92,9 @@ def create_session(
         log.warning("providers %s failed for %s (%s); falling back to CPU", chain, loaded.path.name, exc)
         session = ort.InferenceSession(loaded.data, so, providers=[CPU])
     active = session.get_providers()
+    if active[0] != chain[0]:  # ONNX Runtime drops a provider it cannot start with only a warning of its own
+        log.warning("%s: %s did not start (missing libraries or driver?); running on %s",
+                    loaded.path.name, chain[0], active[0])  # fmt: skip
     log.info("%s runs on %s (asked for %s)", loaded.path.name, active[0], " > ".join(chain))
     return session
 
