@@ -15,15 +15,15 @@ import hashlib
 import logging
 import time
 import warnings
-import zlib
 from typing import Any
 
 import ray
 from ray.serve.exceptions import BackPressureError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from posefleet import __version__, metrics
+from posefleet import metrics
 from posefleet.actors import FAULTS
+from posefleet.actors.owner import actor_name
 from posefleet.config import PipelineConfig, ServingConfig
 from posefleet.errors import Unavailable
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -172,38 +172,31 @@ def shard_of(stream_id: str, shards: int) -> int:
     return int.from_bytes(hashlib.blake2b(stream_id.encode(), digest_size=8).digest(), "big") % shards
 
 
-def _pool_id(cfg: PipelineConfig, serving: ServingConfig) -> str:
-    """Named after the version and config: the actors are detached, so a redeploy with other code or
-    settings must not reuse the ones still running from before."""
-    return f"{zlib.crc32(f'{__version__}|{cfg.model_dump_json()}|{serving.model_dump_json()}'.encode()):08x}"
-
-
-def checkpoint_store(cfg: PipelineConfig, serving: ServingConfig) -> ray.actor.ActorHandle:
-    """The named checkpoint actor of this config's streams (get or create)."""
+def checkpoint_store(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
+    """The deploy's checkpoint actor (get or create)."""
     return CheckpointActor.options(  # type: ignore[attr-defined]
-        name=f"posefleet-checkpoints-{_pool_id(cfg, serving)}", namespace=serving.namespace, get_if_exists=True,
-        lifetime="detached", num_cpus=0, max_restarts=-1,
+        name=actor_name(deploy_id, "checkpoints"), namespace=namespace, get_if_exists=True, lifetime="detached",
+        num_cpus=0, max_restarts=-1,
     ).remote()  # fmt: skip
 
 
 def worker_pool(
-    cfg: PipelineConfig, serving: ServingConfig, models: tuple[Any, Any] | None = None
+    cfg: PipelineConfig, serving: ServingConfig, deploy_id: str, models: tuple[Any, Any] | None = None
 ) -> list[ray.actor.ActorHandle]:
-    """Get or create the named stream workers, so every ingress replica shares the same pool.
+    """Get or create the deploy's named stream workers, so every ingress replica shares the same pool.
 
     Worker ``i`` prefers the ``i``-th alive node (soft affinity), spreading streams over the cluster.
     Ray restarts a dead worker (``max_restarts=-1``); it restores its streams from the checkpoint actor.
     """
-    pool = _pool_id(cfg, serving)
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
 
     def placement(i: int) -> NodeAffinitySchedulingStrategy | str:
         return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "DEFAULT"
 
-    store = checkpoint_store(cfg, serving)
+    store = checkpoint_store(deploy_id, serving.namespace)
     return [
         StreamWorkerActor.options(  # type: ignore[attr-defined]
-            name=f"posefleet-worker-{pool}-{i}",
+            name=actor_name(deploy_id, f"worker-{i}"),
             namespace=serving.namespace,
             get_if_exists=True,
             lifetime="detached",

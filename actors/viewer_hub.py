@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from posefleet import __version__
 from posefleet.actors import FAULTS
+from posefleet.actors.owner import actor_name
 
 
 @dataclass
@@ -167,9 +167,9 @@ class HubFeed:
 HubActor = ray.remote(ViewerHub)
 
 
-def viewer_hub(namespace: str) -> ray.actor.ActorHandle:
-    """The shared hub, detached; named after the version so a redeploy with new code gets a new one."""
+def viewer_hub(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
+    """The deploy's hub (get or create), shared by its ingress replicas."""
     return HubActor.options(  # type: ignore[attr-defined]
-        name=f"posefleet-viewer-hub-{__version__}", namespace=namespace, get_if_exists=True, lifetime="detached",
+        name=actor_name(deploy_id, "viewer-hub"), namespace=namespace, get_if_exists=True, lifetime="detached",
         num_cpus=0, max_restarts=-1, max_concurrency=1000,
     ).remote()  # fmt: skip

@@ -36,7 +36,7 @@ def kill_during(duration: float) -> threading.Thread:
     def holder() -> tuple[str, str, bool]:
         """(name, namespace, whether Ray should restart it) of what holds the streams now."""
         names = {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        worker = next((n for n in names if "posefleet-worker-" in n), None)
+        worker = next((n for n in names if n.startswith("posefleet-") and "-worker-" in n), None)
         if worker is not None:
             return worker, names[worker], True
         replica = next(n for n in names if "#Ingress#" in n)  # Serve starts a new replica itself

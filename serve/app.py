@@ -7,6 +7,7 @@ Serve config file (an :class:`~posefleet.config.AppConfig`).
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,14 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     pipeline = cfg.pipeline_config()
     s = cfg.serving
     ingress = Ingress.options(**deployment_options(s.ingress, s))
+    deploy_id = uuid.uuid4().hex[:12]  # names this deploy's actors; its owner removes them with it
     if s.models == "local":  # the stream workers run the models themselves
-        return ingress.bind(cfg)
+        return ingress.bind(cfg, deploy_id)
     detector = DetectorDeployment.options(**deployment_options(s.detector, s)).bind(pipeline.detector, s.detector)
     pose = None
     if pipeline.needs_pose_model:
         pose = PoseDeployment.options(**deployment_options(s.pose, s)).bind(pipeline.pose, s.pose)
-    return ingress.bind(cfg, detector, pose)
+    return ingress.bind(cfg, deploy_id, detector, pose)
 
 
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:

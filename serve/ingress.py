@@ -35,6 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from posefleet import __version__
 from posefleet.actors import FAULTS
+from posefleet.actors.owner import app_owner
 from posefleet.config import AppConfig
 from posefleet.errors import BodyTooLarge, PosefleetError, Unavailable, UnknownStream, WrongContentType
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
@@ -177,10 +178,18 @@ async def error_answer(request: Request, exc: PosefleetError) -> JSONResponse:
 @serve.ingress(app)
 class Ingress:
     def __init__(
-        self, app_cfg: AppConfig, detector: DeploymentHandle | None = None, pose: DeploymentHandle | None = None
+        self,
+        app_cfg: AppConfig,
+        deploy_id: str,
+        detector: DeploymentHandle | None = None,
+        pose: DeploymentHandle | None = None,
     ):
         self.serving = s = app_cfg.serving
-        self.frames = FrameRouter(app_cfg, (detector, pose) if detector is not None else None)
+        # the deploy's actors belong to its owner: created by the first replica, removed after the last
+        self.owner = app_owner(deploy_id, s.namespace)
+        self.member = ray.get_runtime_context().get_actor_id()
+        ray.get(self.owner.join.remote(self.member))
+        self.frames = FrameRouter(app_cfg, deploy_id, (detector, pose) if detector is not None else None)
         self.detector, self.pose, self.hub = detector, pose, self.frames.hub
         self.metrics = self.frames.metrics
         self.inflight = 0
@@ -193,6 +202,11 @@ class Ingress:
             )
         if s.cors_origins:
             app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["*"], allow_headers=["*"])
+
+    def __del__(self) -> None:
+        """Serve stops this replica (app deleted, redeployed or scaled down): leave the deploy's owner."""
+        with contextlib.suppress(Exception):
+            ray.get(self.owner.leave.remote(self.member), timeout=10)
 
     @contextlib.asynccontextmanager
     async def _frame_slot(self) -> AsyncIterator[None]:

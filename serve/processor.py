@@ -27,19 +27,19 @@ def _for_viewer(result: FrameResult) -> dict[str, Any]:
 class FrameRouter:
     """Frames to the stream workers, one Ray call each; one per ingress replica."""
 
-    def __init__(self, app_cfg: AppConfig, models: tuple[Any, Any] | None = None):
+    def __init__(self, app_cfg: AppConfig, deploy_id: str, models: tuple[Any, Any] | None = None):
         self.serving = s = app_cfg.serving
         self.cfg = app_cfg.pipeline_config()
         self.local: WorkerHost | None = None
         self.workers: list[Any] = []
         if s.workers == 0:  # this replica holds the streams itself: no Ray call per frame
-            store = checkpoint_store(self.cfg, s)
+            store = checkpoint_store(deploy_id, s.namespace)
             restarted = ray.get(store.holds_any.remote())  # states from a replica before this one
             self.local = WorkerHost(self.cfg, s, store, models, restarted=restarted)
         else:
-            self.workers = worker_pool(self.cfg, s, models)
+            self.workers = worker_pool(self.cfg, s, deploy_id, models)
         self.metrics = metrics.get()
-        self.hub = viewer_hub(s.namespace) if s.viewer else None
+        self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer else None
         self.feed = HubFeed(self.hub, s.viewer_flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
 

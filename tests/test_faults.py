@@ -121,7 +121,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(server: str) -> None:
     assert not server_errors, server_errors[:5]
 
 
-def _actor(name_part: str, suffix: str = "") -> ray.actor.ActorHandle:
+def _actor(name_part: str, suffix: str = "") -> ray.actor.ActorHandle:  # one of the app's named actors
     for a in ray.util.list_named_actors(all_namespaces=True):
         if name_part in a["name"] and a["name"].endswith(suffix):
             return ray.get_actor(a["name"], namespace=a["namespace"])
@@ -134,9 +134,9 @@ def test_killed_stream_workers_restore_their_streams_and_streams_continue(server
 
     def killer() -> None:  # each worker holds two of the streams; Ray restarts a killed one
         time.sleep(3)
-        ray.kill(_actor("posefleet-worker-", "-0"), no_restart=False)
+        ray.kill(_actor("-worker-", "-0"), no_restart=False)
         time.sleep(5)
-        ray.kill(_actor("posefleet-worker-", "-1"), no_restart=False)
+        ray.kill(_actor("-worker-", "-1"), no_restart=False)
 
     thread = threading.Thread(target=killer)
     thread.start()
