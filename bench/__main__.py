@@ -183,8 +183,11 @@ def section_variants(video: str, coco: tuple[str, str], quick: bool, out_dir: Pa
         cfg = load_pipeline_config(preset, overrides=overrides)
         models = LocalModels(cfg)
         det_inputs = [models.detector.decoder.prepare(f)[0] for f in frames]
-        row = {"variant": name, "preset": preset,
-               "detector_ms": _time(lambda: [models.detector.infer(t) for t in det_inputs], reps) / len(det_inputs)}
+        row = {
+            "variant": name,
+            "preset": preset,
+            "detector_ms": _time(lambda: [models.detector.infer(t) for t in det_inputs], reps) / len(det_inputs),
+        }
         if models.pose is not None:
             dets = [models.detector(f) for f in frames]
             crops = np.concatenate([models.pose.decoder.prepare(f, d.boxes, d.keypoints)[0]
@@ -212,8 +215,13 @@ def section_variants(video: str, coco: tuple[str, str], quick: bool, out_dir: Pa
         made = optimize(load_pipeline_config("top-down"), out_dir / "optimized", video, frames=32)
         for kind in ("int8", "fp16"):
             if kind in made.get("detector", {}):
-                rows.append(measure(f"detector {kind}", "balanced",
-                                    {"detector": {"model": made["detector"][kind], "tiling": {"enabled": False}}}))
+                rows.append(
+                    measure(
+                        f"detector {kind}",
+                        "balanced",
+                        {"detector": {"model": made["detector"][kind], "tiling": {"enabled": False}}},
+                    )
+                )
             if kind in made.get("pose", {}):
                 rows.append(measure(f"pose {kind}", "top-down", no_tiles | {"pose": {"model": made["pose"][kind]}}))
     return rows
@@ -225,8 +233,11 @@ SOURCES: list[tuple[str, str, dict[str, Any]]] = [
     ("fast: single-stage 192", "fast", {}),
     ("quality: single-stage 320, smoothed", "quality", {}),
     ("top-down: BlazePose, aligned crops", "top-down", {}),
-    ("top-down: BlazePose, box crops (the previous balanced)", "top-down",
-     {"pose": {"align": False}, "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3}}),
+    (
+        "top-down: BlazePose, box crops (the previous balanced)",
+        "top-down",
+        {"pose": {"align": False}, "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3}},
+    ),
     ("fused: MoveNet + aligned BlazePose by score", "top-down", {"pose_source": "fused", "detect_every": 1}),
     ("crowd: single-stage 320, 4x2 tiles", "crowd", {}),
 ]
@@ -241,8 +252,10 @@ def section_accuracy(video: str, frames: int, quick: bool, bar: tqdm) -> list[di
     from posefleet.pipeline.engine import Pipeline
     from posefleet.sources import open_source
 
-    sets = {"coco": (SHARED_COCO / "test_coco.json", SHARED_COCO),
-            "posetrack": (SHARED_POSETRACK / "annotations" / "test_posetrack18_val.json", SHARED_POSETRACK)}
+    sets = {
+        "coco": (SHARED_COCO / "test_coco.json", SHARED_COCO),
+        "posetrack": (SHARED_POSETRACK / "annotations" / "test_posetrack18_val.json", SHARED_POSETRACK),
+    }
     sets = {k: v for k, v in sets.items() if v[0].is_file()} or {"coco": (ROOT / "tests/data/coco_785.json",
                                                                          ROOT / "tests/data")}  # fmt: skip
     sequences = sorted(p for p in SHARED_MOT.iterdir() if p.is_dir()) if SHARED_MOT.is_dir() else []
@@ -284,8 +297,17 @@ def section_crowd(quick: bool, bar: tqdm) -> list[dict] | None:
         t0 = time.perf_counter()
         mot = evaluate_mot(Pipeline(cfg), sequences)["OVERALL"]
         ms = (time.perf_counter() - t0) * 1000 / frames
-        rows.append({"input": size, "grid": f"{cols}x{tiles_rows}", "ms_per_frame": ms, "recall": mot["recall"],
-                     "precision": mot["precision"], "idf1": mot["idf1"], "recall_per_100ms": mot["recall"] / ms * 100})
+        rows.append(
+            {
+                "input": size,
+                "grid": f"{cols}x{tiles_rows}",
+                "ms_per_frame": ms,
+                "recall": mot["recall"],
+                "precision": mot["precision"],
+                "idf1": mot["idf1"],
+                "recall_per_100ms": mot["recall"] / ms * 100,
+            }
+        )
         bar.update(1)
     return rows
 
@@ -398,8 +420,10 @@ def markdown(res: dict[str, Any]) -> str:
             cells = [r["source"], f"{r['fps']:.1f}"]
             cells += [f"{r[f'{k}_AP']:.3f} / {r[f'{k}_AP50']:.3f} / {r[f'{k}_AR']:.3f}" for k in keys]
             if mot:
-                cells.append(f"{r['mot_recall']:.3f} / {_f(r['mot_precision'], '.3f')} / {r['mot_idf1']:.3f} / "
-                             f"{r['mot_num_switches']:.0f}")
+                cells.append(
+                    f"{r['mot_recall']:.3f} / {_f(r['mot_precision'], '.3f')} / {r['mot_idf1']:.3f} / "
+                    f"{r['mot_num_switches']:.0f}"
+                )
             lines.append("| " + " | ".join(cells) + " |")
     if res.get("crowd"):
         lines += ["", "Crowd preset: tiling grid and input on MOT17-mini (1080p/480p street crowds):", "",

@@ -46,6 +46,8 @@ def machine_cpu_ms() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
     user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields)
     return (user + nice + system + irq + softirq) * _TICK_MS
+
+
 STAGES = ("decode_ms", "detect_ms", "track_ms", "pose_ms", "total_ms")
 
 
