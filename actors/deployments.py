@@ -109,7 +109,7 @@ class DetectorDeployment(_Batched):
         self.detector = Detector(cfg)
         self._configure(self.detect, "detector", self.detector.model.provider, settings)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005, batch_size_fn=_items)
+    @serve.batch(batch_size_fn=_items)  # sizes and wait: set from the config in _configure
     async def detect(self, requests: list[list[np.ndarray]]) -> list[list[list[np.ndarray]]]:
         flat = [t for tensors in requests for t in tensors]
         outs = await self.stats.infer(self.detector.infer, flat, len(flat), len(requests))
@@ -131,7 +131,7 @@ class PoseDeployment(_Batched):
         self.pose = PoseEstimator(cfg)
         self._configure(self.estimate, "pose", self.pose.model.provider, settings)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_items)
+    @serve.batch(batch_size_fn=_items)  # sizes and wait: set from the config in _configure
     async def estimate(self, crops: list[np.ndarray]) -> list[list[np.ndarray]]:
         batch = np.concatenate(crops)
         outs = await self.stats.infer(self.pose.infer, batch, len(batch), len(crops))
