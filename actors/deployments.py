@@ -8,7 +8,6 @@ streams; inference runs in a worker thread so the replica's event loop keeps acc
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from ray import serve
 from posefleet import metrics
 from posefleet.config import DetectorConfig, ModelDeploymentSettings, PoseConfig
 from posefleet.pipeline.detector import Detector
+from posefleet.pipeline.model_queue import QueueStats
 from posefleet.pipeline.pose import PoseEstimator
 
 T = TypeVar("T")
@@ -29,14 +29,12 @@ class _BatchStats:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.sizes: collections.deque[int] = collections.deque(maxlen=2000)  # items per inference
-        self.requests: collections.deque[int] = collections.deque(maxlen=2000)  # requests per inference
-        self.infer_ms: collections.deque[float] = collections.deque(maxlen=2000)  # model time per inference
+        self.stats = QueueStats()  # the same figures a stream worker keeps of its local models
         self.inflight = 0
 
     def record(self, items: int, requests: int) -> None:
-        self.sizes.append(items)
-        self.requests.append(requests)
+        self.stats.items.append(items)
+        self.stats.calls.append(requests)
         metrics.get().batch_size.observe(items, tags={"model": self.model})
 
     def enter(self, n: int = 1) -> None:
@@ -60,25 +58,10 @@ class _BatchStats:
         try:
             return fn(batch)
         finally:
-            self.infer_ms.append((time.perf_counter() - t0) * 1000.0)
+            self.stats.infer_ms.append((time.perf_counter() - t0) * 1000.0)
 
     def summary(self, reset: bool = False) -> dict[str, Any]:
-        sizes, reqs, infer = list(self.sizes), list(self.requests), list(self.infer_ms)
-        if reset:
-            self.sizes.clear()
-            self.requests.clear()
-            self.infer_ms.clear()
-        return {
-            "model": self.model,
-            "batches": len(sizes),
-            "max_items": max(sizes, default=0),
-            "mean_items": round(float(np.mean(sizes)), 3) if sizes else 0.0,
-            "max_requests": max(reqs, default=0),
-            "mean_requests": round(float(np.mean(reqs)), 3) if reqs else 0.0,
-            "mean_infer_ms": round(float(np.mean(infer)), 3) if infer else 0.0,
-            "recent_items": sizes[-50:],
-            "recent_requests": reqs[-50:],
-        }
+        return {"model": self.model} | self.stats.summary(reset)
 
 
 def _items(requests: list) -> int:
