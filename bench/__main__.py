@@ -85,10 +85,10 @@ def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, 
 def section_served(video: str, frames: int, streams: list[int], quick: bool, bar: tqdm) -> list[dict]:
     """The embedded default over each transport, at 80% of its WebSocket capacity, then the
     stream-worker layout (2 worker actors, one Ray call a frame) on the same machine."""
+    from bench.local import local_app
     from bench.served import run_paced, run_transport
     from posefleet.config import deep_merge
     from posefleet.serve.app import load_serve_config
-    from posefleet.serve.local import local_app
 
     app_args = load_serve_config()["applications"][0]["args"]
     rows: list[dict] = []
@@ -116,8 +116,8 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
     """
     from ray.cluster_utils import Cluster
 
+    from bench.local import local_app
     from bench.served import run_transport
-    from posefleet.serve.local import local_app
 
     result = {}
     for nodes in (1, 2):

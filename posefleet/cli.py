@@ -249,8 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from posefleet.config import AppConfig
-    from posefleet.serve.app import build_app, load_serve_config
-    from posefleet.serve.local import port_in_use
+    from posefleet.serve.app import build_app, load_serve_config, port_in_use
 
     try:
         serve_cfg = load_serve_config(args.config)
@@ -269,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
-    serve.start(http_options=http, logging_config=logging_cfg)
+    serve.start(proxy_location=serve_cfg.get("proxy_location"), http_options=http, logging_config=logging_cfg)
     name, prefix = app_spec.get("name", "posefleet"), app_spec.get("route_prefix", "/")
     serve.run(application, name=name, route_prefix=prefix, logging_config=logging_cfg)
     host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]

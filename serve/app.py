@@ -7,12 +7,15 @@ Serve config file (an :class:`~posefleet.config.AppConfig`).
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
 
 from posefleet.actors.deployments import DetectorDeployment, PoseDeployment
 from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings, ServingConfig
@@ -61,4 +64,20 @@ def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
     data = yaml.safe_load(source.read_text()) or {}
     if not data.get("applications"):
         raise ValueError(f"{source}: no 'applications' in this Serve config")
+    try:  # Serve's own schema of a config file, as `serve run`/`serve deploy` check it
+        ServeDeploySchema.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"{source}: not a valid Serve config: {exc}") from exc
     return data
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens where the HTTP proxy would bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

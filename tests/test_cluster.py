@@ -15,12 +15,12 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from bench.local import free_port, local_app
 from conftest import DATA, video_frames
 from posefleet.actors.stream_worker import shard_of
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
-from posefleet.serve.local import free_port, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

@@ -10,11 +10,11 @@ import pytest
 import ray
 from ray import serve
 
+from bench.local import local_app
 from conftest import video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app
-from posefleet.serve.local import local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

@@ -1,4 +1,5 @@
-"""Run the Serve application on a Ray started here (or joined), for tests, benchmarks and demos."""
+"""Run the Serve application on a Ray started here (or joined): the harness of the tests and benchmarks
+(not shipped in the package; ``posefleet serve`` is the product's way to serve)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import ray
 from ray import serve
 
 from posefleet.config import AppConfig
-from posefleet.serve.app import build_app
+from posefleet.serve.app import build_app, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:  # everything busy: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already listens where the HTTP proxy would bind."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _start_proxy() -> int:
