@@ -122,8 +122,9 @@ class WorkerHost:
             self.models: Any = self.queued
         else:
             self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
-        self.checkpoints = _RemoteCheckpoints(store, serving.checkpoint_flush_s) if store is not None else None
-        self.worker = StreamWorker(cfg, serving, self.models, self.checkpoints, restarted)
+        self.checkpoints = _RemoteCheckpoints(store, serving.checkpoints.flush_s) if store is not None else None
+        self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restarted,
+                                   serving.checkpoints, serving.viewer)  # fmt: skip
 
     async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
                       policy: str | None) -> Served:  # fmt: skip

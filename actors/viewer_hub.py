@@ -1,8 +1,8 @@
 """The live viewer's hub: the latest result, rates and a small thumbnail of every active stream.
 
 Ingress replicas collect their results in a ``HubFeed`` and send them to one named hub actor in
-one fire-and-forget call every ``viewer_flush_s`` (results only; a downscaled JPEG at most every
-``thumbnail_interval_s`` per stream), not one call per frame; viewers long-poll the hub for a new
+one call every ``viewer.flush_s`` (results only; a downscaled JPEG at most every
+``viewer.thumbnail_interval_s`` per stream), not one call per frame; viewers long-poll the hub for a new
 version. Streams not heard from for ``stale_after_s`` leave the snapshot.
 """
 

@@ -125,7 +125,7 @@ def section_scaling(video: str, frames: int, bar: tqdm) -> dict[str, Any]:
             "preset": "balanced",
             "pipeline": {"detector": {"ort": ONE_THREAD}},
             "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
-                        "workers": nodes, "worker_num_cpus": 0.75, "viewer": False},
+                        "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
         }  # fmt: skip
         os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
         cpus = sorted(os.sched_getaffinity(0))

@@ -280,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.submit:
             jobs = _submit_jobs(args.submit, None, 1)
             args.max_rate = not args.realtime
-            args.token = app_cfg.serving.api_token()  # this server's own
+            args.token = app_cfg.serving.security.api_token()  # this server's own
             reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
             print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
             if args.annotate:

@@ -240,8 +240,46 @@ class ModelDeploymentSettings(DeploymentSettings):
         return self
 
 
+class AdmissionConfig(_Strict):
+    """How frames of a stream are let in: one in flight per stream, the rest by the overload policy."""
+
+    overload_policy: Literal["drop_oldest", "wait"] = Field(
+        "drop_oldest", description="per-stream default; a request may set its stream's policy"
+    )
+    max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
+    frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
+    max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(10, ge=1, description="frames between a stream's state checkpoints (and its first)")
+    flush_s: float = Field(
+        0.5, gt=0.0, le=10.0, description="how often a worker sends its streams' checkpoints, all in one call"
+    )
+
+
+class ViewerConfig(_Strict):
+    enabled: bool = Field(True, description="serve the live viewer at / and publish results to it")
+    thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream")
+    thumbnail_width: int = Field(384, ge=32)
+    max_hz: float = Field(10.0, gt=0.0, description="event rate to each open viewer")
+    flush_s: float = Field(
+        0.1, gt=0.0, le=5.0, description="how often each ingress replica sends its results to the viewer hub"
+    )
+
+
+class SecurityConfig(_Strict):
+    auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
+    auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
+
+    def api_token(self) -> str | None:
+        """The bearer token clients must send (config first, then the environment); None: no auth."""
+        return self.auth_token or os.environ.get(self.auth_token_env) or None
+
+
 class ServingConfig(_Strict):
-    # the ingress admits max_inflight_frames frames itself; its other requests (stream management,
+    # the ingress admits admission.max_inflight_frames frames itself; its other requests (stream management,
     # viewer events) use the rest of max_ongoing_requests; Serve queues at most max_queued_requests
     ingress: DeploymentSettings = Field(
         default_factory=lambda: DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64, max_queued_requests=64)
@@ -266,7 +304,10 @@ class ServingConfig(_Strict):
         ),
     )  # fmt: skip
     worker_num_cpus: float = Field(0.5, ge=0.0, description="CPUs Ray reserves for each stream worker")
-    frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    viewer: ViewerConfig = Field(default_factory=ViewerConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
     max_batch_frames: int = Field(64, ge=1, description="frames one POST /v1/frames may carry")
     ws_max_inflight: int = Field(
@@ -274,40 +315,14 @@ class ServingConfig(_Strict):
     )
     access_log: bool = Field(False, description="Serve access logs cost 17-37% throughput on small machines")
     namespace: str = "posefleet"
-    # overload and faults
-    overload_policy: Literal["drop_oldest", "wait"] = Field(
-        "drop_oldest", description="per-stream default; a request may set its stream's policy"
-    )
-    max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
-    max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
     fault_retry_s: float = Field(15.0, ge=0.0, description="retry calls to dead replicas/actors this long")
-    checkpoint_every: int = Field(10, ge=1, description="frames between a stream's state checkpoints (and its first)")
-    checkpoint_flush_s: float = Field(
-        0.5, gt=0.0, le=10.0, description="how often a worker sends its streams' checkpoints, all in one call"
-    )
-    # security
-    auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
-    auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
-    cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
-    # live viewer
-    viewer: bool = Field(True, description="serve the live viewer at / and publish results to it")
-    thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream, per ingress replica")
-    thumbnail_width: int = Field(384, ge=32)
-    viewer_max_hz: float = Field(10.0, gt=0.0, description="event rate to each open viewer")
-    viewer_flush_s: float = Field(
-        0.1, gt=0.0, le=5.0, description="how often each ingress replica sends its results to the viewer hub"
-    )
 
     @model_validator(mode="after")
     def _streams_have_one_home(self) -> ServingConfig:
         if self.workers == 0 and (self.ingress.num_replicas > 1 or self.ingress.autoscaling):
             raise ValueError("workers: 0 (streams held by the ingress) needs exactly one ingress replica")
         return self
-
-    def api_token(self) -> str | None:
-        """The bearer token clients must send (config first, then the environment); None: no auth."""
-        return self.auth_token or os.environ.get(self.auth_token_env) or None
 
 
 class AppConfig(_Strict):

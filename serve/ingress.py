@@ -194,14 +194,17 @@ class Ingress:
         self.metrics = self.frames.metrics
         self.inflight = 0
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
-        app.state.auth_token = s.api_token()
+        app.state.auth_token = s.security.api_token()
         app.state.retry_after = s.retry_after_s
         if app.state.auth_token is None:
             logging.getLogger("posefleet.ingress").warning(
-                "no API token (set %s or serving.auth_token): every client is admitted", s.auth_token_env
+                "no API token (set %s or serving.security.auth_token): every client is admitted",
+                s.security.auth_token_env,
             )
-        if s.cors_origins:
-            app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins, allow_methods=["*"], allow_headers=["*"])
+        if s.security.cors_origins:
+            app.add_middleware(
+                CORSMiddleware, allow_origins=s.security.cors_origins, allow_methods=["*"], allow_headers=["*"]
+            )
 
     def __del__(self) -> None:
         """Serve stops this replica (app deleted, redeployed or scaled down): leave the deploy's owner."""
@@ -210,8 +213,9 @@ class Ingress:
 
     @contextlib.asynccontextmanager
     async def _frame_slot(self) -> AsyncIterator[None]:
-        """Each ingress replica takes at most ``max_inflight_frames`` frames at once, whatever the transport."""
-        if self.inflight >= self.serving.max_inflight_frames:
+        """Each ingress replica takes at most ``admission.max_inflight_frames`` frames at once, whatever the
+        transport."""
+        if self.inflight >= self.serving.admission.max_inflight_frames:
             self.metrics.frame_errors.inc(tags={"reason": "overload"})
             raise Unavailable(f"{self.inflight} frames in flight on this replica")
         self.inflight += 1
@@ -421,7 +425,7 @@ class Ingress:
     async def viewer(self) -> HTMLResponse:
         """The live page; it holds no data itself and fetches everything with the API token."""
         if self.hub is None:
-            raise HTTPException(404, "the viewer is turned off (serving.viewer)")
+            raise HTTPException(404, "the viewer is turned off (serving.viewer.enabled)")
         page = resources.files("posefleet.serve").joinpath("static/viewer.html").read_text()
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
@@ -429,8 +433,8 @@ class Ingress:
     async def events(self, request: Request) -> StreamingResponse:
         """Server-sent events: a snapshot of every active stream (results, FPS, p99, drops) on change."""
         if self.hub is None:
-            raise HTTPException(404, "the viewer is turned off (serving.viewer)")
-        period = 1.0 / self.serving.viewer_max_hz
+            raise HTTPException(404, "the viewer is turned off (serving.viewer.enabled)")
+        period = 1.0 / self.serving.viewer.max_hz
 
         async def stream() -> AsyncIterator[str]:
             version = -1

@@ -39,8 +39,8 @@ class FrameRouter:
         else:
             self.workers = worker_pool(self.cfg, s, deploy_id, models)
         self.metrics = metrics.get()
-        self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer else None
-        self.feed = HubFeed(self.hub, s.viewer_flush_s, _for_viewer) if self.hub is not None else None
+        self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
+        self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
 
     def ray_calls(self) -> dict[str, int]:

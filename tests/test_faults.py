@@ -41,12 +41,12 @@ def server() -> Iterator[str]:
             "serving": {
                 # small bounds so a burst meets both the ingress's own frame limit and Serve's queue bound
                 "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 24, "max_queued_requests": 8},
-                "max_inflight_frames": 16,
+                "admission": {"max_inflight_frames": 16},
                 "detector": {"num_cpus": 0.25},
                 "pose": {"num_cpus": 0.25},
                 "workers": 2,
-                "auth_token": TOKEN,
-                "checkpoint_every": 5,
+                "security": {"auth_token": TOKEN},
+                "checkpoints": {"every": 5},
                 "fault_retry_s": 30,
             },
         }

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import video_frames
 from posefleet.actors.stream_worker import shard_of
-from posefleet.config import PipelineConfig, ServingConfig, load_pipeline_config
+from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -45,9 +45,12 @@ class SlowModels:
             self.active -= 1
 
 
-def worker(engine: LocalModels, cfg: PipelineConfig | None = None, models: Any = None, **serving: Any) -> StreamWorker:
-    settings = ServingConfig(viewer=False, **serving)
-    return StreamWorker(cfg or load_pipeline_config("balanced"), settings, models or SlowModels(engine))
+def worker(
+    engine: LocalModels, cfg: PipelineConfig | None = None, models: Any = None, **admission: Any
+) -> StreamWorker:
+    return StreamWorker(
+        cfg or load_pipeline_config("balanced"), AdmissionConfig(**admission), models or SlowModels(engine)
+    )
 
 
 def test_concurrent_frames_of_a_stream_are_applied_one_after_another(engine: LocalModels, jpegs: list) -> None:
@@ -195,14 +198,14 @@ def test_shard_of_is_stable_and_spreads() -> None:
 def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> tuple:
         store = CheckpointStore()
-        settings = ServingConfig(viewer=False, checkpoint_every=5)
+        admission, every5 = AdmissionConfig(), CheckpointConfig(every=5)
         cfg = load_pipeline_config("balanced")
-        before = StreamWorker(cfg, settings, SlowModels(engine), store)
+        before = StreamWorker(cfg, admission, SlowModels(engine), store, checkpointing=every5)
         for i in range(3):  # fewer frames than a checkpoint interval: the first frame's checkpoint holds
             kept = await before.process("kept", jpegs[i], i)
             await before.process("lost", jpegs[i], i)
         await store.delete("lost")  # as if its checkpoint never arrived
-        after = StreamWorker(cfg, settings, SlowModels(engine), store, restarted=True)
+        after = StreamWorker(cfg, admission, SlowModels(engine), store, restarted=True, checkpointing=every5)
         back = await after.process("kept", jpegs[3], 3)
         lost = await after.process("lost", jpegs[3], 3)
         fresh = await after.process("new-stream", jpegs[0], 0)

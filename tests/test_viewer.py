@@ -40,7 +40,7 @@ def server() -> Iterator[str]:
             "pipeline": {"detector": {"ort": one}, "pose": {"ort": one}},
             "serving": {
                 "ingress": {"num_cpus": 0.25}, "detector": {"num_cpus": 0.25}, "pose": {"num_cpus": 0.25},
-                "auth_token": TOKEN, "thumbnail_interval_s": 0.3,
+                "security": {"auth_token": TOKEN}, "viewer": {"thumbnail_interval_s": 0.3},
             },
         }
     )  # fmt: skip

@@ -12,7 +12,7 @@ waiting frame is kept and older ones are answered as dropped; under ``wait`` up 
 dropped (``drop_oldest``) or refused (``wait``); a repeated index is always refused. A frame in flight
 longer than ``frame_timeout_s`` is abandoned: the next frame takes over and re-detects.
 
-A stream's state is checkpointed on its first frame and every ``checkpoint_every`` frames; a
+A stream's state is checkpointed on its first frame and every ``checkpoints.every`` frames; a
 restarted worker restores it (ids kept, next frame re-detected). A stream that has no checkpoint
 starts over, and its next answer says its ids restarted.
 """
@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
-from posefleet.config import PipelineConfig, ServingConfig
+from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig
 from posefleet.errors import FrameAbandoned, FrameDropped, FrameOrderError, ImageError, StreamBusy
 from posefleet.image_io import decode_image, encode_jpeg
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, Steps
@@ -77,13 +77,17 @@ class StreamWorker:
     def __init__(
         self,
         cfg: PipelineConfig,
-        serving: ServingConfig,
+        admission: AdmissionConfig,
         models: AsyncModels,
         checkpoints: Checkpoints | None = None,
         restarted: bool = False,
+        checkpointing: CheckpointConfig | None = None,
+        thumbnails: ViewerConfig | None = None,
     ):
         self.cfg = cfg
-        self.serving = serving
+        self.admission = admission
+        self.checkpointing = checkpointing or CheckpointConfig()
+        self.thumbnails = thumbnails if thumbnails is not None and thumbnails.enabled else None
         self.models = models
         self.pipeline = FramePipeline(cfg)
         self.checkpoints = checkpoints
@@ -134,7 +138,7 @@ class StreamWorker:
         result.ids_restarted, result.state_recovered = stream.ids_restarted, stream.state_recovered
         stream.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
         self._release(stream)
-        if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.serving.checkpoint_every == 0):
+        if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
             await self.checkpoints.put(stream_id, stream.state.state_dict())
         return Served(result, await self._thumbnail(stream, image))
 
@@ -147,23 +151,23 @@ class StreamWorker:
                 outputs = await self.models(call)
                 if stream.pending != index:
                     steps.close()
-                    raise FrameAbandoned(f"frame {index} was abandoned after {self.serving.frame_timeout_s} s")
+                    raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
                 call = steps.send(outputs)
         except StopIteration as done:
             return done.value
 
     async def _thumbnail(self, stream: _Stream, image: np.ndarray) -> bytes | None:
-        if not self.serving.viewer:
+        if self.thumbnails is None:
             return None
         now = time.monotonic()
-        if now - stream.last_thumbnail < self.serving.thumbnail_interval_s:
+        if now - stream.last_thumbnail < self.thumbnails.thumbnail_interval_s:
             return None
         stream.last_thumbnail = now
         return await asyncio.to_thread(self._small_jpeg, image)
 
     def _small_jpeg(self, image: np.ndarray) -> bytes:
         h, w = image.shape[:2]
-        width = min(w, self.serving.thumbnail_width)
+        width = min(w, self.thumbnails.thumbnail_width)  # type: ignore[union-attr]
         small = cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
         return encode_jpeg(small, 70)
 
@@ -172,7 +176,7 @@ class StreamWorker:
         s = self.streams.get(stream_id)
         if s is not None:
             return s
-        s = _Stream(StreamState(self.cfg), policy=self.serving.overload_policy)
+        s = _Stream(StreamState(self.cfg), policy=self.admission.overload_policy)
         if self.restarted and self.checkpoints is not None:
             state = await self.checkpoints.get(stream_id)
             if stream_id in self.streams:  # another frame restored it meanwhile
@@ -223,13 +227,13 @@ class StreamWorker:
                     fut.set_exception(FrameDropped(f"frame {idx} dropped: frame {frame_index} superseded it"))
                     s.dropped += 1
                     s.dropped_unreported += 1
-        elif len(s.waiting) >= self.serving.max_waiting_per_stream:
+        elif len(s.waiting) >= self.admission.max_waiting_per_stream:
             raise StreamBusy(f"{len(s.waiting)} frames of this stream are already waiting")
         fut = asyncio.get_running_loop().create_future()
         s.waiting.append((frame_index, fut))
         while True:
             stalled = s.pending
-            remaining = self.serving.frame_timeout_s - (time.monotonic() - s.pending_since)
+            remaining = self.admission.frame_timeout_s - (time.monotonic() - s.pending_since)
             done, _ = await asyncio.wait({fut}, timeout=max(0.0, remaining))
             if done:
                 fut.result()  # raises FrameDropped when superseded
