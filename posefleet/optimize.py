@@ -38,7 +38,8 @@ class _Reader(CalibrationDataReader):
 
 
 def calibration_tensors(engine: LocalModels, source: str, frames: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Detector inputs and single pose crops from real frames of ``source``."""
+    """Detector inputs and single pose crops (normalised: what the pose model takes) from real frames of
+    ``source``; no crops when the config has no pose model."""
     det_inputs, crops = [], []
     step = max(1, (open_source(source).count or frames) // frames)
     for i, frame in enumerate(open_source(source)):
@@ -47,8 +48,9 @@ def calibration_tensors(engine: LocalModels, source: str, frames: int) -> tuple[
         tensors, _ = engine.detector.decoder.prepare(frame.image)
         det_inputs += tensors
         dets = engine.detector(frame.image)
-        if len(dets):
-            batch, _ = engine.pose.decoder.prepare(frame.image, dets.boxes)
+        if len(dets) and engine.pose is not None:
+            cut, _ = engine.pose.decoder.prepare(frame.image, dets.boxes, dets.keypoints)
+            batch = engine.pose.decoder.normalise(cut)
             crops += [batch[j : j + 1] for j in range(len(batch))]
         if len(det_inputs) >= frames:
             break
@@ -90,13 +92,12 @@ def optimize(cfg: PipelineConfig, out_dir: Path, source: str, frames: int = 48) 
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = LocalModels(cfg)
     det_inputs, crops = calibration_tensors(engine, source, frames)
-    if not crops:
+    if engine.pose is not None and not crops:
         raise ValueError(f"{source}: no person found in the calibration frames")
     written: dict[str, dict[str, str]] = {}
-    jobs = [
-        ("detector", cfg.detector.model, engine.detector.model.input_name, det_inputs, ["Conv"]),
-        ("pose", cfg.pose.model, engine.pose.model.input_name, crops, None),
-    ]
+    jobs = [("detector", cfg.detector.model, engine.detector.model.input_name, det_inputs, ["Conv"])]
+    if engine.pose is not None:
+        jobs.append(("pose", cfg.pose.model, engine.pose.model.input_name, crops, None))
     for role, name, input_name, tensors, ops in jobs:
         src, _ = models.resolve(name)
         stem = src.stem
