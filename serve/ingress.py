@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +43,10 @@ from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamLis
 from posefleet.serve.processor import FrameRouter
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# frame indices and timestamps are checked before anything is stored: an index a JSON number holds
+# exactly, a finite timestamp within about 30,000 years of 1970
+MAX_FRAME_INDEX = 2**53 - 1
+MAX_ABS_TIMESTAMP = 1e12
 BAD_STREAM_ID = "invalid stream id (1-64 of A-Za-z0-9._-)"
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 Policy = Literal["drop_oldest", "wait"]
@@ -120,6 +125,19 @@ class BatchAnswer(BaseModel):
     frames: list[FrameAnswer]
 
 
+def _check_index(index: Any) -> None:
+    if index is not None and (
+        not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_FRAME_INDEX
+    ):
+        raise ValueError(f"frame_index must be an integer from 0 to {MAX_FRAME_INDEX}")
+
+
+def _check_timestamp(ts: Any) -> None:
+    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts)
+                           or abs(ts) > MAX_ABS_TIMESTAMP):  # fmt: skip
+        raise ValueError(f"timestamp must be a finite number of seconds within +-{MAX_ABS_TIMESTAMP:g}")
+
+
 def _header_number(value: str | None, kind: type) -> Any:
     if value is None:
         return None
@@ -127,8 +145,7 @@ def _header_number(value: str | None, kind: type) -> Any:
         number = kind(value)
     except ValueError:
         raise ValueError(f"not a number: {value!r}") from None
-    if isinstance(number, int) and number < 0:
-        raise ValueError("frame index must be >= 0")
+    (_check_index if kind is int else _check_timestamp)(number)
     return number
 
 
@@ -149,11 +166,8 @@ def _socket_frame_message(message: dict[str, Any]) -> tuple[dict[str, Any], byte
         raise ValueError(f"frame header is not JSON: {exc}") from None
     if not isinstance(meta, dict) or set(meta) - {"frame_index", "timestamp"}:
         raise ValueError('a frame header takes {"frame_index": int, "timestamp": float}')
-    index, ts = meta.get("frame_index"), meta.get("timestamp")
-    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
-        raise ValueError("frame_index must be an integer >= 0")
-    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
-        raise ValueError("timestamp must be a number")
+    _check_index(meta.get("frame_index"))
+    _check_timestamp(meta.get("timestamp"))
     return meta, data[end + 1 :]
 
 
@@ -255,11 +269,23 @@ class Ingress:
         stream_id: StreamId,
         request: Request,
         response: Response,
-        frame_index: Annotated[int | None, Query(ge=0, description="default: the stream's next")] = None,
-        timestamp: Annotated[float | None, Query(description="seconds; used by smoothing")] = None,
+        frame_index: Annotated[
+            int | None, Query(ge=0, le=MAX_FRAME_INDEX, description="default: the stream's next")
+        ] = None,
+        timestamp: Annotated[
+            float | None,
+            Query(
+                ge=-MAX_ABS_TIMESTAMP,
+                le=MAX_ABS_TIMESTAMP,
+                allow_inf_nan=False,
+                description="seconds; used by smoothing",
+            ),
+        ] = None,
         policy: Annotated[Policy | None, Query(description="set the stream's overload policy")] = None,
-        x_frame_index: Annotated[int | None, Header(ge=0)] = None,
-        x_timestamp: Annotated[float | None, Header()] = None,
+        x_frame_index: Annotated[int | None, Header(ge=0, le=MAX_FRAME_INDEX)] = None,
+        x_timestamp: Annotated[
+            float | None, Header(ge=-MAX_ABS_TIMESTAMP, le=MAX_ABS_TIMESTAMP, allow_inf_nan=False)
+        ] = None,
     ) -> FrameResult:
         """Post one JPEG/PNG frame of a stream; get the stream's tracked people in it."""
         response.headers["x-served-by"] = self.node

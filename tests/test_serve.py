@@ -107,6 +107,12 @@ def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> Non
         (post(url, "steady", frames[3], 3), 409, "duplicate"),
         (post(url, "steady", frames[2], 2, policy="wait"), 409, "out-of-order"),
         (post(url, "bad id!", good), 422, "string_pattern_mismatch"),
+        (post(url, "steady", good, int("1" + "0" * 400)), 422, "less_than_equal"),  # once a 500 for good
+        (post(url, "steady", good, 2**53), 422, "less_than_equal"),
+        (httpx.post(f"{url}/v1/streams/steady/frames", content=good, params={"timestamp": "nan"},
+                    headers={"content-type": "image/jpeg"}), 422, "finite"),  # fmt: skip
+        (httpx.post(f"{url}/v1/streams/steady/frames", content=good, params={"timestamp": "1e300"},
+                    headers={"content-type": "image/jpeg"}), 422, "less_than_equal"),  # fmt: skip
         (post(url, "x" * 65, good), 422, "string_pattern_mismatch"),
         (httpx.get(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
         (httpx.delete(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
@@ -217,3 +223,27 @@ def test_a_killed_ingress_replica_comes_back_with_its_streams(server: dict) -> N
     after = resp.json()
     assert after["state_recovered"] and not after["ids_restarted"]
     assert {p["track_id"] for p in after["people"]} <= {p["track_id"] for r in before for p in r["people"]}
+
+
+def test_websocket_answers_bad_frames_in_order_and_goes_on(server: dict) -> None:
+    import websockets
+
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 2)]
+
+    async def talk() -> list[dict]:
+        url = server["url"].replace("http://", "ws://") + "/v1/streams/ws-errors/ws?policy=wait"
+        async with websockets.connect(url, max_size=2**24) as ws:
+            await ws.send(b'{"frame_index": 0}\n' + frames[0])
+            await ws.send(b'{"frame_index": -1}\n' + frames[1])  # refused before anything is stored
+            await ws.send(b'{"timestamp": NaN}\n' + frames[1])
+            await ws.send(b"not an image")
+            await ws.send("text is not a frame")
+            await ws.send(b'{"frame_index": 1}\n' + frames[1])
+            return [json.loads(await ws.recv()) for _ in range(6)]
+
+    answers = asyncio.run(talk())
+    assert answers[0]["frame_index"] == 0 and answers[0]["people"]
+    assert [a["error"]["status"] for a in answers[1:5]] == [422, 422, 400, 422], answers[1:5]
+    assert answers[5]["frame_index"] == 1 and [p["track_id"] for p in answers[5]["people"]] == [
+        p["track_id"] for p in answers[0]["people"]
+    ]
