@@ -109,10 +109,26 @@ def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> Non
         (post(url, "bad id!", good), 422, "string_pattern_mismatch"),
         (post(url, "steady", good, int("1" + "0" * 400)), 422, "less_than_equal"),  # once a 500 for good
         (post(url, "steady", good, 2**53), 422, "less_than_equal"),
-        (httpx.post(f"{url}/v1/streams/steady/frames", content=good, params={"timestamp": "nan"},
-                    headers={"content-type": "image/jpeg"}), 422, "finite"),  # fmt: skip
-        (httpx.post(f"{url}/v1/streams/steady/frames", content=good, params={"timestamp": "1e300"},
-                    headers={"content-type": "image/jpeg"}), 422, "less_than_equal"),  # fmt: skip
+        (
+            httpx.post(
+                f"{url}/v1/streams/steady/frames",
+                content=good,
+                params={"timestamp": "nan"},
+                headers={"content-type": "image/jpeg"},
+            ),
+            422,
+            "finite",
+        ),
+        (
+            httpx.post(
+                f"{url}/v1/streams/steady/frames",
+                content=good,
+                params={"timestamp": "1e300"},
+                headers={"content-type": "image/jpeg"},
+            ),
+            422,
+            "less_than_equal",
+        ),
         (post(url, "x" * 65, good), 422, "string_pattern_mismatch"),
         (httpx.get(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
         (httpx.delete(f"{url}/v1/streams/never-seen"), 404, "unknown stream"),
