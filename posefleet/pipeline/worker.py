@@ -1,16 +1,10 @@
 """A stream worker's body (plain Python, tested without Ray): the state of many streams, and each
 frame of theirs taken from encoded bytes to tracked people in one place.
 
-A frame's whole life is here: admission (one frame in flight per stream, the overload policy, order
-checks), decoding, the frame pipeline with its model calls, checkpoints, a small picture for the
-viewer. So a frame reaches its stream's state in one hop and its CPU work runs where the state is.
-
-Per stream, frames that arrive while one is in flight wait their turn, so its frames apply in
-order even when a client sends them concurrently. Under ``drop_oldest`` (default) only the newest
-waiting frame is kept and older ones are answered as dropped; under ``wait`` up to
-``max_waiting_per_stream`` queue and more are refused. A frame older than one already applied is
-dropped (``drop_oldest``) or refused (``wait``); a repeated index is always refused. A frame in flight
-longer than ``frame_timeout_s`` is abandoned: the next frame takes over and re-detects.
+A frame's whole life is here: admission (``admission.py``: one frame in flight per stream, the
+overload policy, order checks), decoding, the frame pipeline with its model calls, checkpoints, a
+small picture for the viewer. So a frame reaches its stream's state in one hop and its CPU work runs
+where the state is.
 
 A stream's state is checkpointed on its first frame and every ``checkpoints.every`` frames; a
 restarted worker restores it (ids kept, next frame re-detected). A stream that has no checkpoint
@@ -20,23 +14,22 @@ starts over, and its next answer says its ids restarted.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig
-from posefleet.errors import FrameAbandoned, FrameDropped, FrameOrderError, ImageError, StreamBusy
+from posefleet.errors import FrameAbandoned, FrameDropped, ImageError
 from posefleet.image_io import decode_image, encode_jpeg
+from posefleet.pipeline.admission import Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, Steps
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
 
-Policy = Literal["drop_oldest", "wait"]
 AsyncModels = Callable[[ModelCall], Awaitable[list]]
 
 
@@ -54,21 +47,19 @@ class Served:
     thumbnail: bytes | None = None
 
 
-@dataclass
 class _Stream:
-    state: StreamState
-    policy: Policy = "drop_oldest"
-    frames: int = 0
-    dropped: int = 0
-    dropped_unreported: int = 0
-    ids_restarted: bool = False
-    state_recovered: bool = False
-    created: float = field(default_factory=time.time)
-    last_seen: float = field(default_factory=time.time)
-    last_thumbnail: float = 0.0
-    pending: int | None = None  # index of the frame in flight (-1: handed over, not yet admitted)
-    pending_since: float = 0.0
-    waiting: collections.deque = field(default_factory=collections.deque)  # (index, future)
+    """A stream as a worker holds it: its tracking state, its turnstile, its counters."""
+
+    def __init__(self, state: StreamState, admission: AdmissionConfig, policy: Policy):
+        self.state = state
+        self.gate = Turnstile(admission, self._abandoned, policy)
+        self.frames = 0
+        self.ids_restarted = self.state_recovered = False
+        self.created = self.last_seen = time.time()
+        self.last_thumbnail = 0.0
+
+    def _abandoned(self) -> None:
+        self.state.force_detect = True  # the frame in flight died or stalled: re-detect
 
 
 class StreamWorker:
@@ -122,7 +113,7 @@ class StreamWorker:
             image = await asyncio.to_thread(decode_image, body, *limits)
             decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
         except ImageError:
-            self._release(stream)
+            stream.gate.leave()
             raise
         try:
             steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
@@ -130,14 +121,14 @@ class StreamWorker:
         except FrameAbandoned:
             raise
         except BaseException:
-            if stream.pending == index:
-                self._release(stream, failed=True)
+            if stream.gate.holds(index):
+                stream.gate.leave(failed=True)
             raise
         stream.frames += 1
-        result.dropped_before = stream.dropped_unreported
+        result.dropped_before = stream.gate.dropped_unreported
         result.ids_restarted, result.state_recovered = stream.ids_restarted, stream.state_recovered
-        stream.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
-        self._release(stream)
+        stream.gate.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
+        stream.gate.leave()
         if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
             await self.checkpoints.put(stream_id, stream.state.state_dict())
         return Served(result, await self._thumbnail(stream, image))
@@ -149,7 +140,7 @@ class StreamWorker:
             call = next(steps)
             while True:
                 outputs = await self.models(call)
-                if stream.pending != index:
+                if not stream.gate.holds(index):
                     steps.close()
                     raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
                 call = steps.send(outputs)
@@ -176,7 +167,7 @@ class StreamWorker:
         s = self.streams.get(stream_id)
         if s is not None:
             return s
-        s = _Stream(StreamState(self.cfg), policy=self.admission.overload_policy)
+        s = _Stream(StreamState(self.cfg), self.admission, self.admission.overload_policy)
         if self.restarted and self.checkpoints is not None:
             state = await self.checkpoints.get(stream_id)
             if stream_id in self.streams:  # another frame restored it meanwhile
@@ -195,64 +186,10 @@ class StreamWorker:
         flight. Raises FrameDropped when the policy drops it, FrameOrderError or StreamBusy."""
         s = await self._get(stream_id, frame_index)
         if policy is not None:
-            s.policy = policy
-        if s.pending is not None or s.waiting:
-            await self._wait_turn(s, frame_index)
-        else:
-            s.pending, s.pending_since = -1, time.monotonic()  # reserved for this frame
-        index = s.state.last_index + 1 if frame_index is None else frame_index
-        if index < s.state.last_index and s.policy == "drop_oldest":  # late: stale by the stream's policy
-            self._release(s)
-            s.dropped += 1
-            raise FrameDropped(f"frame {index} dropped: frame {s.state.last_index} came before it")
-        try:
-            s.state.check_order(index)  # duplicates, and late frames under wait
-        except FrameOrderError:
-            self._release(s)
-            raise
-        s.pending, s.pending_since = index, time.monotonic()
+            s.gate.policy = policy
+        index = await s.gate.enter(frame_index, s.state.last_index, s.state.check_order)
         s.last_seen = time.time()
         return s, index
-
-    async def _wait_turn(self, s: _Stream, frame_index: int | None) -> None:
-        newer = [i for i, _ in s.waiting if i is not None and frame_index is not None and i > frame_index]
-        if s.policy == "drop_oldest" and newer:  # a later frame already waits: this one is the stale one
-            s.dropped += 1
-            s.dropped_unreported += 1
-            raise FrameDropped(f"frame {frame_index} dropped: frame {max(newer)} is already waiting")
-        if s.policy == "drop_oldest":
-            while s.waiting:
-                idx, fut = s.waiting.popleft()
-                if not fut.done():
-                    fut.set_exception(FrameDropped(f"frame {idx} dropped: frame {frame_index} superseded it"))
-                    s.dropped += 1
-                    s.dropped_unreported += 1
-        elif len(s.waiting) >= self.admission.max_waiting_per_stream:
-            raise StreamBusy(f"{len(s.waiting)} frames of this stream are already waiting")
-        fut = asyncio.get_running_loop().create_future()
-        s.waiting.append((frame_index, fut))
-        while True:
-            stalled = s.pending
-            remaining = self.admission.frame_timeout_s - (time.monotonic() - s.pending_since)
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, remaining))
-            if done:
-                fut.result()  # raises FrameDropped when superseded
-                return
-            if s.pending == stalled:  # the frame in flight died or stalled: take over
-                self._release(s, failed=True)
-
-    @staticmethod
-    def _release(s: _Stream, failed: bool = False) -> None:
-        """End the frame in flight and hand the stream to the next waiting frame, if any."""
-        if failed:
-            s.state.force_detect = True
-        s.pending = None
-        while s.waiting:
-            _, fut = s.waiting.popleft()
-            if not fut.done():
-                s.pending, s.pending_since = -1, time.monotonic()  # handed over, not yet admitted
-                fut.set_result(None)
-                return
 
     # -- management -------------------------------------------------------------------------
     def describe(self, stream_id: str) -> dict[str, Any] | None:
@@ -263,8 +200,8 @@ class StreamWorker:
         return {
             "stream_id": stream_id,
             "frames": s.frames,
-            "dropped": s.dropped,
-            "policy": s.policy,
+            "dropped": s.gate.dropped,
+            "policy": s.gate.policy,
             "last_frame_index": s.state.last_index,
             "active_tracks": [t.track_id for t in tracks.active()],
             "lost_tracks": len(tracks.lost),
@@ -280,8 +217,8 @@ class StreamWorker:
         old = self.streams.get(stream_id)
         if old is None:
             return False
-        self._drop_all(old, "the stream was reset")
-        self.streams[stream_id] = _Stream(StreamState(self.cfg), policy=old.policy)
+        old.gate.close("the stream was reset")
+        self.streams[stream_id] = _Stream(StreamState(self.cfg), self.admission, old.gate.policy)
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return True
@@ -289,18 +226,10 @@ class StreamWorker:
     async def delete(self, stream_id: str) -> bool:
         s = self.streams.pop(stream_id, None)
         if s is not None:
-            self._drop_all(s, "the stream was deleted")
+            s.gate.close("the stream was deleted")
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return s is not None
-
-    @staticmethod
-    def _drop_all(s: _Stream, why: str) -> None:
-        s.pending = None
-        while s.waiting:
-            _, fut = s.waiting.popleft()
-            if not fut.done():
-                fut.set_exception(FrameDropped(f"frame dropped: {why}"))
 
 
 class CheckpointStore:

@@ -1,0 +1,108 @@
+"""A stream's door: one frame in flight at a time; frames arriving meanwhile wait their turn or are
+dropped, by the stream's overload policy.
+
+Under ``drop_oldest`` (default) only the newest waiting frame is kept and older ones are dropped;
+under ``wait`` up to ``max_waiting_per_stream`` queue and more are refused. A frame older than one
+already applied is dropped (``drop_oldest``) or refused (``wait``); a repeated index is always refused.
+A frame in flight longer than ``frame_timeout_s`` is abandoned: the next frame takes over, and the
+``on_abandon`` callback lets the stream's state re-detect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from posefleet.config import AdmissionConfig
+from posefleet.errors import FrameDropped, StreamBusy
+
+Policy = Literal["drop_oldest", "wait"]
+
+
+@dataclass
+class Turnstile:
+    cfg: AdmissionConfig
+    on_abandon: Callable[[], None]
+    policy: Policy = "drop_oldest"
+    pending: int | None = None  # index of the frame in flight (-1: handed over, not yet admitted)
+    pending_since: float = 0.0
+    waiting: collections.deque = field(default_factory=collections.deque)  # (index, future)
+    dropped: int = 0
+    dropped_unreported: int = 0  # told to the client with the stream's next answer
+
+    async def enter(self, frame_index: int | None, last_index: int, check_order: Callable[[int], None]) -> int:
+        """Wait for the stream's turn; the frame (its index returned) is then the one in flight.
+        Raises FrameDropped when the policy drops it, StreamBusy, or what ``check_order`` raises."""
+        if self.pending is not None or self.waiting:
+            await self._wait_turn(frame_index)
+        else:
+            self.pending, self.pending_since = -1, time.monotonic()  # reserved for this frame
+        index = last_index + 1 if frame_index is None else frame_index
+        if index < last_index and self.policy == "drop_oldest":  # late: stale by the stream's policy
+            self.leave()
+            self.dropped += 1
+            raise FrameDropped(f"frame {index} dropped: frame {last_index} came before it")
+        try:
+            check_order(index)  # duplicates, and late frames under wait
+        except BaseException:
+            self.leave()
+            raise
+        self.pending, self.pending_since = index, time.monotonic()
+        return index
+
+    def holds(self, index: int) -> bool:
+        """Whether ``index`` is still the frame in flight (not abandoned meanwhile)."""
+        return self.pending == index
+
+    async def _wait_turn(self, frame_index: int | None) -> None:
+        newer = [i for i, _ in self.waiting if i is not None and frame_index is not None and i > frame_index]
+        if self.policy == "drop_oldest" and newer:  # a later frame already waits: this one is the stale one
+            self._count_drop()
+            raise FrameDropped(f"frame {frame_index} dropped: frame {max(newer)} is already waiting")
+        if self.policy == "drop_oldest":
+            while self.waiting:
+                idx, fut = self.waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(FrameDropped(f"frame {idx} dropped: frame {frame_index} superseded it"))
+                    self._count_drop()
+        elif len(self.waiting) >= self.cfg.max_waiting_per_stream:
+            raise StreamBusy(f"{len(self.waiting)} frames of this stream are already waiting")
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append((frame_index, fut))
+        while True:
+            stalled = self.pending
+            remaining = self.cfg.frame_timeout_s - (time.monotonic() - self.pending_since)
+            done, _ = await asyncio.wait({fut}, timeout=max(0.0, remaining))
+            if done:
+                fut.result()  # raises FrameDropped when superseded
+                return
+            if self.pending == stalled:  # the frame in flight died or stalled: take over
+                self.leave(failed=True)
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self.dropped_unreported += 1
+
+    def leave(self, failed: bool = False) -> None:
+        """End the frame in flight and hand the stream to the next waiting frame, if any."""
+        if failed:
+            self.on_abandon()
+        self.pending = None
+        while self.waiting:
+            _, fut = self.waiting.popleft()
+            if not fut.done():
+                self.pending, self.pending_since = -1, time.monotonic()  # handed over, not yet admitted
+                fut.set_result(None)
+                return
+
+    def close(self, why: str) -> None:
+        """The stream is reset or deleted: every waiting frame is answered as dropped."""
+        self.pending = None
+        while self.waiting:
+            _, fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_exception(FrameDropped(f"frame dropped: {why}"))
