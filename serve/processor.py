@@ -57,11 +57,11 @@ class FrameRouter:
             result = await result if asyncio.iscoroutine(result) else result
             return [result] if stream_id is None else result
         targets = self.workers if stream_id is None else [self.worker(stream_id)]
-        results = []
-        for w in targets:
-            results.append(await with_retry(lambda w=w: getattr(w, method).remote(*args), "stream worker",
-                                            self.serving.fault_retry_s))  # fmt: skip
-        return results if stream_id is None else results[0]
+        retry_s = self.serving.fault_retry_s
+        results = await asyncio.gather(
+            *(with_retry(lambda w=w: getattr(w, method).remote(*args), "stream worker", retry_s) for w in targets)
+        )
+        return list(results) if stream_id is None else results[0]
 
     async def process(
         self, stream_id: str, body: bytes, index: int | None, ts: float | None, policy: str | None = None
