@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from posefleet.config import PipelineConfig, load_pipeline_config
@@ -31,6 +32,12 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         overrides["detect_every"] = args.detect_every
     try:
         return load_pipeline_config(args.preset, args.config, overrides)
+    except ValidationError as exc:  # one line a problem: where, and what
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'pipeline'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise CliError(f"bad configuration: {problems}") from exc
     except (ValueError, OSError) as exc:
         raise CliError(f"bad configuration: {exc}") from exc
 

@@ -83,3 +83,25 @@ def test_submit_to_an_address_with_no_server_says_so(tmp_path: Path) -> None:
     proc = posefleet("submit", str(DATA / "demo.mp4"), "--url", f"http://127.0.0.1:{port}", "-q", cwd=tmp_path)
     assert proc.returncode == 2
     assert "cannot reach" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_several_sources_batches_them_into_one_results_file_each(tmp_path: Path) -> None:
+    clip, demo = str(DATA / "test_video_structuralize.mp4"), str(DATA / "demo.mp4")
+    proc = posefleet("run", clip, demo, clip, "--max-frames", "6", "--out", str(tmp_path / "runs"), "-q",
+                     cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert files == ["demo.jsonl", "test_video_structuralize-1.jsonl", "test_video_structuralize-2.jsonl"]
+    one, two = ([json.loads(x) for x in (tmp_path / "runs" / f).read_text().splitlines()] for f in files[1:])
+    assert [r["people"] for r in one] == [r["people"] for r in two]  # same frames, same people, own ids
+    assert len((tmp_path / "runs" / "demo.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    clip = str(DATA / "demo.mp4")
+    proc = posefleet("run", clip, "--detect-every", "3", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "detect_every must be 1" in proc.stderr and "pydantic" not in proc.stderr
+    (tmp_path / "bad.yaml").write_text("pipeline:\n  detector: {input_size: 250}\n")
+    proc = posefleet("run", clip, "--config", str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "detector: movenet input_size must be a multiple of 32" in proc.stderr
