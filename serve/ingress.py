@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -371,6 +371,17 @@ class Ingress:
                 await websocket.send_text(await task)
 
         sender = asyncio.create_task(send_in_order())
+
+        async def queue(answer: Awaitable[str]) -> bool:
+            """Line an answer up behind the earlier ones (waiting while ws_max_inflight are unanswered);
+            False once the sender has stopped (the client went away), so nothing waits forever."""
+            put = asyncio.ensure_future(answers.put(answer))
+            done, _ = await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if put not in done:
+                put.cancel()
+                return False
+            return True
+
         try:
             while not sender.done():
                 message = await websocket.receive()
@@ -379,16 +390,17 @@ class Ingress:
                 try:
                     meta, data = _socket_frame_message(message)
                 except ValueError as exc:
-                    await answers.put(_done(_answer_json(stream_id, 422, str(exc))))
-                    continue
-                work = self._socket_frame(stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy)
-                await answers.put(asyncio.create_task(work))  # waits while ws_max_inflight are unanswered
-            await answers.put(None)
-            await sender
+                    answer: Awaitable[str] = _done(_answer_json(stream_id, 422, str(exc)))
+                else:
+                    answer = asyncio.create_task(
+                        self._socket_frame(stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy)
+                    )
+                if not await queue(answer):
+                    break
         except (WebSocketDisconnect, RuntimeError):
-            pass  # the client went away; what is still in flight finishes in its worker
+            pass  # the client went away; what is still in flight finishes where its stream lives
         finally:
-            sender.cancel()
+            sender.cancel()  # nobody left to answer
 
     async def _socket_frame(self, stream_id: str, data: bytes, index: int | None, ts: float | None,
                             policy: str | None) -> str:  # fmt: skip

@@ -263,3 +263,25 @@ def test_websocket_answers_bad_frames_in_order_and_goes_on(server: dict) -> None
     assert answers[5]["frame_index"] == 1 and [p["track_id"] for p in answers[5]["people"]] == [
         p["track_id"] for p in answers[0]["people"]
     ]
+
+
+def test_a_websocket_client_that_never_reads_and_leaves_holds_nothing(server: dict) -> None:
+    import websockets
+
+    frame = encode_jpeg(video_frames("test_video_structuralize.mp4", 1)[0])
+
+    async def flood_and_leave() -> None:
+        url = server["url"].replace("http://", "ws://") + "/v1/streams/ws-rude/ws?policy=wait"
+        ws = await websockets.connect(url, max_size=2**24)
+        for i in range(12):  # far more than ws_max_inflight, answers never read
+            await ws.send(b'{"frame_index": %d}\n' % i + frame)
+        ws.transport.abort()  # gone without a close handshake
+
+    asyncio.run(flood_and_leave())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server['url']}/v1/stats").json()["inflight_frames"] == 0:
+            break
+        time.sleep(0.5)
+    assert httpx.get(f"{server['url']}/v1/stats").json()["inflight_frames"] == 0
+    assert post(server["url"], "after-rude", frame, 0).status_code == 200
