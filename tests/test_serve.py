@@ -92,6 +92,28 @@ def test_every_transport_returns_what_the_in_process_pipeline_returns(server: di
             np.testing.assert_allclose(a.box, b.box, atol=0.05)
             np.testing.assert_allclose(np.array(a.keypoints), np.array(b.keypoints), atol=0.05)
     assert sum(len(r.people) for r in served) >= 20
+    # each frame's own index and timestamp travel with it, gaps included (not "the stream's next")
+    sent = [(100 + 3 * k, 10.5 + k, frames[k]) for k in range(3)]
+    answers = asyncio.run(send_with(server["url"], transport, stream, sent))
+    assert [(a["frame_index"], a["timestamp"]) for a in answers] == [(i, ts) for i, ts, _ in sent], answers
+
+
+async def send_with(url: str, transport: str, stream: str, frames: list[tuple[int, float, bytes]]) -> list[dict]:
+    """Frames sent one after another through the client's own sender for ``transport``."""
+    from posefleet.serve.client import BatchSender, HttpSender, SocketSender
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        sender = {"ws": lambda: SocketSender(url, {}, 60), "http": lambda: HttpSender(client, url, {}),
+                  "batch": lambda: BatchSender(client, url, {})}[transport]()  # fmt: skip
+        try:
+            answers = []
+            for index, ts, data in frames:
+                status, text = await sender.send(stream, index, ts, data)
+                assert status == 200, text
+                answers.append(json.loads(text))
+            return answers
+        finally:
+            await sender.close()
 
 
 def test_bad_requests_get_4xx_and_leave_other_streams_alone(server: dict) -> None:
