@@ -65,7 +65,7 @@ def predict_coco(pipeline: Pipeline, gt: dict[str, Any], image_dir: str | Path) 
             raise FileNotFoundError(Path(image_dir) / im["file_name"])
         result = pipeline.process(f"eval-{n}", image, 0)
         results += coco_results([(im["id"], result)])
-        pipeline.streams.pop(f"eval-{n}")
+        pipeline.forget(f"eval-{n}")
     return results
 
 

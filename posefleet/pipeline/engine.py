@@ -32,6 +32,10 @@ class Pipeline:
             self.streams[stream_id] = StreamState(self.cfg)
         return self.streams[stream_id]
 
+    def forget(self, stream_id: str) -> None:
+        """Drop a stream's state (its next frame starts a new stream)."""
+        self.streams.pop(stream_id, None)
+
     def process_bytes(
         self, stream_id: str, data: bytes, frame_index: int | None = None, timestamp: float | None = None
     ) -> FrameResult:

@@ -177,11 +177,21 @@ def run_sync(steps: Steps, models: Callable[[ModelCall], list]) -> list[FrameRes
         return done.value
 
 
-async def run_async(steps: Steps, models: Callable[[ModelCall], Awaitable[list]]) -> list[FrameResult]:
-    """Drive :meth:`FramePipeline.steps` with models awaited (batched in this actor, or Serve handles)."""
+async def run_async(
+    steps: Steps, models: Callable[[ModelCall], Awaitable[list]], check: Callable[[], None] | None = None
+) -> list[FrameResult]:
+    """Drive :meth:`FramePipeline.steps` with models awaited (batched in this process, or Serve handles).
+    ``check`` runs after each model call, before the steps go on; what it raises stops them there."""
     try:
         call = next(steps)
         while True:
-            call = steps.send(await models(call))
+            outputs = await models(call)
+            if check is not None:
+                try:
+                    check()
+                except BaseException:
+                    steps.close()
+                    raise
+            call = steps.send(outputs)
     except StopIteration as done:
         return done.value

@@ -61,7 +61,7 @@ class StreamState:
         self.frames_since_detect = 0
         self.force_detect = True
         self.smoothers: dict[int, OneEuroFilter] = {}
-        self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3]
+        self.keypoints: dict[int, np.ndarray] = {}  # top-down: each live track's latest keypoints [17, 3]
 
     # -- step 1 -------------------------------------------------------------------------------
     def check_order(self, frame_index: int) -> None:
@@ -81,8 +81,8 @@ class StreamState:
             return FramePlan(frame_index, detect=True)
         self.frames_since_detect += 1
         plan = _tracks_to_plan(FramePlan(frame_index, detect=False), self.tracker.carry(), use_det_box=False)
-        plan.keypoints = np.stack([self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids] + [_NO_KEYPOINTS])
-        plan.keypoints = plan.keypoints[:-1]  # (the extra row lets a frame with no tracks stack too)
+        kept = [self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids]
+        plan.keypoints = np.stack(kept) if kept else np.zeros((0, 17, 3), np.float32)
         return plan
 
     # -- step 2 -------------------------------------------------------------------------------
@@ -132,8 +132,9 @@ class StreamState:
                     keypoints=[(round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps],
                 )
             )
-        for i, tid in enumerate(plan.track_ids):
-            self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
+        if self.cfg.pose_source == "top-down":  # the next carried frame aligns its crops by them
+            for i, tid in enumerate(plan.track_ids):
+                self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
         self.smoothers = {k: v for k, v in self.smoothers.items() if k in live}
         self.keypoints = {k: v for k, v in self.keypoints.items() if k in live}

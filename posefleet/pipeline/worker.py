@@ -26,7 +26,7 @@ from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, 
 from posefleet.errors import FrameAbandoned, FrameDropped, ImageError
 from posefleet.image_io import decode_image, encode_jpeg
 from posefleet.pipeline.admission import Policy, Turnstile
-from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, Steps
+from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
 
@@ -117,7 +117,7 @@ class StreamWorker:
             raise
         try:
             steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
-            [result] = await self._drive(steps, stream, index)
+            [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
         except FrameAbandoned:
             raise
         except BaseException:
@@ -133,19 +133,11 @@ class StreamWorker:
             await self.checkpoints.put(stream_id, stream.state.state_dict())
         return Served(result, await self._thumbnail(stream, image))
 
-    async def _drive(self, steps: Steps, stream: _Stream, index: int) -> list[FrameResult]:
-        """Run the pipeline's steps; if the frame was abandoned during a model call, stop before it
-        touches the stream's state again (the next frame owns it now)."""
-        try:
-            call = next(steps)
-            while True:
-                outputs = await self.models(call)
-                if not stream.gate.holds(index):
-                    steps.close()
-                    raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
-                call = steps.send(outputs)
-        except StopIteration as done:
-            return done.value
+    def _still_held(self, stream: _Stream, index: int) -> None:
+        """After a model call: if the frame was abandoned meanwhile, stop before it touches the stream's
+        state again (the next frame owns it now)."""
+        if not stream.gate.holds(index):
+            raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
 
     async def _thumbnail(self, stream: _Stream, image: np.ndarray) -> bytes | None:
         if self.thumbnails is None:
