@@ -95,15 +95,16 @@ class Sender(Protocol):
 class HttpSender:
     """``POST /v1/streams/{id}/frames``, one request a frame."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]):
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str], policy: str | None = None):
         self.client, self.url, self.headers = client, url.rstrip("/"), headers
+        self.policy = {"policy": policy} if policy else {}
 
     async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer:
         try:
             resp = await self.client.post(
                 f"{self.url}/v1/streams/{stream}/frames",
                 content=data,
-                params={"frame_index": index, "timestamp": round(timestamp, 6)},
+                params={"frame_index": index, "timestamp": round(timestamp, 6), **self.policy},
                 headers={"content-type": "image/jpeg", **self.headers},
             )
         except httpx.TransportError:
@@ -124,9 +125,10 @@ class _Socket:
 class SocketSender:
     """``WS /v1/streams/{id}/ws``: one connection per stream; answers come back in send order."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout_s: float):
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, policy: str | None = None):
         self.url = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         self.headers, self.timeout_s = headers, timeout_s
+        self.query = f"?policy={policy}" if policy else ""
         self.sockets: dict[str, _Socket] = {}
         self.opening: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
@@ -135,7 +137,7 @@ class SocketSender:
             sock = self.sockets.get(stream)
             if sock is None:
                 ws = await websockets.connect(
-                    f"{self.url}/v1/streams/{stream}/ws", additional_headers=self.headers, max_size=2**24,
+                    f"{self.url}/v1/streams/{stream}/ws{self.query}", additional_headers=self.headers, max_size=2**24,
                     open_timeout=self.timeout_s,
                 )  # fmt: skip
                 sock = self.sockets[stream] = _Socket(ws)
@@ -181,36 +183,55 @@ class SocketSender:
 
 class BatchSender:
     """``POST /v1/frames``: frames of every stream that are due together go in one multipart request
-    (whatever queued while the previous request was out); ``concurrency`` requests at a time."""
+    (whatever queued while the previous request was out); ``concurrency`` requests at a time, but a
+    stream's frames are never in two requests at once, so they reach the server in order."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str], max_frames: int = 64,
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: dict[str, str], policy: str | None = None,
+                 max_frames: int = 64,
                  concurrency: int = 2):  # fmt: skip
         self.client, self.url, self.headers = client, url.rstrip("/"), headers
+        self.params = {"policy": policy} if policy else {}
         self.max_frames = max_frames
         self.queue: collections.deque = collections.deque()
         self.slots = asyncio.Semaphore(concurrency)
+        self.sending: set[str] = set()  # streams with frames in a request now
         self.tasks: set[asyncio.Task] = set()
 
     async def send(self, stream: str, index: int, timestamp: float, data: bytes) -> Answer:
         fut = asyncio.get_running_loop().create_future()
         self.queue.append((stream, index, timestamp, data, fut))
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
         task = asyncio.create_task(self._post())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return await fut
+
+    def _take(self) -> list[tuple]:
+        """Queued frames of the streams not in a request now, in order, up to ``max_frames``."""
+        batch, left = [], collections.deque()
+        while self.queue:
+            item = self.queue.popleft()
+            (batch if item[0] not in self.sending and len(batch) < self.max_frames else left).append(item)
+        self.queue = left
+        return batch
 
     async def _post(self) -> None:
         async with self.slots:
-            batch = [self.queue.popleft() for _ in range(min(self.max_frames, len(self.queue)))]
+            batch = self._take()
             if not batch:
                 return
+            streams = {item[0] for item in batch}
+            self.sending |= streams
             files = [
                 (stream, (f"{index}.jpg", data, "image/jpeg",
                           {"x-frame-index": str(index), "x-timestamp": f"{timestamp:.6f}"}))
                 for stream, index, timestamp, data, _ in batch
             ]  # fmt: skip
             try:
-                resp = await self.client.post(f"{self.url}/v1/frames", files=files, headers=self.headers)
+                resp = await self.client.post(f"{self.url}/v1/frames", files=files, headers=self.headers,
+                                              params=self.params)  # fmt: skip
             except httpx.TransportError:
                 answers: list[Answer] = [(0, "")] * len(batch)
             else:
@@ -223,6 +244,9 @@ class BatchSender:
                     ]
             for (*_, fut), answer in zip(batch, answers, strict=True):
                 fut.set_result(answer)
+            self.sending -= streams
+        if self.queue:  # frames held back while their stream was in this request
+            self._kick()
 
     async def close(self) -> None:
         if self.tasks:
@@ -330,10 +354,12 @@ async def submit(
     limits = httpx.Limits(max_connections=len(jobs) + 4, max_keepalive_connections=len(jobs) + 4)
     try:
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+            # every frame wanted, never more unanswered than max_inflight: frames queue, none is superseded
+            policy = "wait" if max_rate else None
             sender: Sender = (
-                SocketSender(url, headers, timeout_s) if transport == "ws"
-                else BatchSender(client, url, headers) if transport == "batch"
-                else HttpSender(client, url, headers)
+                SocketSender(url, headers, timeout_s, policy) if transport == "ws"
+                else BatchSender(client, url, headers, policy) if transport == "batch"
+                else HttpSender(client, url, headers, policy)
             )  # fmt: skip
             with tqdm(total=total, unit="frame", desc="submit", disable=not progress) as bar:
                 tasks = []

@@ -306,7 +306,12 @@ class Ingress:
         dependencies=AUTH,
         openapi_extra={"requestBody": FRAMES_BODY},
     )
-    async def post_frames(self, request: Request, response: Response) -> BatchAnswer:
+    async def post_frames(
+        self,
+        request: Request,
+        response: Response,
+        policy: Annotated[Policy | None, Query(description="set the overload policy of every stream sent")] = None,
+    ) -> BatchAnswer:
         """Several frames of one or many streams in one request; an answer per frame, in the request's
         order. Streams run concurrently, a stream's frames one after another."""
         response.headers["x-served-by"] = self.node
@@ -332,7 +337,7 @@ class Ingress:
                 try:
                     index = _header_number(upload.headers.get("x-frame-index"), int)
                     ts = _header_number(upload.headers.get("x-timestamp"), float)
-                    result = await self._frame(stream_id, await upload.read(), index, ts, None)
+                    result = await self._frame(stream_id, await upload.read(), index, ts, policy)
                     answers[i] = FrameAnswer(stream_id=stream_id, status=200, result=result)
                 except PosefleetError as exc:
                     answers[i] = FrameAnswer(stream_id=stream_id, status=exc.status, detail=str(exc))

@@ -290,3 +290,13 @@ def test_a_websocket_client_that_never_reads_and_leaves_holds_nothing(server: di
         time.sleep(0.5)
     assert httpx.get(f"{server['url']}/v1/stats").json()["inflight_frames"] == 0
     assert post(server["url"], "after-rude", frame, 0).status_code == 200
+
+
+@pytest.mark.parametrize("transport", ["ws", "http", "batch"])
+def test_max_rate_with_several_frames_in_flight_loses_none(server: dict, transport: str) -> None:
+    """--max-rate promises every frame: frames in flight queue behind each other, none is superseded."""
+    reports = asyncio.run(submit(server["url"], [(f"all-{transport}", CLIP)], max_rate=True, max_inflight=4,
+                                 max_frames=16, progress=False, keep=True, transport=transport))  # fmt: skip
+    report = reports[0]
+    assert (report.frames, report.dropped, report.errors) == (16, 0, {}), report.line()
+    assert [r.frame_index for r in report.results] == list(range(16))
