@@ -218,3 +218,25 @@ def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpe
     assert lost.ids_restarted and not lost.state_recovered
     assert not fresh.ids_restarted and not fresh.state_recovered
     assert not again.state_recovered  # said once
+
+
+class SlowFirstLookup(CheckpointStore):
+    """A real checkpoint store whose first lookup is the slowest, as a remote one can be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays = [0.2, 0.0]
+
+    async def get(self, stream_id: str) -> dict[str, Any] | None:
+        await asyncio.sleep(self.delays.pop(0) if self.delays else 0.0)
+        return await super().get(stream_id)
+
+
+def test_first_frames_of_a_stream_on_a_restarted_worker_keep_their_order(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> list:
+        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(overload_policy="wait"),
+                         SlowModels(engine), SlowFirstLookup(), restarted=True)  # fmt: skip
+        served = await asyncio.gather(*(w.process("new", jpegs[i], i) for i in range(4)))
+        return [s.result.frame_index for s in served]
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]  # none refused as out of order

@@ -84,6 +84,7 @@ class StreamWorker:
         self.checkpoints = checkpoints
         self.restarted = restarted
         self.streams: dict[str, _Stream] = {}
+        self.loading: dict[str, asyncio.Future] = {}  # streams whose checkpoint is being looked up
 
     # -- a frame ------------------------------------------------------------------------------
     async def process(
@@ -156,22 +157,33 @@ class StreamWorker:
 
     # -- admission ----------------------------------------------------------------------------
     async def _get(self, stream_id: str, frame_index: int | None) -> _Stream:
+        """The stream, created (or restored from its checkpoint) by its first frame. Frames arriving while
+        that checkpoint is looked up wait for the one lookup and go on in the order they came."""
         s = self.streams.get(stream_id)
         if s is not None:
             return s
-        s = _Stream(StreamState(self.cfg), self.admission, self.admission.overload_policy)
-        if self.restarted and self.checkpoints is not None:
-            state = await self.checkpoints.get(stream_id)
-            if stream_id in self.streams:  # another frame restored it meanwhile
-                return self.streams[stream_id]
-            if state is not None:
-                s.state = StreamState.from_state(self.cfg, state)
-                s.state.force_detect = True
-                s.state_recovered = True
-            elif frame_index:
-                s.ids_restarted = True  # frames came before, but their tracks are gone
-        self.streams[stream_id] = s
-        return s
+        loading = self.loading.get(stream_id)
+        if loading is not None:
+            return await asyncio.shield(loading)  # waiters resume in arrival order
+        self.loading[stream_id] = loading = asyncio.get_running_loop().create_future()
+        try:
+            s = _Stream(StreamState(self.cfg), self.admission, self.admission.overload_policy)
+            if self.restarted and self.checkpoints is not None:
+                state = await self.checkpoints.get(stream_id)
+                if state is not None:
+                    s.state = StreamState.from_state(self.cfg, state)
+                    s.state.force_detect = True
+                    s.state_recovered = True
+                elif frame_index:
+                    s.ids_restarted = True  # frames came before, but their tracks are gone
+            self.streams[stream_id] = s
+            loading.set_result(s)
+            return s
+        except BaseException as exc:
+            loading.set_exception(exc)
+            raise
+        finally:
+            del self.loading[stream_id]
 
     async def admit(self, stream_id: str, frame_index: int | None, policy: Policy | None) -> tuple[_Stream, int]:
         """Wait for the stream's turn and check the frame's order; the frame is then the stream's one in
