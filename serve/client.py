@@ -356,6 +356,10 @@ async def submit(
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
             # every frame wanted, never more unanswered than max_inflight: frames queue, none is superseded
             policy = "wait" if max_rate else None
+            if max_rate and transport == "http":
+                # separate POSTs have no order on the way (the proxy may pass a later one first, and the
+                # server cannot tell a late frame from a gap): one at a time keeps a stream's order
+                max_inflight = 1
             sender: Sender = (
                 SocketSender(url, headers, timeout_s, policy) if transport == "ws"
                 else BatchSender(client, url, headers, policy) if transport == "batch"
