@@ -11,7 +11,6 @@ nodes: ``@serve.batch`` across every worker's frames).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import warnings
@@ -71,11 +70,11 @@ class _RemoteCheckpoints:
 
     def __init__(self, handle: ray.actor.ActorHandle, flush_s: float):
         self.handle, self.flush_s = handle, flush_s
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, dict[str, Any] | None] = {}  # None: delete the stream's
         self.flusher: asyncio.Task | None = None
         self.puts = 0  # Ray calls made
 
-    async def put(self, stream_id: str, state: dict[str, Any]) -> None:
+    async def put(self, stream_id: str, state: dict[str, Any] | None) -> None:
         self.pending[stream_id] = state
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flush_later())
@@ -87,17 +86,8 @@ class _RemoteCheckpoints:
             self.handle.put_many.remote(states)  # fire and forget: never slows a frame
             self.puts += 1
 
-    async def get(self, stream_id: str) -> dict[str, Any] | None:
-        if stream_id in self.pending:
-            return self.pending[stream_id]
-        try:
-            return await self.handle.get.remote(stream_id)
-        except ray.exceptions.RayActorError:
-            return None
-
     async def delete(self, stream_id: str) -> None:
-        self.pending.pop(stream_id, None)
-        self.handle.delete.remote(stream_id)
+        await self.put(stream_id, None)  # with the next flush: evicting many streams costs one call
 
 
 class WorkerHost:
@@ -110,8 +100,9 @@ class WorkerHost:
         serving: ServingConfig,
         store: ray.actor.ActorHandle | None,
         models: tuple[Any, Any] | None = None,
-        restarted: bool = False,
+        restored: dict[str, dict[str, Any]] | None = None,
     ):
+        """``restored``: the states of this holder's streams after a restart (None: a first start)."""
         if models is None:
             batch_size = metrics.get().batch_size
             self.queued: QueuedModels | None = QueuedModels(
@@ -123,18 +114,18 @@ class WorkerHost:
         else:
             self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
         self.checkpoints = _RemoteCheckpoints(store, serving.checkpoints.flush_s) if store is not None else None
-        self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restarted,
-                                   serving.checkpoints, serving.viewer)  # fmt: skip
+        self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restored,
+                                   serving.checkpoints, serving.viewer, serving.limits)  # fmt: skip
 
     async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
-                      policy: str | None) -> Served:  # fmt: skip
-        return await self.worker.process(stream_id, body, index, ts, policy)  # type: ignore[arg-type]
+                      policy: str | None, client: str = "") -> Served:  # fmt: skip
+        return await self.worker.process(stream_id, body, index, ts, policy, client)  # type: ignore[arg-type]
 
     def describe(self, stream_id: str) -> dict[str, Any] | None:
         return self.worker.describe(stream_id)
 
-    def list_streams(self) -> list[dict[str, Any]]:
-        return self.worker.list_streams()
+    def list_streams(self, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.worker.list_streams(after, limit)
 
     async def reset(self, stream_id: str) -> bool:
         return await self.worker.reset(stream_id)
@@ -154,23 +145,19 @@ class WorkerHost:
 
 @ray.remote
 class StreamWorkerActor(WorkerHost):
-    """A :class:`WorkerHost` as a Ray actor; knows when Ray restarted it."""
+    """A :class:`WorkerHost` as a Ray actor, worker ``shard`` of ``serving.workers``; when Ray restarts it,
+    it takes back its streams from the checkpoint actor."""
 
     def __init__(self, cfg: PipelineConfig, serving: ServingConfig, store: ray.actor.ActorHandle | None,
-                 models: tuple[Any, Any] | None = None):  # fmt: skip
+                 models: tuple[Any, Any] | None = None, shard: int = 0):  # fmt: skip
         with warnings.catch_warnings():  # Ray's own body of this public call uses a deprecated property
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        super().__init__(cfg, serving, store, models, restarted)
+        restored = ray.get(store.share.remote(shard, serving.workers)) if restarted and store is not None else None
+        super().__init__(cfg, serving, store, models, restored)
 
 
 CheckpointActor = ray.remote(CheckpointStore)
-
-
-def shard_of(stream_id: str, shards: int) -> int:
-    """Stable across processes and restarts (unlike ``hash``), and spread even for names that differ in one
-    character (crc32 sent all of ``cam-0``..``cam-3`` to the same one of two workers)."""
-    return int.from_bytes(hashlib.blake2b(stream_id.encode(), digest_size=8).digest(), "big") % shards
 
 
 def checkpoint_store(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
@@ -206,6 +193,6 @@ def worker_pool(
             max_task_retries=0,
             max_concurrency=1000,
             scheduling_strategy=placement(i),
-        ).remote(cfg, serving, store, models)
+        ).remote(cfg, serving, store, models, i)
         for i in range(serving.workers)
     ]

@@ -42,6 +42,7 @@ class ViewerHub:
         self.version = 0
         self.changed = asyncio.Event()
         self.last_viewer = float("-inf")  # monotonic time a viewer last asked for a snapshot
+        self.last_prune = 0.0
 
     def _bump(self) -> None:
         self.version += 1
@@ -67,7 +68,14 @@ class ViewerHub:
                 v.thumb_version += 1
         if updates:
             self._bump()
+        if now - self.last_prune > self.stale_after_s:  # also when nobody watches: views stay bounded
+            self._prune(now)
         return self.watched()
+
+    def _prune(self, now: float) -> None:
+        self.last_prune = now
+        for sid in [s for s, v in self.views.items() if now - v.last_seen > self.stale_after_s]:
+            del self.views[sid]
 
     def forget(self, stream_id: str) -> None:
         if self.views.pop(stream_id, None) is not None:
@@ -75,8 +83,7 @@ class ViewerHub:
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
-        for sid in [s for s, v in self.views.items() if now - v.last_seen > self.stale_after_s]:
-            del self.views[sid]
+        self._prune(now)
         streams = []
         for sid in sorted(self.views):
             v = self.views[sid]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -271,10 +273,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging_cfg = serve_cfg.get("logging_config") or {"enable_access_log": False}
     if not args.address and port_in_use(http["host"], http["port"]):
         raise CliError(f"{http['host']}:{http['port']} is already in use: stop what holds it, or pass --port")
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
+    signal.signal(signal.SIGTERM, _stop_on_signal)  # SIGTERM, like Ctrl-C, stops Serve and Ray below
+    try:
+        if args.address:
+            ray.init(address=args.address)
+        else:
+            # a loopback server keeps its Ray on loopback too: the metrics port then answers only here
+            node_ip = "127.0.0.1" if http["host"] in ("127.0.0.1", "localhost", "::1") else None
+            ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False,
+                     _node_ip_address=node_ip)  # fmt: skip
+        return _serve(args, serve_cfg, app_spec, app_cfg, application, http, logging_cfg)
+    except KeyboardInterrupt:
+        print("posefleet: stopping", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: Any, application: Any,
+           http: dict, logging_cfg: dict) -> int:  # fmt: skip
+    from ray import serve
+
     serve.start(proxy_location=serve_cfg.get("proxy_location"), http_options=http, logging_config=logging_cfg)
     name, prefix = app_spec.get("name", "posefleet"), app_spec.get("route_prefix", "/")
     serve.run(application, name=name, route_prefix=prefix, logging_config=logging_cfg)
@@ -283,24 +310,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"posefleet serving at {url} (API docs {url}/docs)", file=sys.stderr)
     if not args.address:
         print(f"Prometheus metrics: http://127.0.0.1:{args.metrics_port}/metrics", file=sys.stderr)
-    try:
-        if args.submit:
-            jobs = _submit_jobs(args.submit, None, 1)
-            args.max_rate = not args.realtime
-            args.token = app_cfg.serving.security.api_token()  # this server's own
-            reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
-            print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
-            if args.annotate:
-                _annotate_from_results(args.submit[0], reports[0].results, Path(args.annotate))
-                print(f"annotated: {args.annotate}", file=sys.stderr)
-        if args.once:
-            return 0
-        print("Ctrl-C stops the server", file=sys.stderr)
-        while True:
-            time.sleep(3600)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    if args.submit:
+        jobs = _submit_jobs(args.submit, None, 1)
+        args.max_rate = not args.realtime
+        args.token = app_cfg.serving.security.api_token()  # this server's own
+        reports = _run_submit(url, jobs, args, keep=bool(args.annotate))
+        print(f"results: {args.out}/<stream>.jsonl", file=sys.stderr)
+        if args.annotate:
+            _annotate_from_results(args.submit[0], reports[0].results, Path(args.annotate))
+            print(f"annotated: {args.annotate}", file=sys.stderr)
+    if args.once:
+        return 0
+    print("Ctrl-C (or SIGTERM) stops the server", file=sys.stderr)
+    while True:
+        time.sleep(3600)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -156,10 +156,18 @@ class PipelineConfig(_Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
     detect_every: int = Field(1, ge=1, description="run the detector every N frames, carry boxes between")
+    index_restart_gap: int = Field(
+        900, ge=1,
+        description=(
+            "a frame index this far or further behind the stream's last is a camera that restarted its count "
+            "(or that jumped far ahead by mistake): the stream's sequence restarts there, tracks kept"
+        ),
+    )  # fmt: skip
     keypoint_min_score: float = Field(0.3, ge=0.0, le=1.0, description="keypoints used to refine a box")
     keypoint_box_padding: float = Field(1.2, ge=1.0, le=2.0)
-    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images are refused")
-    max_image_side: int = Field(16384, ge=1)
+    # sized for real cameras: DCI 4K (4096x2160) at most; a legal but huge image costs seconds of CPU to decode
+    max_image_pixels: int = Field(4096 * 2160, ge=1, description="larger images are refused (413)")
+    max_image_side: int = Field(4096, ge=1, description="a wider or taller image is refused (413)")
 
     @model_validator(mode="after")
     def _source_fits(self) -> PipelineConfig:
@@ -225,6 +233,16 @@ class DeploymentSettings(_Strict):
     health_check_timeout_s: float = Field(10.0, gt=0.0)
 
 
+class IngressSettings(DeploymentSettings):
+    """The ingress caps frames, uploads, sockets and viewers itself (``serving.limits``; 503 + Retry-After
+    beyond each), so Serve's ``max_ongoing_requests`` sits above their sum: Serve never queues a frame behind
+    a viewer or an upload."""
+
+    num_cpus: float = Field(0.5, ge=0.0)
+    max_ongoing_requests: int = Field(1000, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)
+
+
 class BatchSettings(_Strict):
     max_batch_size: int = Field(8, ge=1, description="frames (detector) or crops (pose) per inference")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0)
@@ -249,6 +267,13 @@ class AdmissionConfig(_Strict):
     max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
     frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
     max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
+    max_decoding_pixels: int = Field(
+        4 * 4096 * 2160, ge=1,
+        description=(
+            "decoded pixels in flight per stream holder (ingress replica or worker); a frame beyond waits "
+            "its turn, at most frame_timeout_s, then 503: memory stays bounded whatever the mix of sizes"
+        ),
+    )  # fmt: skip
 
 
 class CheckpointConfig(_Strict):
@@ -256,6 +281,35 @@ class CheckpointConfig(_Strict):
     flush_s: float = Field(
         0.5, gt=0.0, le=10.0, description="how often a worker sends its streams' checkpoints, all in one call"
     )
+
+
+class LimitsConfig(_Strict):
+    """What a client may hold apart from frames, per client and in total on each ingress replica; beyond a
+    cap: 503 + Retry-After. A client is its bearer token (or, with auth off, its address). Long-lived
+    connections and uploads never take a frame slot (``admission.max_inflight_frames``)."""
+
+    max_viewers: int = Field(32, ge=0, description="open GET /v1/events")
+    max_viewers_per_client: int = Field(8, ge=0)
+    max_sockets: int = Field(256, ge=0, description="open frame WebSockets")
+    max_sockets_per_client: int = Field(128, ge=0)
+    max_uploads: int = Field(256, ge=1, description="request bodies being read")
+    max_uploads_per_client: int = Field(128, ge=1)
+    body_timeout_s: float = Field(
+        10.0, gt=0.0, description="a request body not read in full within this is refused (408)"
+    )
+    socket_idle_s: float = Field(120.0, gt=0.0, description="a WebSocket silent this long is closed")
+    max_streams: int = Field(
+        10_000, ge=1, description="streams held at once per stream holder (ingress replica or worker)"
+    )
+    max_streams_per_client: int = Field(5_000, ge=1, description="per client, per stream holder")
+    stream_idle_s: float = Field(
+        600.0, gt=0.0, description="a stream with no frame for this long is forgotten (state, checkpoint, view)"
+    )
+    page_size: int = Field(100, ge=1, le=10_000, description="GET /v1/streams: the default and largest page")
+
+    def held(self, frames: int) -> int:
+        """Requests the caps let one ingress replica hold open at once (beside management calls)."""
+        return self.max_viewers + self.max_sockets + self.max_uploads + frames
 
 
 class ViewerConfig(_Strict):
@@ -269,21 +323,24 @@ class ViewerConfig(_Strict):
 
 
 class SecurityConfig(_Strict):
-    auth_token: str | None = Field(None, description="bearer token; prefer auth_token_env")
+    auth_token: str | None = Field(None, description="bearer token(s), comma-separated; prefer auth_token_env")
     auth_token_env: str = Field("POSEFLEET_TOKEN", description="env var holding the bearer token")
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
 
     def api_token(self) -> str | None:
-        """The bearer token clients must send (config first, then the environment); None: no auth."""
-        return self.auth_token or os.environ.get(self.auth_token_env) or None
+        """The first bearer token (the one this server's own client sends); None: no auth."""
+        tokens = self.api_tokens()
+        return tokens[0] if tokens else None
+
+    def api_tokens(self) -> list[str]:
+        """Every bearer token accepted (config first, else the environment; comma-separated: one a client,
+        each with its own caps under ``serving.limits``); empty: no auth."""
+        raw = self.auth_token or os.environ.get(self.auth_token_env) or ""
+        return [t.strip() for t in raw.split(",") if t.strip()]
 
 
 class ServingConfig(_Strict):
-    # the ingress admits admission.max_inflight_frames frames itself; its other requests (stream management,
-    # viewer events) use the rest of max_ongoing_requests; Serve queues at most max_queued_requests
-    ingress: DeploymentSettings = Field(
-        default_factory=lambda: DeploymentSettings(num_cpus=0.5, max_ongoing_requests=64, max_queued_requests=64)
-    )
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
     detector: ModelDeploymentSettings = Field(default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5))
     pose: ModelDeploymentSettings = Field(
         default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5, batch=BatchSettings(max_batch_size=32))
@@ -308,6 +365,10 @@ class ServingConfig(_Strict):
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     viewer: ViewerConfig = Field(default_factory=ViewerConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics_per_stream: bool = Field(
+        False, description="label posefleet_frames_total by stream id (one series per stream ever seen)"
+    )
     max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
     max_batch_frames: int = Field(64, ge=1, description="frames one POST /v1/frames may carry")
     ws_max_inflight: int = Field(
@@ -317,6 +378,17 @@ class ServingConfig(_Strict):
     namespace: str = "posefleet"
     retry_after_s: int = Field(1, ge=1)
     fault_retry_s: float = Field(15.0, ge=0.0, description="retry calls to dead replicas/actors this long")
+
+    @model_validator(mode="after")
+    def _caps_fit_serve(self) -> ServingConfig:
+        held = self.limits.held(self.admission.max_inflight_frames)
+        if self.ingress.max_ongoing_requests < held:
+            raise ValueError(
+                f"ingress.max_ongoing_requests ({self.ingress.max_ongoing_requests}) must be at least the ingress's "
+                f"own caps (limits.max_viewers + max_sockets + max_uploads + admission.max_inflight_frames = {held}), "
+                "else Serve queues frames behind viewers and uploads"
+            )
+        return self
 
     @model_validator(mode="after")
     def _streams_have_one_home(self) -> ServingConfig:

@@ -41,6 +41,12 @@ class WrongContentType(PosefleetError):
     status, reason = 415, "content_type"
 
 
+class BodyTimeout(PosefleetError):
+    """The request body did not arrive in full within ``limits.body_timeout_s`` (a slow or lying upload)."""
+
+    status, reason = 408, "body_timeout"
+
+
 class FrameOrderError(PosefleetError, ValueError):
     """A frame index that is not after the stream's last one (a duplicate, or late under ``wait``)."""
 
@@ -67,6 +73,12 @@ class StreamBusy(Unavailable):
     """The stream already has as many frames waiting as its ``wait`` policy allows."""
 
     reason = "stream_busy"
+
+
+class OverCap(Unavailable):
+    """A client, or the replica, holds as many viewers, sockets, uploads or streams as its caps allow."""
+
+    reason = "cap"
 
 
 class FrameDropped(PosefleetError):

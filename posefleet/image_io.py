@@ -22,15 +22,26 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+# a JPEG's frame header comes after a few segments (APPn, DQT, DHT...); real files have under 20, and
+# fill bytes only between segments: the scan is bounded however the bytes were crafted
+_MAX_JPEG_SEGMENTS = 64
+_MAX_FILL = 64
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header, in bounded time (O(segments), not O(bytes))."""
     i, n = 2, len(data)
-    while i + 4 <= n:
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        if i + 4 > n:
+            break
         if data[i] != 0xFF:
             raise ImageError("corrupt JPEG: bad marker")
+        fill = 0
+        while data[i + 1] == 0xFF:  # fill bytes before a marker
+            i, fill = i + 1, fill + 1
+            if fill > _MAX_FILL or i + 4 > n:
+                raise ImageError("corrupt JPEG: a run of fill bytes")
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
@@ -41,6 +52,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return w, h
         i += 2 + length
+    else:
+        raise ImageError(f"corrupt JPEG: no frame header within {_MAX_JPEG_SEGMENTS} segments")
     raise ImageError("truncated or corrupt JPEG: no frame header")
 
 

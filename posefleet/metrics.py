@@ -1,6 +1,7 @@
 """Ray metrics (exported in Prometheus format by every Ray node's metrics agent).
 
-Frames per second per stream is ``rate(posefleet_frames_total[1m])`` by ``stream``.
+Frames per second is ``rate(posefleet_frames_total[1m])``; by ``stream`` only with
+``serving.metrics_per_stream`` (else its label is ``all``: one series per stream id ever seen grows without bound).
 """
 
 from __future__ import annotations

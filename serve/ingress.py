@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -31,15 +31,24 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import UploadFile
 from starlette.websockets import WebSocketDisconnect
 
 from posefleet import __version__
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import app_owner
 from posefleet.config import AppConfig
-from posefleet.errors import BodyTooLarge, PosefleetError, Unavailable, UnknownStream, WrongContentType
+from posefleet.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    OverCap,
+    PosefleetError,
+    Unavailable,
+    UnknownStream,
+    WrongContentType,
+)
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
+from posefleet.serve.capacity import Caps, client_key
+from posefleet.serve.multipart import frame_parts
 from posefleet.serve.processor import FrameRouter
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -59,16 +68,24 @@ bearer = HTTPBearer(auto_error=False, description="required when the server has 
 
 
 def token_ok(app_: FastAPI, given: str | None) -> bool:
-    """The token check of every route and transport; the token is set per replica (None: auth off)."""
-    token: str | None = getattr(app_.state, "auth_token", None)
-    return token is None or hmac.compare_digest((given or "").encode(), token.encode())
+    """The token check of every route and transport; the tokens are set per replica (none: auth off)."""
+    tokens: list[str] = getattr(app_.state, "auth_tokens", [])
+    given_b = (given or "").encode()
+    # every token compared, in constant time each: no early exit tells which one nearly matched
+    return not tokens or sum(hmac.compare_digest(given_b, t.encode()) for t in tokens) > 0
 
 
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> None:
-    if not token_ok(request.app, credentials.credentials if credentials is not None else None):
+) -> str:
+    """Check the bearer token; returns the client's name (its token's digest, or its address with auth off)."""
+    given = credentials.credentials if credentials is not None else None
+    if not token_ok(request.app, given):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return client_key(given if request.app.state.auth_tokens else None, request.client and request.client.host)
+
+
+Client = Annotated[str, Depends(require_token)]
 
 
 app = FastAPI(
@@ -90,10 +107,11 @@ AUTH = [Depends(require_token)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not a usable JPEG/PNG image"},
     401: {"description": "missing or wrong bearer token"},
+    408: {"description": "the body did not arrive in full within limits.body_timeout_s"},
     409: {"description": "duplicate or out-of-order frame index, or the frame was abandoned"},
     413: {"description": "body or image larger than the configured limits"},
     415: {"description": "content type is not image/jpeg, image/png or application/octet-stream"},
-    503: {"description": "overloaded or recovering from a fault; retry after Retry-After seconds"},
+    503: {"description": "overloaded, over a cap (serving.limits) or recovering from a fault; retry after Retry-After"},
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -188,6 +206,20 @@ async def error_answer(request: Request, exc: PosefleetError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
+class HeldStream(StreamingResponse):
+    """A streaming answer that gives back what it holds (a viewer slot) however it ends, even unstarted."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -208,9 +240,13 @@ class Ingress:
         self.metrics = self.frames.metrics
         self.inflight = 0
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
-        app.state.auth_token = s.security.api_token()
+        app.state.auth_tokens = s.security.api_tokens()
         app.state.retry_after = s.retry_after_s
-        if app.state.auth_token is None:
+        caps = s.limits
+        self.viewers = Caps("viewers", caps.max_viewers, caps.max_viewers_per_client)
+        self.sockets = Caps("sockets", caps.max_sockets, caps.max_sockets_per_client)
+        self.uploads = Caps("uploads", caps.max_uploads, caps.max_uploads_per_client)
+        if not app.state.auth_tokens:
             logging.getLogger("posefleet.ingress").warning(
                 "no API token (set %s or serving.security.auth_token): every client is admitted",
                 s.security.auth_token_env,
@@ -239,29 +275,40 @@ class Ingress:
             self.inflight -= 1
 
     async def _frame(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
-                     policy: str | None) -> FrameResult:  # fmt: skip
+                     policy: str | None, client: str) -> FrameResult:  # fmt: skip
         async with self._frame_slot():
-            return await self.frames.process(stream_id, body, index, ts, policy)
+            return await self.frames.process(stream_id, body, index, ts, policy, client)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, client: str) -> bytes:
+        """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
+        (not a frame slot) meanwhile: a slow or lying upload costs its sender, not the other streams."""
         limit = self.serving.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"body is over the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"body is over the {limit}-byte limit")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        timeout = self.serving.limits.body_timeout_s
+        with self.uploads.hold(client):
+            try:
+                return await asyncio.wait_for(read(), timeout)
+            except asyncio.TimeoutError:
+                self.metrics.frame_errors.inc(tags={"reason": BodyTimeout.reason})
+                raise BodyTimeout(f"the body did not arrive in full within {timeout:g} s") from None
 
     # -- frames: one per request ----------------------------------------------------------------
     @app.post(
         "/v1/streams/{stream_id}/frames",
         response_model=FrameResult,
         responses=ERRORS,
-        dependencies=AUTH,
         openapi_extra={"requestBody": FRAME_BODY},
     )
     async def post_frame(
@@ -269,6 +316,7 @@ class Ingress:
         stream_id: StreamId,
         request: Request,
         response: Response,
+        client: Client,
         frame_index: Annotated[
             int | None, Query(ge=0, le=MAX_FRAME_INDEX, description="default: the stream's next")
         ] = None,
@@ -293,61 +341,58 @@ class Ingress:
         if ctype not in IMAGE_TYPES:
             self.metrics.frame_errors.inc(tags={"reason": WrongContentType.reason})
             raise WrongContentType(f"content type {ctype or '(none)'!r}: send image/jpeg or image/png")
-        body = await self._read_body(request)
+        body = await self._read_body(request, client)
         index = frame_index if frame_index is not None else x_frame_index
         ts = timestamp if timestamp is not None else x_timestamp
-        return await self._frame(stream_id, body, index, ts, policy)
+        return await self._frame(stream_id, body, index, ts, policy, client)
 
     # -- frames: many per request -----------------------------------------------------------------
     @app.post(
         "/v1/frames",
         response_model=BatchAnswer,
-        responses={k: v for k, v in ERRORS.items() if k in (401, 413, 415, 503)},
-        dependencies=AUTH,
+        responses={k: v for k, v in ERRORS.items() if k in (401, 408, 413, 415, 422, 503)},
         openapi_extra={"requestBody": FRAMES_BODY},
     )
     async def post_frames(
         self,
         request: Request,
         response: Response,
+        client: Client,
         policy: Annotated[Policy | None, Query(description="set the overload policy of every stream sent")] = None,
     ) -> BatchAnswer:
         """Several frames of one or many streams in one request; an answer per frame, in the request's
         order. Streams run concurrently, a stream's frames one after another."""
         response.headers["x-served-by"] = self.node
-        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-        if ctype != "multipart/form-data":
-            raise WrongContentType(f"content type {ctype or '(none)'!r}: send multipart/form-data")
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit() or int(length) > self.serving.max_body_bytes:
-            raise BodyTooLarge(f"send a content-length of at most {self.serving.max_body_bytes} bytes")
-        form = await request.form(max_files=self.serving.max_batch_frames, max_fields=self.serving.max_batch_frames)
-        parts = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+        ctype = request.headers.get("content-type") or ""
+        if ctype.split(";")[0].strip().lower() != "multipart/form-data":
+            raise WrongContentType(f"content type {ctype.split(';')[0] or '(none)'!r}: send multipart/form-data")
+        body = await self._read_body(request, client)
+        try:  # parsing touches every byte: off the event loop
+            parts = await asyncio.to_thread(frame_parts, body, ctype, self.serving.max_batch_frames)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
         answers: list[FrameAnswer | None] = [None] * len(parts)
         by_stream: dict[str, list[int]] = {}
-        for i, (name, _) in enumerate(parts):
-            if re.fullmatch(STREAM_ID_PATTERN, name):
-                by_stream.setdefault(name, []).append(i)
+        for i, part in enumerate(parts):
+            if re.fullmatch(STREAM_ID_PATTERN, part.name):
+                by_stream.setdefault(part.name, []).append(i)
             else:
-                answers[i] = FrameAnswer(stream_id=name[:64], status=422, detail=BAD_STREAM_ID)
+                answers[i] = FrameAnswer(stream_id=part.name[:64], status=422, detail=BAD_STREAM_ID)
 
         async def one_stream(stream_id: str, idx: list[int]) -> None:
             for i in idx:
-                upload = parts[i][1]
+                part = parts[i]
                 try:
-                    index = _header_number(upload.headers.get("x-frame-index"), int)
-                    ts = _header_number(upload.headers.get("x-timestamp"), float)
-                    result = await self._frame(stream_id, await upload.read(), index, ts, policy)
+                    index = _header_number(part.headers.get("x-frame-index"), int)
+                    ts = _header_number(part.headers.get("x-timestamp"), float)
+                    result = await self._frame(stream_id, part.data, index, ts, policy, client)
                     answers[i] = FrameAnswer(stream_id=stream_id, status=200, result=result)
                 except PosefleetError as exc:
                     answers[i] = FrameAnswer(stream_id=stream_id, status=exc.status, detail=str(exc))
                 except ValueError as exc:
                     answers[i] = FrameAnswer(stream_id=stream_id, status=422, detail=str(exc))
 
-        try:
-            await asyncio.gather(*(one_stream(sid, idx) for sid, idx in by_stream.items()))
-        finally:
-            await form.close()
+        await asyncio.gather(*(one_stream(sid, idx) for sid, idx in by_stream.items()))
         return BatchAnswer(frames=[a for a in answers if a is not None])
 
     # -- frames: a WebSocket per stream ---------------------------------------------------------
@@ -368,7 +413,21 @@ class Ingress:
         if policy not in (None, "drop_oldest", "wait"):
             await websocket.close(code=1008, reason="policy must be drop_oldest or wait")
             return
-        await websocket.accept()
+        client = client_key(given if websocket.app.state.auth_tokens else None,
+                            websocket.client and websocket.client.host)  # fmt: skip
+        try:
+            self.sockets.enter(client)
+        except OverCap as exc:  # accepted to say why: a refused handshake reaches the client as a bare 403
+            await websocket.accept()
+            await websocket.close(code=1013, reason=str(exc)[:120])  # 1013: try again later
+            return
+        try:
+            await websocket.accept()
+            await self._socket_frames(websocket, stream_id, policy, client)
+        finally:
+            self.sockets.leave(client)
+
+    async def _socket_frames(self, websocket: WebSocket, stream_id: str, policy: str | None, client: str) -> None:
         answers: asyncio.Queue = asyncio.Queue(maxsize=self.serving.ws_max_inflight)
 
         async def send_in_order() -> None:
@@ -387,9 +446,14 @@ class Ingress:
                 return False
             return True
 
+        idle_s = self.serving.limits.socket_idle_s
         try:
             while not sender.done():
-                message = await websocket.receive()
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), idle_s)
+                except asyncio.TimeoutError:
+                    await websocket.close(code=1001, reason=f"no frame for {idle_s:g} s (limits.socket_idle_s)")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
@@ -397,9 +461,9 @@ class Ingress:
                 except ValueError as exc:
                     answer: Awaitable[str] = _done(_answer_json(stream_id, 422, str(exc)))
                 else:
-                    answer = asyncio.create_task(
-                        self._socket_frame(stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy)
-                    )
+                    answer = asyncio.create_task(self._socket_frame(
+                        stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy, client
+                    ))  # fmt: skip
                 if not await queue(answer):
                     break
         except (WebSocketDisconnect, RuntimeError):
@@ -408,21 +472,29 @@ class Ingress:
             sender.cancel()  # nobody left to answer
 
     async def _socket_frame(self, stream_id: str, data: bytes, index: int | None, ts: float | None,
-                            policy: str | None) -> str:  # fmt: skip
+                            policy: str | None, client: str) -> str:  # fmt: skip
         try:
             if len(data) > self.serving.max_body_bytes:
                 raise BodyTooLarge(f"frame of {len(data)} bytes is over the {self.serving.max_body_bytes}-byte limit")
-            result = await self._frame(stream_id, data, index, ts, policy)
+            result = await self._frame(stream_id, data, index, ts, policy, client)
             return result.model_dump_json()
         except PosefleetError as exc:
             return _answer_json(stream_id, exc.status, str(exc))
 
     # -- stream management ------------------------------------------------------------------
     @app.get("/v1/streams", response_model=StreamList, dependencies=AUTH)
-    async def list_streams(self) -> StreamList:
-        parts = await self.frames.call(None, "list_streams")
+    async def list_streams(
+        self,
+        after: Annotated[str | None, Query(max_length=64, description="the next_after of the page before")] = None,
+        limit: Annotated[int | None, Query(ge=1, description="page size (at most limits.page_size)")] = None,
+    ) -> StreamList:
+        """The streams held, by id, a page at a time."""
+        limit = min(limit or self.serving.limits.page_size, self.serving.limits.page_size)
+        parts = await self.frames.call(None, "list_streams", after, limit + 1)
         streams = sorted((s for p in parts for s in p), key=lambda s: s["stream_id"])
-        return StreamList(streams=[StreamInfo(**s) for s in streams])
+        page = streams[:limit]
+        more = len(streams) > limit
+        return StreamList(streams=[StreamInfo(**s) for s in page], next_after=page[-1]["stream_id"] if more else None)
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamInfo, responses={404: {}}, dependencies=AUTH)
     async def get_stream(self, stream_id: StreamId) -> StreamInfo:
@@ -451,8 +523,9 @@ class Ingress:
         """Recent batches of the models (frames and items per inference) and their providers: per stream
         worker with ``serving.models: local``, per deployment (one replica each) with ``deployments``."""
         workers = await self.frames.call(None, "batch_stats", reset)
+        held = {c.kind: c.stats() for c in (self.viewers, self.sockets, self.uploads)}
         out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models,
-                               "ray_calls": self.frames.ray_calls(), "workers": workers}  # fmt: skip
+                               "ray_calls": self.frames.ray_calls(), "workers": workers, "held": held}  # fmt: skip
         if self.detector is not None:
             models = {"detector": self.detector, "pose": self.pose}
             for name, handle in models.items():
@@ -472,12 +545,14 @@ class Ingress:
         page = resources.files("posefleet.serve").joinpath("static/viewer.html").read_text()
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/events", dependencies=AUTH, responses={200: {"content": {"text/event-stream": {}}}})
-    async def events(self, request: Request) -> StreamingResponse:
-        """Server-sent events: a snapshot of every active stream (results, FPS, p99, drops) on change."""
+    @app.get("/v1/events", responses={200: {"content": {"text/event-stream": {}}}, 503: ERRORS[503]})
+    async def events(self, request: Request, client: Client) -> StreamingResponse:
+        """Server-sent events: a snapshot of every active stream (results, FPS, p99, drops) on change.
+        Viewers are capped (``limits.max_viewers``, per client and in all) and never take a frame slot."""
         if self.hub is None:
             raise HTTPException(404, "the viewer is turned off (serving.viewer.enabled)")
         period = 1.0 / self.serving.viewer.max_hz
+        self.viewers.enter(client)
 
         async def stream() -> AsyncIterator[str]:
             version = -1
@@ -497,7 +572,8 @@ class Ingress:
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return HeldStream(stream(), lambda: self.viewers.leave(client), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store"})  # fmt: skip
 
     @app.get(
         "/v1/streams/{stream_id}/thumbnail.jpg",

@@ -17,9 +17,9 @@ from ray.util.state import list_actors
 
 from bench.local import free_port, local_app
 from conftest import DATA, video_frames
-from posefleet.actors.stream_worker import shard_of
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
+from posefleet.pipeline.worker import shard_of
 from posefleet.serve.client import submit
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out

@@ -3,14 +3,20 @@ app, leave no actor of the previous deploy running (a real Ray, a real Serve).""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import ray
 from ray import serve
 
-from bench.local import local_app
+from bench.local import free_port, local_app
 from conftest import video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
@@ -57,3 +63,68 @@ def test_redeploy_and_delete_leave_no_orphans() -> None:
 
         serve.delete("posefleet")
         assert wait_for(lambda: not posefleet_actors()), posefleet_actors()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (from /proc), Ray's daemons and agents included."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (IPv4, from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(host[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_a_signal_leaving_no_process(tmp_path: Path, sig: signal.Signals) -> None:
+    port, metrics_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "posefleet.cli", "serve", "--port", str(port), "--metrics-port", str(metrics_port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
+        assert wait_for(lambda: bool(_listening(metrics_port)), 60)
+        assert _listening(metrics_port) == {"127.0.0.1"}  # metrics (every stream's numbers) stay on loopback
+        family = _descendants(proc.pid)
+        assert len(family) >= 3  # Ray's GCS, raylet, agents, workers
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, out[-2000:]
+        assert "Traceback" not in out, out[-2000:]
+        assert wait_for(lambda: not any(_alive(p) for p in family), 30), [p for p in family if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

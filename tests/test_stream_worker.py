@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 
 from conftest import video_frames
-from posefleet.actors.stream_worker import shard_of
 from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
-from posefleet.pipeline.worker import CheckpointStore, StreamWorker
+from posefleet.pipeline.worker import CheckpointStore, StreamWorker, shard_of
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +204,18 @@ def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpe
             kept = await before.process("kept", jpegs[i], i)
             await before.process("lost", jpegs[i], i)
         await store.delete("lost")  # as if its checkpoint never arrived
-        after = StreamWorker(cfg, admission, SlowModels(engine), store, restarted=True, checkpointing=every5)
+        after = StreamWorker(
+            cfg, admission, SlowModels(engine), store, restored=store.share(0, 1), checkpointing=every5
+        )
+        listed = [s["stream_id"] for s in after.list_streams()]  # before any frame comes back
         back = await after.process("kept", jpegs[3], 3)
         lost = await after.process("lost", jpegs[3], 3)
         fresh = await after.process("new-stream", jpegs[0], 0)
         again = await after.process("kept", jpegs[4], 4)
-        return kept.result, back.result, lost.result, fresh.result, again.result
+        return listed, kept.result, back.result, lost.result, fresh.result, again.result
 
-    kept, back, lost, fresh, again = asyncio.run(scenario())
+    listed, kept, back, lost, fresh, again = asyncio.run(scenario())
+    assert listed == ["kept"]  # restored streams are listed at once, not when they next send
     assert back.state_recovered and not back.ids_restarted
     assert {p.track_id for p in back.people} == {p.track_id for p in kept.people}  # ids kept
     assert lost.ids_restarted and not lost.state_recovered
@@ -220,23 +223,11 @@ def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpe
     assert not again.state_recovered  # said once
 
 
-class SlowFirstLookup(CheckpointStore):
-    """A real checkpoint store whose first lookup is the slowest, as a remote one can be."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delays = [0.2, 0.0]
-
-    async def get(self, stream_id: str) -> dict[str, Any] | None:
-        await asyncio.sleep(self.delays.pop(0) if self.delays else 0.0)
-        return await super().get(stream_id)
-
-
-def test_first_frames_of_a_stream_on_a_restarted_worker_keep_their_order(engine: LocalModels, jpegs: list) -> None:
-    async def scenario() -> list:
-        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(overload_policy="wait"),
-                         SlowModels(engine), SlowFirstLookup(), restarted=True)  # fmt: skip
-        served = await asyncio.gather(*(w.process("new", jpegs[i], i) for i in range(4)))
-        return [s.result.frame_index for s in served]
-
-    assert asyncio.run(scenario()) == [0, 1, 2, 3]  # none refused as out of order
+def test_checkpoint_share_follows_the_workers_shards() -> None:
+    store = CheckpointStore()
+    store.put_many({f"cam-{i}": {"last_index": i} for i in range(20)})
+    shares = [store.share(k, 3) for k in range(3)]
+    assert sorted(sid for share in shares for sid in share) == sorted(store.states)
+    assert all(shard_of(sid, 3) == k for k, share in enumerate(shares) for sid in share)
+    store.put_many({"cam-0": None})  # evicted
+    assert "cam-0" not in store.share(0, 1)

@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from posefleet.config import AdmissionConfig
-from posefleet.errors import FrameDropped, StreamBusy
+from posefleet.errors import FrameDropped, StreamBusy, Unavailable
 
 Policy = Literal["drop_oldest", "wait"]
+
+
+class Ordered(Protocol):
+    """A stream's frame order (``StreamState``)."""
+
+    last_index: int
+
+    def restarts_at(self, frame_index: int) -> bool: ...
+    def check_order(self, frame_index: int) -> None: ...
 
 
 @dataclass
@@ -34,36 +44,40 @@ class Turnstile:
     dropped: int = 0
     dropped_unreported: int = 0  # told to the client with the stream's next answer
 
-    async def enter(self, frame_index: int | None, last_index: int, check_order: Callable[[int], None]) -> int:
+    async def enter(self, frame_index: int | None, order: Ordered, policy: Policy | None = None) -> int:
         """Wait for the stream's turn; the frame (its index returned) is then the one in flight.
-        Raises FrameDropped when the policy drops it, StreamBusy, or what ``check_order`` raises."""
+        Raises FrameDropped when the policy drops it, StreamBusy, or what ``order.check_order`` raises.
+        ``policy`` applies to this frame and, once it is admitted, becomes the stream's."""
+        policy = policy or self.policy
         if self.pending is not None or self.waiting:
-            await self._wait_turn(frame_index)
+            await self._wait_turn(frame_index, policy)
         else:
             self.pending, self.pending_since = -1, time.monotonic()  # reserved for this frame
+        last_index = order.last_index
         index = last_index + 1 if frame_index is None else frame_index
-        if index < last_index and self.policy == "drop_oldest":  # late: stale by the stream's policy
+        if index < last_index and policy == "drop_oldest" and not order.restarts_at(index):  # late: stale
             self.leave()
             self.dropped += 1
             raise FrameDropped(f"frame {index} dropped: frame {last_index} came before it")
         try:
-            check_order(index)  # duplicates, and late frames under wait
+            order.check_order(index)  # duplicates, and late frames under wait
         except BaseException:
             self.leave()
             raise
         self.pending, self.pending_since = index, time.monotonic()
+        self.policy = policy
         return index
 
     def holds(self, index: int) -> bool:
         """Whether ``index`` is still the frame in flight (not abandoned meanwhile)."""
         return self.pending == index
 
-    async def _wait_turn(self, frame_index: int | None) -> None:
+    async def _wait_turn(self, frame_index: int | None, policy: Policy) -> None:
         newer = [i for i, _ in self.waiting if i is not None and frame_index is not None and i > frame_index]
-        if self.policy == "drop_oldest" and newer:  # a later frame already waits: this one is the stale one
+        if policy == "drop_oldest" and newer:  # a later frame already waits: this one is the stale one
             self._count_drop()
             raise FrameDropped(f"frame {frame_index} dropped: frame {max(newer)} is already waiting")
-        if self.policy == "drop_oldest":
+        if policy == "drop_oldest":
             while self.waiting:
                 idx, fut = self.waiting.popleft()
                 if not fut.done():
@@ -72,16 +86,25 @@ class Turnstile:
         elif len(self.waiting) >= self.cfg.max_waiting_per_stream:
             raise StreamBusy(f"{len(self.waiting)} frames of this stream are already waiting")
         fut = asyncio.get_running_loop().create_future()
-        self.waiting.append((frame_index, fut))
-        while True:
-            stalled = self.pending
-            remaining = self.cfg.frame_timeout_s - (time.monotonic() - self.pending_since)
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, remaining))
-            if done:
-                fut.result()  # raises FrameDropped when superseded
-                return
-            if self.pending == stalled:  # the frame in flight died or stalled: take over
-                self.leave(failed=True)
+        entry = (frame_index, fut)
+        self.waiting.append(entry)
+        try:
+            while True:
+                stalled = self.pending
+                remaining = self.cfg.frame_timeout_s - (time.monotonic() - self.pending_since)
+                done, _ = await asyncio.wait({fut}, timeout=max(0.0, remaining))
+                if done:
+                    fut.result()  # raises FrameDropped when superseded
+                    return
+                if self.pending == stalled:  # the frame in flight died or stalled: take over
+                    self.leave(failed=True)
+        except asyncio.CancelledError:  # the client went away while this frame waited
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.leave()  # the turn was handed to this frame: pass it on
+            fut.cancel()
+            raise
 
     def _count_drop(self) -> None:
         self.dropped += 1
@@ -106,3 +129,48 @@ class Turnstile:
             _, fut = self.waiting.popleft()
             if not fut.done():
                 fut.set_exception(FrameDropped(f"frame dropped: {why}"))
+
+
+class PixelBudget:
+    """Decoded pixels in flight in one process: a frame waits (in arrival order, at most ``timeout_s``,
+    then Unavailable) until its pixels fit, so memory stays bounded whatever mix of sizes arrives."""
+
+    def __init__(self, limit: int, timeout_s: float):
+        self.limit, self.timeout_s = limit, timeout_s
+        self.used = 0
+        self.waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.limit)  # one frame alone always fits
+        if self.waiting or self.used + pixels > self.limit:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiting.append((pixels, fut))
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), self.timeout_s)
+            except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+                if fut.done():  # granted just as it gave up: give the pixels back
+                    self.used -= pixels
+                else:
+                    fut.cancel()
+                    self.waiting.remove((pixels, fut))
+                self._wake()  # a frame behind may fit now
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise Unavailable(
+                    f"{self.used} decoded pixels are in flight (limit {self.limit}); no room within {self.timeout_s} s"
+                ) from None
+        else:
+            self.used += pixels
+        try:
+            yield
+        finally:
+            self.used -= pixels
+            self._wake()
+
+    def _wake(self) -> None:
+        while self.waiting and self.used + self.waiting[0][0] <= self.limit:
+            pixels, fut = self.waiting.popleft()
+            if not fut.done():
+                self.used += pixels
+                fut.set_result(None)

@@ -49,10 +49,14 @@ class StreamInfo(BaseModel):
     next_track_id: int
     created: float
     last_seen: float
+    restored: bool = Field(False, description="restored from a checkpoint after a restart; no frame since")
 
 
 class StreamList(BaseModel):
     streams: list[StreamInfo]
+    next_after: str | None = Field(
+        None, description="more streams follow: ask again with ?after= this stream id (null: the last page)"
+    )
 
 
 class Health(BaseModel):

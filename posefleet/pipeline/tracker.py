@@ -64,15 +64,24 @@ class StreamState:
         self.keypoints: dict[int, np.ndarray] = {}  # top-down: each live track's latest keypoints [17, 3]
 
     # -- step 1 -------------------------------------------------------------------------------
+    def restarts_at(self, frame_index: int) -> bool:
+        """Whether the index is so far behind the stream's last (``index_restart_gap``) that the camera must have
+        restarted its count, or jumped far ahead by mistake before: the sequence then restarts there, so a
+        stream never stays stuck behind one bogus index."""
+        return self.last_index - frame_index >= self.cfg.index_restart_gap
+
     def check_order(self, frame_index: int) -> None:
-        if frame_index <= self.last_index:
+        if frame_index <= self.last_index and not self.restarts_at(frame_index):
             kind = "duplicate" if frame_index == self.last_index else "out-of-order"
             raise FrameOrderError(
-                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase"
+                f"{kind} frame {frame_index}: this stream is at frame {self.last_index}; frame indices must increase "
+                f"(or restart at least {self.cfg.index_restart_gap} lower)"
             )
 
     def plan(self, frame_index: int) -> FramePlan:
         self.check_order(frame_index)
+        if frame_index <= self.last_index:  # the camera restarted its count: tracks kept, boxes found again
+            self.force_detect = True
         self.last_index = frame_index
         due = self.frames_since_detect + 1 >= self.cfg.detect_every
         if self.force_detect or due or not self.tracker.active():

@@ -7,13 +7,18 @@ small picture for the viewer. So a frame reaches its stream's state in one hop a
 where the state is.
 
 A stream's state is checkpointed on its first frame and every ``checkpoints.every`` frames; a
-restarted worker restores it (ids kept, next frame re-detected). A stream that has no checkpoint
-starts over, and its next answer says its ids restarted.
+restarted worker restores every stream of its share at start (listed at once, ids kept, next frame
+re-detected). A stream that has no checkpoint starts over, and its next answer says its ids restarted.
+
+State is bounded: image headers are checked before a frame touches its stream, decoded pixels in
+flight fit a budget, streams are capped (in all and per client) and forgotten after ``stream_idle_s``
+without a frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,10 +27,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig
-from posefleet.errors import FrameAbandoned, FrameDropped, ImageError
-from posefleet.image_io import decode_image, encode_jpeg
-from posefleet.pipeline.admission import Policy, Turnstile
+from posefleet.config import AdmissionConfig, CheckpointConfig, LimitsConfig, PipelineConfig, ViewerConfig
+from posefleet.errors import FrameAbandoned, FrameDropped, OverCap
+from posefleet.image_io import check_image, decode_image, encode_jpeg
+from posefleet.pipeline.admission import PixelBudget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
@@ -35,7 +40,6 @@ AsyncModels = Callable[[ModelCall], Awaitable[list]]
 
 class Checkpoints(Protocol):
     async def put(self, stream_id: str, state: dict[str, Any]) -> None: ...
-    async def get(self, stream_id: str) -> dict[str, Any] | None: ...
     async def delete(self, stream_id: str) -> None: ...
 
 
@@ -50,8 +54,9 @@ class Served:
 class _Stream:
     """A stream as a worker holds it: its tracking state, its turnstile, its counters."""
 
-    def __init__(self, state: StreamState, admission: AdmissionConfig, policy: Policy):
+    def __init__(self, state: StreamState, admission: AdmissionConfig, policy: Policy, client: str = ""):
         self.state = state
+        self.client = client  # who created it: streams are capped per client
         self.gate = Turnstile(admission, self._abandoned, policy)
         self.frames = 0
         self.ids_restarted = self.state_recovered = False
@@ -60,6 +65,9 @@ class _Stream:
 
     def _abandoned(self) -> None:
         self.state.force_detect = True  # the frame in flight died or stalled: re-detect
+
+    def busy(self) -> bool:
+        return self.gate.pending is not None or bool(self.gate.waiting)
 
 
 class StreamWorker:
@@ -71,20 +79,29 @@ class StreamWorker:
         admission: AdmissionConfig,
         models: AsyncModels,
         checkpoints: Checkpoints | None = None,
-        restarted: bool = False,
+        restored: dict[str, dict[str, Any]] | None = None,
         checkpointing: CheckpointConfig | None = None,
         thumbnails: ViewerConfig | None = None,
+        limits: LimitsConfig | None = None,
     ):
+        """``restored``: a restarted worker's streams as their checkpoints hold them (None: a first start)."""
         self.cfg = cfg
         self.admission = admission
+        self.limits = limits or LimitsConfig()
         self.checkpointing = checkpointing or CheckpointConfig()
         self.thumbnails = thumbnails if thumbnails is not None and thumbnails.enabled else None
         self.models = models
         self.pipeline = FramePipeline(cfg)
         self.checkpoints = checkpoints
-        self.restarted = restarted
+        self.restarted = restored is not None
+        self.pixels = PixelBudget(admission.max_decoding_pixels, admission.frame_timeout_s)
         self.streams: dict[str, _Stream] = {}
-        self.loading: dict[str, asyncio.Future] = {}  # streams whose checkpoint is being looked up
+        self.per_client: dict[str, int] = {}
+        for stream_id, state in (restored or {}).items():
+            s = self._add(stream_id, StreamState.from_state(cfg, state), state.get("client", ""))
+            s.state.force_detect = s.state_recovered = True
+            s.frames = state.get("frames", 0)
+        self.sweeper: asyncio.Task | None = None
 
     # -- a frame ------------------------------------------------------------------------------
     async def process(
@@ -94,44 +111,51 @@ class StreamWorker:
         frame_index: int | None = None,
         timestamp: float | None = None,
         policy: Policy | None = None,
+        client: str = "",
     ) -> Served:
         """Encoded frame in, its result out (``dropped`` when superseded).
 
-        Raises FrameOrderError, StreamBusy, ImageError or FrameAbandoned; the stream's state changes
-        only for a frame that was admitted and decoded.
+        Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
+        stream's state changes only for a frame that was admitted and decoded.
         """
+        # the header check runs off the event loop and before the frame touches its stream
+        limits = (self.cfg.max_image_pixels, self.cfg.max_image_side)
+        _, width, height = await asyncio.to_thread(check_image, body, *limits)
+        self._start_sweeper()
         try:
-            stream, index = await self.admit(stream_id, frame_index, policy)
+            stream, index = await self.admit(stream_id, frame_index, policy, client)
         except FrameDropped as exc:  # by the stream's policy: an answer, not an error
             dropped = FrameResult(
                 stream_id=stream_id, frame_index=frame_index if frame_index is not None else -1, timestamp=timestamp,
-                width=0, height=0, dropped=True, note=str(exc),
+                width=width, height=height, dropped=True, note=str(exc),
             )  # fmt: skip
             return Served(dropped)
+        restart = index <= stream.state.last_index
         try:
-            t0 = time.perf_counter()
-            limits = (self.cfg.max_image_pixels, self.cfg.max_image_side)
-            image = await asyncio.to_thread(decode_image, body, *limits)
-            decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
-        except ImageError:
-            stream.gate.leave()
-            raise
-        try:
-            steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
-            [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
+            async with self.pixels.hold(width * height):
+                t0 = time.perf_counter()
+                image = await asyncio.to_thread(decode_image, body, *limits)
+                decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+                steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
+                [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
         except FrameAbandoned:
             raise
         except BaseException:
             if stream.gate.holds(index):
                 stream.gate.leave(failed=True)
+            if stream.state.last_index < 0 and not stream.busy() and self.streams.get(stream_id) is stream:
+                self._remove(stream_id)  # a stream exists from its first frame that was served
             raise
         stream.frames += 1
+        if restart:
+            result.note = f"frame index restarted at {index} (the stream was at {stream.state.last_index})"
         result.dropped_before = stream.gate.dropped_unreported
         result.ids_restarted, result.state_recovered = stream.ids_restarted, stream.state_recovered
         stream.gate.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
         stream.gate.leave()
         if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
-            await self.checkpoints.put(stream_id, stream.state.state_dict())
+            extra = {"client": stream.client, "frames": stream.frames}
+            await self.checkpoints.put(stream_id, stream.state.state_dict() | extra)
         return Served(result, await self._thumbnail(stream, image))
 
     def _still_held(self, stream: _Stream, index: int) -> None:
@@ -156,44 +180,64 @@ class StreamWorker:
         return encode_jpeg(small, 70)
 
     # -- admission ----------------------------------------------------------------------------
-    async def _get(self, stream_id: str, frame_index: int | None) -> _Stream:
-        """The stream, created (or restored from its checkpoint) by its first frame. Frames arriving while
-        that checkpoint is looked up wait for the one lookup and go on in the order they came."""
-        s = self.streams.get(stream_id)
-        if s is not None:
-            return s
-        loading = self.loading.get(stream_id)
-        if loading is not None:
-            return await asyncio.shield(loading)  # waiters resume in arrival order
-        self.loading[stream_id] = loading = asyncio.get_running_loop().create_future()
-        try:
-            s = _Stream(StreamState(self.cfg), self.admission, self.admission.overload_policy)
-            if self.restarted and self.checkpoints is not None:
-                state = await self.checkpoints.get(stream_id)
-                if state is not None:
-                    s.state = StreamState.from_state(self.cfg, state)
-                    s.state.force_detect = True
-                    s.state_recovered = True
-                elif frame_index:
-                    s.ids_restarted = True  # frames came before, but their tracks are gone
-            self.streams[stream_id] = s
-            loading.set_result(s)
-            return s
-        except BaseException as exc:
-            loading.set_exception(exc)
-            raise
-        finally:
-            del self.loading[stream_id]
+    def _add(self, stream_id: str, state: StreamState, client: str) -> _Stream:
+        s = self.streams[stream_id] = _Stream(state, self.admission, self.admission.overload_policy, client)
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        return s
 
-    async def admit(self, stream_id: str, frame_index: int | None, policy: Policy | None) -> tuple[_Stream, int]:
+    def _remove(self, stream_id: str) -> _Stream | None:
+        s = self.streams.pop(stream_id, None)
+        if s is not None:
+            s.gate.close("the stream was deleted")
+            left = self.per_client[s.client] - 1
+            if left:
+                self.per_client[s.client] = left
+            else:
+                del self.per_client[s.client]
+        return s
+
+    async def _new_stream(self, stream_id: str, frame_index: int | None, client: str) -> _Stream:
+        """A stream's first frame creates it, within the caps (idle streams make room first)."""
+        caps = self.limits
+        if len(self.streams) >= caps.max_streams or self.per_client.get(client, 0) >= caps.max_streams_per_client:
+            await self.evict_idle()
+        if len(self.streams) >= caps.max_streams:
+            raise OverCap(f"{len(self.streams)} streams are held here (limits.max_streams)")
+        if self.per_client.get(client, 0) >= caps.max_streams_per_client:
+            raise OverCap(f"this client holds {caps.max_streams_per_client} streams here (max_streams_per_client)")
+        s = self._add(stream_id, StreamState(self.cfg), client)
+        s.ids_restarted = self.restarted and bool(frame_index)  # frames came before, but their tracks are gone
+        return s
+
+    async def admit(
+        self, stream_id: str, frame_index: int | None, policy: Policy | None, client: str = ""
+    ) -> tuple[_Stream, int]:
         """Wait for the stream's turn and check the frame's order; the frame is then the stream's one in
-        flight. Raises FrameDropped when the policy drops it, FrameOrderError or StreamBusy."""
-        s = await self._get(stream_id, frame_index)
-        if policy is not None:
-            s.gate.policy = policy
-        index = await s.gate.enter(frame_index, s.state.last_index, s.state.check_order)
+        flight. Raises FrameDropped when the policy drops it, FrameOrderError, StreamBusy or OverCap."""
+        s = self.streams.get(stream_id) or await self._new_stream(stream_id, frame_index, client)
+        index = await s.gate.enter(frame_index, s.state, policy)
         s.last_seen = time.time()
         return s, index
+
+    # -- idle streams ---------------------------------------------------------------------------
+    async def evict_idle(self) -> list[str]:
+        """Forget streams with no frame for ``limits.stream_idle_s`` (and none in flight), checkpoints too."""
+        cutoff = time.time() - self.limits.stream_idle_s
+        idle = [sid for sid, s in self.streams.items() if s.last_seen < cutoff and not s.busy()]
+        for sid in idle:
+            await self.delete(sid)
+        return idle
+
+    def _start_sweeper(self) -> None:
+        if self.sweeper is None or self.sweeper.done():
+            self.sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Evict idle streams now and then, also when no frame comes (that is when they pile up)."""
+        period = min(self.limits.stream_idle_s / 4, 30.0)
+        while self.streams:
+            await asyncio.sleep(period)
+            await self.evict_idle()
 
     # -- management -------------------------------------------------------------------------
     def describe(self, stream_id: str) -> dict[str, Any] | None:
@@ -212,28 +256,35 @@ class StreamWorker:
             "next_track_id": tracks.next_id,
             "created": s.created,
             "last_seen": s.last_seen,
+            "restored": s.state_recovered,
         }
 
-    def list_streams(self) -> list[dict[str, Any]]:
-        return [d for sid in sorted(self.streams) if (d := self.describe(sid)) is not None]
+    def list_streams(self, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Streams by id, those after ``after``, at most ``limit``: one page of ``GET /v1/streams``."""
+        ids = sorted(sid for sid in self.streams if after is None or sid > after)
+        return [d for sid in ids[:limit] if (d := self.describe(sid)) is not None]
 
     async def reset(self, stream_id: str) -> bool:
         old = self.streams.get(stream_id)
         if old is None:
             return False
         old.gate.close("the stream was reset")
-        self.streams[stream_id] = _Stream(StreamState(self.cfg), self.admission, old.gate.policy)
+        self.streams[stream_id] = _Stream(StreamState(self.cfg), self.admission, old.gate.policy, old.client)
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return True
 
     async def delete(self, stream_id: str) -> bool:
-        s = self.streams.pop(stream_id, None)
-        if s is not None:
-            s.gate.close("the stream was deleted")
+        s = self._remove(stream_id)
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return s is not None
+
+
+def shard_of(stream_id: str, shards: int) -> int:
+    """Stable across processes and restarts (unlike ``hash``), and spread even for names that differ in one
+    character (crc32 sent all of ``cam-0``..``cam-3`` to the same one of two workers)."""
+    return int.from_bytes(hashlib.blake2b(stream_id.encode(), digest_size=8).digest(), "big") % shards
 
 
 class CheckpointStore:
@@ -245,15 +296,18 @@ class CheckpointStore:
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
         self.states[stream_id] = state
 
-    def put_many(self, states: dict[str, dict[str, Any]]) -> None:
-        """Several streams' states in one call (workers send theirs together, once a flush period)."""
-        self.states.update(states)
+    def put_many(self, states: dict[str, dict[str, Any] | None]) -> None:
+        """Several streams' states in one call (workers send theirs together, once a flush period); None
+        deletes a stream's."""
+        for stream_id, state in states.items():
+            if state is None:
+                self.states.pop(stream_id, None)
+            else:
+                self.states[stream_id] = state
 
-    def holds_any(self) -> bool:
-        return bool(self.states)
-
-    async def get(self, stream_id: str) -> dict[str, Any] | None:
-        return self.states.get(stream_id)
+    def share(self, shard: int, shards: int) -> dict[str, dict[str, Any]]:
+        """The states of the streams a worker holds (``shard_of``): a restarted worker takes them all at once."""
+        return {sid: st for sid, st in self.states.items() if shards == 1 or shard_of(sid, shards) == shard}
 
     async def delete(self, stream_id: str) -> None:
         self.states.pop(stream_id, None)
