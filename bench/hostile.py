@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import struct
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -246,6 +248,28 @@ async def many_streams(url: str, n: int, frame: bytes, token: str | None = None,
     return got
 
 
+async def quitters(url: str, n: int, frame: bytes, token: str | None = None) -> int:
+    """``n`` clients that go away with their frames in flight: POSTs given up after 5 ms, WebSockets closed
+    right after sending a few frames (the server must finish or drop them quietly). Returns how many went."""
+    import websockets
+
+    async def post(client: httpx.AsyncClient, k: int) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            await client.post(f"{url}/v1/streams/quit-{k}/frames", content=frame,
+                              headers={"content-type": "image/jpeg"}, timeout=0.005)  # fmt: skip
+
+    async def socket(k: int) -> None:
+        ws_url = url.replace("http://", "ws://") + f"/v1/streams/quit-ws-{k}/ws"
+        with contextlib.suppress(OSError, websockets.WebSocketException):
+            async with websockets.connect(ws_url, additional_headers=auth(token)) as ws:
+                for _ in range(4):
+                    await ws.send(frame)
+
+    async with httpx.AsyncClient(headers=auth(token)) as client:
+        await asyncio.gather(*(post(client, k) for k in range(n)), *(socket(k) for k in range(n)))
+    return 2 * n
+
+
 # -- fuzz ----------------------------------------------------------------------------------------------
 INTS = [0, 1, -1, 2**31 - 1, 2**31, 2**53 - 1, 2**53, 2**63, -(2**63), int("1" + "0" * 40)]
 FLOATS = ["0", "-0", "1e12", "-1e12", "1.0000001e12", "1e300", "-1e300", "nan", "inf", "-inf", "1e-320", "x", ""]
@@ -324,3 +348,65 @@ async def fuzz(url: str, n: int, frame: bytes, token: str | None = None, concurr
     async with httpx.AsyncClient(timeout=60, headers=auth(token)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return got, server_errors
+
+
+# -- the figure: python -m bench.overload --hostile ------------------------------------------------------
+VICTIM_TOKEN, ATTACKER_TOKEN = "bench-victim", "bench-attacker"
+
+
+async def _repeat(attack: Callable[[], Awaitable[Statuses]], until: float) -> Statuses:
+    """An attack over and over until ``until`` (a refused attacker comes straight back)."""
+    got: Statuses = Statuses()
+    while time.perf_counter() < until:
+        got += await attack()
+    return got
+
+
+async def hostile_mix(url: str, seconds: float, viewers_n: int = 200, uploaders_n: int = 100,
+                      senders_n: int = 4) -> dict:  # fmt: skip
+    """The victim at 10 FPS while ``viewers_n`` viewers, ``uploaders_n`` slow uploaders and ``senders_n``
+    senders of pathological bodies keep at it for ``seconds``."""
+    frame = victim_frame()
+    stop = asyncio.Event()
+    victim = Victim(url, frame, token=VICTIM_TOKEN)
+    task = asyncio.create_task(victim.run(stop))
+    await asyncio.sleep(2.0)
+    until = time.perf_counter() + seconds
+    a = ATTACKER_TOKEN
+    got = await asyncio.gather(
+        _repeat(lambda: viewers(url, viewers_n, max(1.0, until - time.perf_counter()), a), until),
+        _repeat(lambda: slow_uploaders(url, uploaders_n, min(30.0, max(1.0, until - time.perf_counter())), a), until),
+        pathological(url, senders_n, seconds, a),
+    )
+    stop.set()
+    await task
+    return {"victim": victim.summary(), "viewers": dict(got[0]), "slow_uploaders": dict(got[1]),
+            "pathological": dict(got[2])}  # fmt: skip
+
+
+async def churn(url: str, ids: int, idle_s: float, rss: Callable[[], float]) -> dict:
+    """``ids`` new stream ids, one small frame each, then wait for their eviction: RSS before, at the peak
+    and after (all processes of the server)."""
+    from tqdm import tqdm
+
+    small = encode_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(victim_frame(), np.uint8), cv2.IMREAD_COLOR), (96, 64)))
+    await many_streams(url, 64, small, VICTIM_TOKEN, prefix="warm")  # sessions and pools warmed first
+    await asyncio.sleep(idle_s * 2 + 1)
+    start_mb, peak_mb = rss(), 0.0
+    got: Statuses = Statuses()
+    step = 2048
+    t0 = time.perf_counter()
+    with tqdm(total=ids, desc="stream ids", unit="id") as bar:
+        for first in range(0, ids, step):
+            n = min(step, ids - first)
+            got += await many_streams(url, n, small, VICTIM_TOKEN, per_request=64, prefix=f"churn{first}")
+            bar.update(n)
+            peak_mb = max(peak_mb, rss())
+    sent_s = time.perf_counter() - t0
+    await asyncio.sleep(idle_s * 2 + 1)  # every id idle: evicted by the sweeper
+    async with httpx.AsyncClient(headers=auth(VICTIM_TOKEN), timeout=30) as client:
+        left = len((await client.get(f"{url}/v1/streams", params={"limit": 100})).json()["streams"])
+    end_mb = rss()
+    return {"ids": ids, "statuses": dict(got), "ids_per_s": round(ids / sent_s, 1), "streams_left": left,
+            "rss_start_mb": round(start_mb), "rss_peak_mb": round(peak_mb), "rss_end_mb": round(end_mb),
+            "rss_end_minus_start_mb": round(end_mb - start_mb)}  # fmt: skip

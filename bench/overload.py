@@ -10,6 +10,13 @@
    actor in the worker layout (Ray restarts it); either restores its streams from checkpoints.
 Prints shed/dropped counts, latency (p50/p99 overall and per 10 s window, to show it stays
 bounded) and checks that every stream's server-side state matches what the client saw.
+
+    python -m bench.overload --hostile [--duration 60] [--fuzz 10000] [--churn 100000]
+
+instead runs hostile clients (``bench/hostile.py``) against the embedded default: a victim camera at
+10 FPS beside 200 viewers, 100 slow uploaders and 4 senders of pathological bodies for ``duration``;
+then a fuzz of every parameter (counting 5xx); then ``churn`` stream ids that come and go (RSS of the
+server's processes before, at the peak and after their eviction).
 """
 
 from __future__ import annotations
@@ -62,7 +69,12 @@ def main() -> None:
     parser.add_argument("--faults", action="store_true")
     parser.add_argument("--config", help="Serve config (default configs/serve-cpu.yaml)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--hostile", action="store_true", help="hostile clients beside a victim stream instead")
+    parser.add_argument("--fuzz", type=int, default=10_000, help="with --hostile: fuzz requests")
+    parser.add_argument("--churn", type=int, default=100_000, help="with --hostile: stream ids that come and go")
     args = parser.parse_args()
+    if args.hostile:
+        return run_hostile(args)
 
     spec = load_serve_config(args.config)["applications"][0]
     with local_app(spec.get("args") or {}) as url:
@@ -110,6 +122,32 @@ def main() -> None:
         "streams_served": sum(1 for r in reports if r.frames),
     }
     print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def run_hostile(args: argparse.Namespace) -> None:
+    from bench import hostile
+    from bench.served import RssSampler
+    from posefleet.config import deep_merge
+
+    spec = load_serve_config(args.config)["applications"][0]
+    idle_s = 5.0  # streams evicted after 5 s idle, so the churn's ids are gone within the run
+    serving = {"security": {"auth_token": f"{hostile.VICTIM_TOKEN},{hostile.ATTACKER_TOKEN}"},
+               "limits": {"stream_idle_s": idle_s}}  # fmt: skip
+    out: dict = {}
+    with local_app(deep_merge(spec.get("args") or {}, {"serving": serving})) as url:
+        print(f"hostile mix for {args.duration:.0f} s ...", flush=True)
+        out["mix"] = asyncio.run(hostile.hostile_mix(url, args.duration))
+        print(json.dumps(out["mix"], indent=2), flush=True)
+        print(f"fuzz of {args.fuzz} requests ...", flush=True)
+        got, errors = asyncio.run(hostile.fuzz(url, args.fuzz, hostile.victim_frame(), hostile.VICTIM_TOKEN))
+        out["fuzz"] = {"requests": sum(got.values()), "statuses": dict(sorted(got.items())),
+                       "5xx": sum(n for s, n in got.items() if s >= 500), "first_5xx": errors}  # fmt: skip
+        print(json.dumps(out["fuzz"], indent=2), flush=True)
+        if args.churn:
+            out["churn"] = asyncio.run(hostile.churn(url, args.churn, idle_s, RssSampler.current_mb))
+            print(json.dumps(out["churn"], indent=2), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -278,10 +278,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.address:
             ray.init(address=args.address)
         else:
-            # a loopback server keeps its Ray on loopback too: the metrics port then answers only here
-            node_ip = "127.0.0.1" if http["host"] in ("127.0.0.1", "localhost", "::1") else None
-            ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False,
-                     _node_ip_address=node_ip)  # fmt: skip
+            if http["host"] in ("127.0.0.1", "localhost", "::1"):
+                _ray_on_loopback()
+            ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
+        signal.signal(signal.SIGTERM, _stop_on_signal)  # again: Ray's core worker installs its own (it aborts)
         return _serve(args, serve_cfg, app_spec, app_cfg, application, http, logging_cfg)
     except KeyboardInterrupt:
         print("posefleet: stopping", file=sys.stderr)
@@ -292,6 +292,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
+
+
+def _ray_on_loopback() -> None:
+    """A loopback server keeps its one-machine Ray on loopback too, so the metrics port (no token, every
+    stream's numbers) answers only on this machine. Ray maps 127.0.0.1 to the machine's address unless it
+    runs as a single-machine install (its default on macOS and Windows): ask for that mode, for this process
+    (already imported) and the processes it starts."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _stop_on_signal(signum: int, frame: Any) -> None:

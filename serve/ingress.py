@@ -216,6 +216,8 @@ class HeldStream(StreamingResponse):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ray.exceptions.TaskCancelledError:
+            pass  # the viewer went away: Serve cancels its receive channel (unhandled, asyncio logs it)
         finally:
             self.release()
 

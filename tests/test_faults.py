@@ -39,9 +39,10 @@ def server() -> Iterator[str]:
             "preset": "fast",
             "pipeline": {"detector": {"ort": ONE_THREAD}, "pose": {"ort": ONE_THREAD}},
             "serving": {
-                # small bounds so a burst meets both the ingress's own frame limit and Serve's queue bound
-                "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 24, "max_queued_requests": 8},
+                # small bounds so a burst meets both the ingress's own caps and Serve's queue bound
+                "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 40, "max_queued_requests": 8},
                 "admission": {"max_inflight_frames": 16},
+                "limits": {"max_viewers": 2, "max_sockets": 16, "max_uploads": 6},
                 "detector": {"num_cpus": 0.25},
                 "pose": {"num_cpus": 0.25},
                 "workers": 2,
