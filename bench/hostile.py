@@ -42,6 +42,7 @@ class Victim:
     fps: float = 10.0
     token: str | None = None
     latencies_ms: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # seconds since the victim started
     statuses: Statuses = field(default_factory=Statuses)
     skipped: int = 0
 
@@ -61,6 +62,7 @@ class Victim:
                 except httpx.HTTPError:
                     self.statuses[0] += 1
                 self.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+                self.sent_at.append(t0 - start)
                 index += 1
                 next_at = start + index * period
                 while next_at < time.perf_counter():  # late: skip the frames that were due meanwhile
@@ -68,6 +70,13 @@ class Victim:
                 with_stop = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({with_stop}, timeout=next_at - time.perf_counter())
                 with_stop.cancel()
+
+    def _windows(self, width_s: float) -> dict[str, float]:
+        by: dict[int, list[float]] = collections.defaultdict(list)
+        for t, ms in zip(self.sent_at, self.latencies_ms, strict=True):
+            by[int(t // width_s)].append(ms)
+        return {f"{k * width_s:g}-{(k + 1) * width_s:g}s": round(float(np.percentile(v, 99)), 1)
+                for k, v in sorted(by.items())}  # fmt: skip
 
     def summary(self) -> dict[str, float | int | dict]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -79,6 +88,7 @@ class Victim:
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "max_ms": round(float(lat.max()), 1),
             "skipped": self.skipped,
+            "p99_ms_per_5s": self._windows(5.0),
         }
 
 
@@ -154,10 +164,11 @@ def _post_head(url: str, path: str, length: int, token: str | None, ctype: str =
 
 
 async def slow_uploaders(url: str, n: int, seconds: float, token: str | None = None) -> Statuses:
-    """``n`` uploads of a declared 100 KB frame trickling one byte a second for ``seconds``."""
+    """``n`` uploads of a declared 100 KB frame: a JPEG's first bytes, then one byte a second for ``seconds``."""
     head = _post_head(url, "/v1/streams/slow/frames", 100_000, token)
+    start = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
     got = await asyncio.gather(*(
-        _raw_request(url, head, [b"\xff"] * int(seconds), 1.0, 30.0) for _ in range(n)
+        _raw_request(url, head, [start] + [b"\x00"] * int(seconds), 1.0, 30.0) for _ in range(n)
     ))  # fmt: skip
     return Statuses(got)
 
@@ -182,7 +193,8 @@ def bomb_png(side: int = 6300) -> bytes:
 
 
 def pathological_bodies(max_body: int = 20_000_000) -> list[tuple[str, bytes]]:
-    """Bodies meant to cost the server: header scans over megabytes, bombs, truncations, an over-size body."""
+    """Bodies meant to cost the server: header scans over megabytes, bombs, truncations, an over-size body
+    (each refused: a legal 4K frame is load, not an attack)."""
     big = min(max_body - 1, 19_000_000)
     camera_4k = encode_jpeg(np.full((2160, 3840, 3), 90, np.uint8), 80)
     return [
@@ -192,22 +204,26 @@ def pathological_bodies(max_body: int = 20_000_000) -> list[tuple[str, bytes]]:
         ("png-bomb", bomb_png()),
         ("truncated-jpeg", camera_4k[: len(camera_4k) // 2]),
         ("over-size", bytes(max_body + 1)),
-        ("legal-4k", camera_4k),
     ]
 
 
 async def pathological(url: str, senders: int, seconds: float, token: str | None = None,
-                       max_body: int = 20_000_000) -> Statuses:  # fmt: skip
-    """``senders`` clients posting :func:`pathological_bodies` in turn, back to back, for ``seconds``."""
+                       max_body: int = 20_000_000, link_mb_s: float | None = None) -> Statuses:  # fmt: skip
+    """``senders`` clients posting :func:`pathological_bodies` in turn for ``seconds``: back to back, or
+    sharing a link of ``link_mb_s`` MB/s (a remote attacker's bytes arrive no faster than its link)."""
     bodies = pathological_bodies(max_body)
     got: Statuses = Statuses()
-    stop_at = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop_at = start + seconds
 
     async def sender(k: int) -> None:
-        i = k
+        i, sent = k, 0
         async with httpx.AsyncClient(timeout=60, headers=auth(token)) as client:
             while time.perf_counter() < stop_at:
                 _, body = bodies[i % len(bodies)]
+                if link_mb_s:  # this sender's share of the link: wait until its bytes so far have passed
+                    sent += len(body)
+                    await asyncio.sleep(max(0.0, start + sent / (link_mb_s * 1e6 / senders) - time.perf_counter()))
                 try:
                     resp = await client.post(f"{url}/v1/streams/patho-{k}/frames", content=body,
                                              headers={"content-type": "image/jpeg"})  # fmt: skip
@@ -221,11 +237,11 @@ async def pathological(url: str, senders: int, seconds: float, token: str | None
 
 
 async def many_streams(url: str, n: int, frame: bytes, token: str | None = None, per_request: int = 32,
-                       prefix: str = "flood") -> Statuses:  # fmt: skip
-    """One frame each for ``n`` new stream ids, ``per_request`` to a ``POST /v1/frames``, 4 requests at a
-    time; the statuses are per frame."""
+                       prefix: str = "flood", concurrency: int = 4) -> Statuses:  # fmt: skip
+    """One frame each for ``n`` new stream ids, ``per_request`` to a ``POST /v1/frames``, ``concurrency``
+    requests at a time; the statuses are per frame."""
     got: Statuses = Statuses()
-    slots = asyncio.Semaphore(4)
+    slots = asyncio.Semaphore(concurrency)
 
     async def batch(client: httpx.AsyncClient, first: int) -> None:
         files = [
@@ -362,26 +378,47 @@ async def _repeat(attack: Callable[[], Awaitable[Statuses]], until: float) -> St
     return got
 
 
-async def hostile_mix(url: str, seconds: float, viewers_n: int = 200, uploaders_n: int = 100,
-                      senders_n: int = 4) -> dict:  # fmt: skip
-    """The victim at 10 FPS while ``viewers_n`` viewers, ``uploaders_n`` slow uploaders and ``senders_n``
-    senders of pathological bodies keep at it for ``seconds``."""
-    frame = victim_frame()
-    stop = asyncio.Event()
-    victim = Victim(url, frame, token=VICTIM_TOKEN)
-    task = asyncio.create_task(victim.run(stop))
-    await asyncio.sleep(2.0)
+def _attack(name: str, url: str, seconds: float, n: int, token: str, link_mb_s: float | None = None) -> dict:
+    """One attack, run in a process of its own (the victim's latency is the server's, not the attackers'
+    event loop pushing megabytes)."""
     until = time.perf_counter() + seconds
-    a = ATTACKER_TOKEN
-    got = await asyncio.gather(
-        _repeat(lambda: viewers(url, viewers_n, max(1.0, until - time.perf_counter()), a), until),
-        _repeat(lambda: slow_uploaders(url, uploaders_n, min(30.0, max(1.0, until - time.perf_counter())), a), until),
-        pathological(url, senders_n, seconds, a),
-    )
-    stop.set()
-    await task
-    return {"victim": victim.summary(), "viewers": dict(got[0]), "slow_uploaders": dict(got[1]),
-            "pathological": dict(got[2])}  # fmt: skip
+
+    def left() -> float:
+        return max(1.0, until - time.perf_counter())
+
+    attacks: dict[str, Callable[[], Awaitable[Statuses]]] = {
+        "viewers": lambda: _repeat(lambda: viewers(url, n, left(), token), until),
+        "slow_uploaders": lambda: _repeat(lambda: slow_uploaders(url, n, min(30.0, left()), token), until),
+        "pathological": lambda: pathological(url, n, seconds, token, link_mb_s=link_mb_s),
+    }
+    return dict(asyncio.run(attacks[name]()))
+
+
+async def hostile_mix(url: str, seconds: float, viewers_n: int = 200, uploaders_n: int = 100,
+                      senders_n: int = 4, link_mb_s: float | None = None) -> dict:  # fmt: skip
+    """The victim at 10 FPS while ``viewers_n`` viewers, ``uploaders_n`` slow uploaders and ``senders_n``
+    senders of pathological bodies (over a ``link_mb_s`` link, or loopback) keep at it for ``seconds``, each
+    attack from a process of its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    frame = victim_frame()
+    loop = asyncio.get_running_loop()
+    plan = {"viewers": viewers_n, "slow_uploaders": uploaders_n, "pathological": senders_n}
+    with ProcessPoolExecutor(len(plan), mp_context=multiprocessing.get_context("spawn")) as pool:
+        # the attackers' processes start (imports, bodies built) before the victim's clock runs
+        await asyncio.gather(*(loop.run_in_executor(pool, pathological_bodies) for _ in plan))
+        stop = asyncio.Event()
+        victim = Victim(url, frame, token=VICTIM_TOKEN)
+        task = asyncio.create_task(victim.run(stop))
+        await asyncio.sleep(2.0)
+        got = await asyncio.gather(*(
+            loop.run_in_executor(pool, _attack, name, url, seconds, n, ATTACKER_TOKEN, link_mb_s)
+            for name, n in plan.items()
+        ))  # fmt: skip
+        stop.set()
+        await task
+    return {"link_mb_s": link_mb_s, "victim": victim.summary(), **dict(zip(plan, got, strict=True))}
 
 
 async def churn(url: str, ids: int, idle_s: float, rss: Callable[[], float]) -> dict:
@@ -399,7 +436,8 @@ async def churn(url: str, ids: int, idle_s: float, rss: Callable[[], float]) -> 
     with tqdm(total=ids, desc="stream ids", unit="id") as bar:
         for first in range(0, ids, step):
             n = min(step, ids - first)
-            got += await many_streams(url, n, small, VICTIM_TOKEN, per_request=64, prefix=f"churn{first}")
+            # 2 x 24 frames at a time: within the ingress's frames in flight (48), so none is refused for that
+            got += await many_streams(url, n, small, VICTIM_TOKEN, 24, f"churn{first}", concurrency=2)
             bar.update(n)
             peak_mb = max(peak_mb, rss())
     sent_s = time.perf_counter() - t0

@@ -137,9 +137,11 @@ def run_hostile(args: argparse.Namespace) -> None:
                "limits": {"stream_idle_s": idle_s}}  # fmt: skip
     out: dict = {}
     with local_app(deep_merge(spec.get("args") or {}, {"serving": serving})) as url:
-        print(f"hostile mix for {args.duration:.0f} s ...", flush=True)
-        out["mix"] = asyncio.run(hostile.hostile_mix(url, args.duration))
-        print(json.dumps(out["mix"], indent=2), flush=True)
+        # the attackers' bytes over a 1 Gbit/s link (125 MB/s), and on loopback with no limit at all
+        for name, link in (("mix_1gbit", 125.0), ("mix_loopback", None)):
+            print(f"hostile mix for {args.duration:.0f} s, link {link or 'unlimited'} MB/s ...", flush=True)
+            out[name] = asyncio.run(hostile.hostile_mix(url, args.duration, link_mb_s=link))
+            print(json.dumps(out[name], indent=2), flush=True)
         print(f"fuzz of {args.fuzz} requests ...", flush=True)
         got, errors = asyncio.run(hostile.fuzz(url, args.fuzz, hostile.victim_frame(), hostile.VICTIM_TOKEN))
         out["fuzz"] = {"requests": sum(got.values()), "statuses": dict(sorted(got.items())),

@@ -240,7 +240,9 @@ class IngressSettings(DeploymentSettings):
 
     num_cpus: float = Field(0.5, ge=0.0)
     max_ongoing_requests: int = Field(1000, ge=1)
-    max_queued_requests: int = Field(64, ge=-1)
+    # a burst of connections (200 viewers at once) waits in Serve's router for a moment before it reaches the
+    # replica and its caps: a small queue bound there refused an honest frame in the burst
+    max_queued_requests: int = Field(1000, ge=-1)
 
 
 class BatchSettings(_Strict):

@@ -27,6 +27,10 @@ class ImageError(PosefleetError, ValueError):
     status, reason = 400, "image"
 
 
+class ImageTruncated(ImageError):
+    """The bytes end before the image header does (a part of a body may still be whole later)."""
+
+
 class ImageTooLarge(ImageError):
     """The image (by its header) is over the configured pixel or side limits."""
 

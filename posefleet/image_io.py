@@ -9,7 +9,7 @@ import struct
 import cv2
 import numpy as np
 
-from posefleet.errors import ImageError, ImageTooLarge
+from posefleet.errors import ImageError, ImageTooLarge, ImageTruncated
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -54,7 +54,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         i += 2 + length
     else:
         raise ImageError(f"corrupt JPEG: no frame header within {_MAX_JPEG_SEGMENTS} segments")
-    raise ImageError("truncated or corrupt JPEG: no frame header")
+    raise ImageTruncated("truncated or corrupt JPEG: no frame header")
 
 
 def image_size(data: bytes) -> tuple[str, int, int]:
@@ -62,7 +62,7 @@ def image_size(data: bytes) -> tuple[str, int, int]:
     fmt = sniff(data)
     if fmt == "png":
         if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageError("truncated or corrupt PNG: no IHDR header")
+            raise ImageTruncated("truncated or corrupt PNG: no IHDR header")
         w, h = struct.unpack(">II", data[16:24])
         return fmt, w, h
     if fmt == "jpeg":
@@ -70,8 +70,9 @@ def image_size(data: bytes) -> tuple[str, int, int]:
     raise ImageError("not a JPEG or PNG image")
 
 
-def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
-    """Cheap checks before any decoding: format, size limits, truncation. Returns (format, w, h)."""
+def check_header(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
+    """Format and size limits from the header alone, in bounded time; ``data`` may be the start of the
+    image only (ImageTruncated: the header goes on past it). Returns (format, w, h)."""
     if not data:
         raise ImageError("empty image")
     fmt, w, h = image_size(data)
@@ -79,6 +80,12 @@ def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, 
         raise ImageError(f"image has zero size ({w}x{h})")
     if w > max_side or h > max_side or w * h > max_pixels:
         raise ImageTooLarge(f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} px a side")
+    return fmt, w, h
+
+
+def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:
+    """Cheap checks before any decoding: format, size limits, truncation. Returns (format, w, h)."""
+    fmt, w, h = check_header(data, max_pixels, max_side)
     tail = data[-32:]
     if fmt == "jpeg" and b"\xff\xd9" not in tail:
         raise ImageError("truncated JPEG: no end-of-image marker")

@@ -40,12 +40,15 @@ from posefleet.config import AppConfig
 from posefleet.errors import (
     BodyTimeout,
     BodyTooLarge,
+    ImageError,
+    ImageTruncated,
     OverCap,
     PosefleetError,
     Unavailable,
     UnknownStream,
     WrongContentType,
 )
+from posefleet.image_io import check_header, sniff
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
 from posefleet.serve.capacity import Caps, client_key
 from posefleet.serve.multipart import frame_parts
@@ -56,6 +59,8 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # exactly, a finite timestamp within about 30,000 years of 1970
 MAX_FRAME_INDEX = 2**53 - 1
 MAX_ABS_TIMESTAMP = 1e12
+# a frame body this long is checked by its header before the rest is read (real headers end far sooner)
+EARLY_HEADER_BYTES = 1 << 20
 BAD_STREAM_ID = "invalid stream id (1-64 of A-Za-z0-9._-)"
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 Policy = Literal["drop_oldest", "wait"]
@@ -202,7 +207,9 @@ def _done(value: str) -> asyncio.Future:
 @app.exception_handler(PosefleetError)
 async def error_answer(request: Request, exc: PosefleetError) -> JSONResponse:
     """Every posefleet error as its HTTP status with the reason in ``detail`` (503s say when to retry)."""
-    headers = {"Retry-After": str(request.app.state.retry_after)} if exc.status == 503 else None
+    headers = {"Retry-After": str(request.app.state.retry_after)} if exc.status == 503 else {}
+    if getattr(exc, "body_unread", False):  # the rest of the body would be carried here for nothing
+        headers["Connection"] = "close"
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
@@ -281,21 +288,34 @@ class Ingress:
         async with self._frame_slot():
             return await self.frames.process(stream_id, body, index, ts, policy, client)
 
-    async def _read_body(self, request: Request, client: str) -> bytes:
+    async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
-        (not a frame slot) meanwhile: a slow or lying upload costs its sender, not the other streams."""
+        (not a frame slot) meanwhile: a slow or lying upload costs its sender, not the other streams.
+        An ``image`` body that is no image by its first bytes, or by its header once ``EARLY_HEADER_BYTES``
+        are in (checked in a thread, bounded), is refused there: megabytes of garbage are not read."""
         limit = self.serving.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
+            too_large = BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
+            too_large.body_unread = True  # type: ignore[attr-defined]
+            raise too_large
+        checked = sniffed = not image
 
         async def read() -> bytes:
+            nonlocal checked, sniffed
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(f"body is over the {limit}-byte limit")
                 chunks.append(chunk)
+                if not sniffed and size >= 8:
+                    sniffed = True
+                    if sniff(b"".join(chunks)[:8]) is None:
+                        raise ImageError("not a JPEG or PNG image")  # by its first bytes
+                if not checked and size >= EARLY_HEADER_BYTES:
+                    checked = True
+                    await asyncio.to_thread(self._early_header, b"".join(chunks))
             return b"".join(chunks)
 
         timeout = self.serving.limits.body_timeout_s
@@ -304,7 +324,17 @@ class Ingress:
                 return await asyncio.wait_for(read(), timeout)
             except asyncio.TimeoutError:
                 self.metrics.frame_errors.inc(tags={"reason": BodyTimeout.reason})
-                raise BodyTimeout(f"the body did not arrive in full within {timeout:g} s") from None
+                exc: PosefleetError = BodyTimeout(f"the body did not arrive in full within {timeout:g} s")
+                exc.body_unread = True  # type: ignore[attr-defined]
+                raise exc from None
+            except PosefleetError as refused:  # refused before its end: the connection closes after the answer
+                refused.body_unread = True  # type: ignore[attr-defined]
+                self.metrics.frame_errors.inc(tags={"reason": refused.reason})
+                raise
+
+    def _early_header(self, prefix: bytes) -> None:
+        with contextlib.suppress(ImageTruncated):  # the header may go on past the prefix: decided later
+            check_header(prefix, self.frames.cfg.max_image_pixels, self.frames.cfg.max_image_side)
 
     # -- frames: one per request ----------------------------------------------------------------
     @app.post(
@@ -343,7 +373,7 @@ class Ingress:
         if ctype not in IMAGE_TYPES:
             self.metrics.frame_errors.inc(tags={"reason": WrongContentType.reason})
             raise WrongContentType(f"content type {ctype or '(none)'!r}: send image/jpeg or image/png")
-        body = await self._read_body(request, client)
+        body = await self._read_body(request, client, image=True)
         index = frame_index if frame_index is not None else x_frame_index
         ts = timestamp if timestamp is not None else x_timestamp
         return await self._frame(stream_id, body, index, ts, policy, client)
