@@ -16,6 +16,7 @@ import time
 import warnings
 from typing import Any
 
+import numpy as np
 import ray
 from ray.serve.exceptions import BackPressureError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -117,7 +118,7 @@ class WorkerHost:
         self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restored,
                                    serving.checkpoints, serving.viewer, serving.limits)  # fmt: skip
 
-    async def process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
+    async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                       policy: str | None, client: str = "") -> Served:  # fmt: skip
         return await self.worker.process(stream_id, body, index, ts, policy, client)  # type: ignore[arg-type]
 

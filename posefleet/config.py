@@ -314,6 +314,38 @@ class LimitsConfig(_Strict):
         return self.max_viewers + self.max_sockets + self.max_uploads + frames
 
 
+class SourcesConfig(_Strict):
+    """Cameras the cluster pulls itself (``POST /v1/sources``): off unless enabled, and only from what the
+    allowlist names; the server never fetches anything else."""
+
+    enabled: bool = Field(False, description="accept POST /v1/sources")
+    allow_schemes: list[Literal["rtsp", "rtsps", "http", "https", "file"]] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "http", "https"], description="URL schemes a source may use"
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="names a camera URL may use as they are, or IP networks (CIDR) for addresses; empty: none",
+    )
+    allow_dirs: list[str] = Field(default_factory=list, description="directories file sources may read from")
+    max_sources: int = Field(16, ge=0, description="sources at once, per cluster")
+    max_per_node: int = Field(8, ge=1, description="source actors a node runs at most")
+    max_fps: float = Field(30.0, gt=0.0, description="the most frames a second a source hands on (and the default)")
+    open_timeout_s: float = Field(10.0, gt=0.0, description="connecting to a camera gives up after this")
+    stall_s: float = Field(5.0, gt=0.0, description="no frame for this long: the camera stalled, reconnect")
+    reconnect_min_s: float = Field(0.5, gt=0.0)
+    reconnect_max_s: float = Field(10.0, gt=0.0, description="backoff between reconnects doubles up to this")
+    max_failed_connects: int = Field(
+        5, ge=1, description="a source that never connected ends 'failed' after this many tries in a row"
+    )
+
+
+class SinkConfig(_Strict):
+    """Every stream's results appended as JSON lines, one file per stream and hour (rotated by size too)."""
+
+    directory: str | None = Field(None, description="results/<stream>/<UTC hour>[.n].jsonl here; None: off")
+    rotate_mb: float = Field(64.0, gt=0.0, description="a file this large is closed and the next one opened")
+
+
 class ViewerConfig(_Strict):
     enabled: bool = Field(True, description="serve the live viewer at / and publish results to it")
     thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream")
@@ -368,6 +400,8 @@ class ServingConfig(_Strict):
     viewer: ViewerConfig = Field(default_factory=ViewerConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
     metrics_per_stream: bool = Field(
         False, description="label posefleet_frames_total by stream id (one series per stream ever seen)"
     )

@@ -63,6 +63,12 @@ class FrameAbandoned(PosefleetError):
     status, reason = 409, "abandoned"
 
 
+class Forbidden(PosefleetError):
+    """Not allowed by the configuration (a source URL off the allowlist, sources turned off)."""
+
+    status, reason = 403, "forbidden"
+
+
 class UnknownStream(PosefleetError):
     status, reason = 404, "unknown_stream"
 

@@ -76,11 +76,15 @@ def check_header(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int,
     if not data:
         raise ImageError("empty image")
     fmt, w, h = image_size(data)
+    check_size(w, h, max_pixels, max_side)
+    return fmt, w, h
+
+
+def check_size(w: int, h: int, max_pixels: int, max_side: int) -> None:
     if w == 0 or h == 0:
         raise ImageError(f"image has zero size ({w}x{h})")
     if w > max_side or h > max_side or w * h > max_pixels:
         raise ImageTooLarge(f"image is {w}x{h}; the limit is {max_pixels} pixels and {max_side} px a side")
-    return fmt, w, h
 
 
 def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, int]:

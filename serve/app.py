@@ -21,6 +21,13 @@ from posefleet.actors.deployments import DetectorDeployment, PoseDeployment
 from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings, ServingConfig
 from posefleet.serve.ingress import Ingress
 
+# Serve declares a node's HTTP proxy dead after 3 failed health checks, one every 10 s by default: about
+# 25 s of refused connections after a proxy dies (bench.proxy_recovery). A check every second brings that
+# to a few seconds; the timeout of each check stays Serve's (a proxy busy on a small machine is not dead).
+# Serve reads these when its controller starts: ``posefleet serve`` sets them before it starts Ray; a
+# cluster sets them where ``ray start`` runs (cluster.yaml).
+PROXY_HEALTH_ENV = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"}
+
 
 def deployment_options(settings: DeploymentSettings, serving: ServingConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import ray
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
@@ -36,10 +37,12 @@ from starlette.websockets import WebSocketDisconnect
 from posefleet import __version__
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import app_owner
+from posefleet.actors.source import source_registry
 from posefleet.config import AppConfig
 from posefleet.errors import (
     BodyTimeout,
     BodyTooLarge,
+    Forbidden,
     ImageError,
     ImageTruncated,
     OverCap,
@@ -47,6 +50,7 @@ from posefleet.errors import (
     Unavailable,
     UnknownStream,
     WrongContentType,
+    cause,
 )
 from posefleet.image_io import check_header, sniff
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
@@ -119,6 +123,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "overloaded, over a cap (serving.limits) or recovering from a fault; retry after Retry-After"},
 }
 
+SOURCE_ERRORS = {403: {"description": "sources off, or the URL is not on the allowlist"}, 503: ERRORS[503]}
+
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 FRAME_BODY = {
     "required": True,
@@ -133,6 +139,38 @@ FRAMES_BODY = {
     ),
     "content": {"multipart/form-data": {"schema": {"type": "object", "additionalProperties": _BINARY}}},
 }
+
+
+class SourceRequest(BaseModel):
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN, description="the stream the camera's frames go to")
+    url: str = Field(max_length=2048, description="rtsp://, http(s):// (MJPEG/HLS) or a file under an allowed dir")
+    max_fps: float | None = Field(None, gt=0, le=240, description="hand on at most this many frames a second")
+    group: str | None = Field(None, pattern=STREAM_ID_PATTERN, description="e.g. the court the camera films")
+
+
+class SourceInfo(BaseModel):
+    """A source as asked for (its URL with any credentials redacted) and as it runs."""
+
+    stream_id: str
+    url: str
+    max_fps: float | None = None
+    group: str | None = None
+    created: float
+    state: str = Field(description="connecting, running, reconnecting, stopped or failed")
+    frames: int = 0
+    skipped: int = Field(0, description="frames read but over max_fps")
+    dropped: int = Field(0, description="frames superseded while the pipeline was behind")
+    errors: int = 0
+    fps: float = 0.0
+    last_frame_at: float | None = None
+    last_error: str | None = None
+    reconnects: int = 0
+    node: str | None = None
+    last_result: dict[str, Any] | None = None
+
+
+class SourceList(BaseModel):
+    sources: list[SourceInfo]
 
 
 class FrameAnswer(BaseModel):
@@ -207,9 +245,7 @@ def _done(value: str) -> asyncio.Future:
 @app.exception_handler(PosefleetError)
 async def error_answer(request: Request, exc: PosefleetError) -> JSONResponse:
     """Every posefleet error as its HTTP status with the reason in ``detail`` (503s say when to retry)."""
-    headers = {"Retry-After": str(request.app.state.retry_after)} if exc.status == 503 else {}
-    if getattr(exc, "body_unread", False):  # the rest of the body would be carried here for nothing
-        headers["Connection"] = "close"
+    headers = {"Retry-After": str(request.app.state.retry_after)} if exc.status == 503 else None
     return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
@@ -252,6 +288,10 @@ class Ingress:
         app.state.auth_tokens = s.security.api_tokens()
         app.state.retry_after = s.retry_after_s
         caps = s.limits
+        self.sources = None
+        if s.sources.enabled:  # the cameras this deploy pulls itself
+            app_name = serve.get_replica_context().app_name
+            self.sources = source_registry(deploy_id, s.namespace, s.sources, app_name)
         self.viewers = Caps("viewers", caps.max_viewers, caps.max_viewers_per_client)
         self.sockets = Caps("sockets", caps.max_sockets, caps.max_sockets_per_client)
         self.uploads = Caps("uploads", caps.max_uploads, caps.max_uploads_per_client)
@@ -292,13 +332,12 @@ class Ingress:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
         (not a frame slot) meanwhile: a slow or lying upload costs its sender, not the other streams.
         An ``image`` body that is no image by its first bytes, or by its header once ``EARLY_HEADER_BYTES``
-        are in (checked in a thread, bounded), is refused there: megabytes of garbage are not read."""
+        are in (checked in a thread, bounded), is refused there, not gathered and parsed in full. (Serve's proxy
+        still carries every byte it was sent to the replica: about 0.5 CPU-ms a MB, bench.overload --hostile.)"""
         limit = self.serving.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            too_large = BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
-            too_large.body_unread = True  # type: ignore[attr-defined]
-            raise too_large
+            raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
         checked = sniffed = not image
 
         async def read() -> bytes:
@@ -324,11 +363,8 @@ class Ingress:
                 return await asyncio.wait_for(read(), timeout)
             except asyncio.TimeoutError:
                 self.metrics.frame_errors.inc(tags={"reason": BodyTimeout.reason})
-                exc: PosefleetError = BodyTimeout(f"the body did not arrive in full within {timeout:g} s")
-                exc.body_unread = True  # type: ignore[attr-defined]
-                raise exc from None
-            except PosefleetError as refused:  # refused before its end: the connection closes after the answer
-                refused.body_unread = True  # type: ignore[attr-defined]
+                raise BodyTimeout(f"the body did not arrive in full within {timeout:g} s") from None
+            except PosefleetError as refused:
                 self.metrics.frame_errors.inc(tags={"reason": refused.reason})
                 raise
 
@@ -512,6 +548,44 @@ class Ingress:
             return result.model_dump_json()
         except PosefleetError as exc:
             return _answer_json(stream_id, exc.status, str(exc))
+
+    # -- camera sources ------------------------------------------------------------------------
+    async def source_frame(self, stream_id: str, image: np.ndarray, index: int | None, ts: float | None) -> dict:
+        """A frame a source actor read and decoded (a Serve handle call, not a route): the frame path of a
+        POSTed frame from its decoded image on, under the ``drop_oldest`` policy."""
+        result = await self._frame(stream_id, image, index, ts, "drop_oldest", "source")
+        return result.model_dump(include={"frame_index", "people", "dropped"})
+
+    async def _registry(self, method: str, *args: Any) -> Any:
+        if self.sources is None:
+            raise Forbidden("camera sources are off (serving.sources.enabled)")
+        try:
+            return await getattr(self.sources, method).remote(*args)
+        except ray.exceptions.RayTaskError as exc:
+            raised = cause(exc)
+            if isinstance(raised, PosefleetError):
+                raise raised from None
+            if isinstance(raised, ValueError):
+                raise HTTPException(422, str(raised)) from None
+            raise
+
+    @app.post("/v1/sources", status_code=201, response_model=SourceInfo, dependencies=AUTH, responses=SOURCE_ERRORS)
+    async def add_source(self, request: SourceRequest) -> SourceInfo:
+        """Start pulling a camera (rtsp/http(s) URL, or a file under an allowed directory) into a stream."""
+        return SourceInfo(**await self._registry("add", request.stream_id, request.url, request.max_fps, request.group))
+
+    @app.get("/v1/sources", response_model=SourceList, dependencies=AUTH)
+    async def list_sources(self) -> SourceList:
+        return SourceList(sources=[SourceInfo(**s) for s in await self._registry("list")])
+
+    @app.get("/v1/sources/{stream_id}", response_model=SourceInfo, dependencies=AUTH, responses={404: {}})
+    async def get_source(self, stream_id: StreamId) -> SourceInfo:
+        return SourceInfo(**await self._registry("describe", stream_id))
+
+    @app.delete("/v1/sources/{stream_id}", status_code=204, dependencies=AUTH, responses={404: {}})
+    async def delete_source(self, stream_id: StreamId) -> Response:
+        await self._registry("remove", stream_id)
+        return Response(status_code=204)
 
     # -- stream management ------------------------------------------------------------------
     @app.get("/v1/streams", response_model=StreamList, dependencies=AUTH)

@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 import ray
 
 from posefleet import metrics
@@ -17,6 +18,7 @@ from posefleet.config import AppConfig
 from posefleet.errors import PosefleetError, cause
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.worker import Served, shard_of
+from posefleet.sink import JsonlSink
 
 
 def _for_viewer(result: FrameResult) -> dict[str, Any]:
@@ -41,6 +43,7 @@ class FrameRouter:
         self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
+        self.sink = JsonlSink(s.sink) if s.sink.directory else None
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this replica made for frames: to the workers, and to the viewer hub."""
@@ -63,7 +66,7 @@ class FrameRouter:
         return list(results) if stream_id is None else results[0]
 
     async def process(
-        self, stream_id: str, body: bytes, index: int | None, ts: float | None, policy: str | None = None,
+        self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,
         client: str = "",
     ) -> FrameResult:  # fmt: skip
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
@@ -89,9 +92,11 @@ class FrameRouter:
             self.metrics.stage_ms.observe(value, tags={"stage": stage.removesuffix("_ms")})
         if self.feed is not None:
             self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail)
+        if self.sink is not None:
+            self.sink.write(stream_id, result.model_dump_json())
         return result
 
-    async def _remote_process(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
+    async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                               policy: str | None, client: str) -> Served:  # fmt: skip
         worker = self.worker(stream_id)
         self.frame_calls += 1

@@ -171,6 +171,26 @@ def test_killed_stream_workers_restore_their_streams_and_streams_continue(server
     assert {s["stream_id"] for s in listed} >= {name for name, _ in jobs}
 
 
+def test_a_restarted_worker_lists_its_streams_before_they_send_again(server: str) -> None:
+    names = [n for n in (f"quiet-{i}" for i in range(40)) if shard_of(n, 2) == 0][:2]
+    data = frame_bytes()
+    for name in names:  # one frame each: fewer than checkpoints.every, the first frame's checkpoint holds
+        resp = httpx.post(f"{server}/v1/streams/{name}/frames", content=data, timeout=60,
+                          headers={"content-type": "image/jpeg", **AUTH})  # fmt: skip
+        assert resp.status_code == 200
+    time.sleep(1.5)  # the worker's checkpoint flush (every 0.5 s)
+    ray.kill(_actor("-worker-", "-0"), no_restart=False)
+    deadline, quiet = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:  # until the listing comes from the restarted worker
+        listed = httpx.get(f"{server}/v1/streams", params={"limit": 100}, headers=AUTH, timeout=60).json()
+        quiet = {s["stream_id"]: s for s in listed["streams"] if s["stream_id"] in names}
+        if any(s["restored"] for s in quiet.values()):
+            break
+        time.sleep(0.5)
+    assert sorted(quiet) == sorted(names)  # listed at once, not only once they send again
+    assert all(s["restored"] and s["frames"] == 1 for s in quiet.values()), quiet
+
+
 def test_overload_sheds_and_keeps_state(server: str) -> None:
     # one stream answered in turn reaches about half of what the server sustains with many streams;
     # offer 4x that (about 2x capacity) from 8 camera-like streams

@@ -29,7 +29,7 @@ import numpy as np
 
 from posefleet.config import AdmissionConfig, CheckpointConfig, LimitsConfig, PipelineConfig, ViewerConfig
 from posefleet.errors import FrameAbandoned, FrameDropped, OverCap
-from posefleet.image_io import check_image, decode_image, encode_jpeg
+from posefleet.image_io import as_bgr, check_image, check_size, decode_image, encode_jpeg
 from posefleet.pipeline.admission import PixelBudget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
 from posefleet.pipeline.schema import FrameResult
@@ -107,20 +107,25 @@ class StreamWorker:
     async def process(
         self,
         stream_id: str,
-        body: bytes,
+        body: bytes | np.ndarray,
         frame_index: int | None = None,
         timestamp: float | None = None,
         policy: Policy | None = None,
         client: str = "",
     ) -> Served:
-        """Encoded frame in, its result out (``dropped`` when superseded).
+        """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
 
         Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
         stream's state changes only for a frame that was admitted and decoded.
         """
-        # the header check runs off the event loop and before the frame touches its stream
         limits = (self.cfg.max_image_pixels, self.cfg.max_image_side)
-        _, width, height = await asyncio.to_thread(check_image, body, *limits)
+        if isinstance(body, np.ndarray):  # decoded already, where a camera source read it
+            decoded: np.ndarray | None = as_bgr(body)
+            height, width = decoded.shape[:2]
+            check_size(width, height, *limits)
+        else:  # the header check runs off the event loop and before the frame touches its stream
+            decoded = None
+            _, width, height = await asyncio.to_thread(check_image, body, *limits)
         self._start_sweeper()
         try:
             stream, index = await self.admit(stream_id, frame_index, policy, client)
@@ -130,11 +135,11 @@ class StreamWorker:
                 width=width, height=height, dropped=True, note=str(exc),
             )  # fmt: skip
             return Served(dropped)
-        restart = index <= stream.state.last_index
+        was = stream.state.last_index
         try:
             async with self.pixels.hold(width * height):
                 t0 = time.perf_counter()
-                image = await asyncio.to_thread(decode_image, body, *limits)
+                image = decoded if decoded is not None else await asyncio.to_thread(decode_image, body, *limits)
                 decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
                 steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
                 [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
@@ -147,8 +152,8 @@ class StreamWorker:
                 self._remove(stream_id)  # a stream exists from its first frame that was served
             raise
         stream.frames += 1
-        if restart:
-            result.note = f"frame index restarted at {index} (the stream was at {stream.state.last_index})"
+        if index <= was:
+            result.note = f"frame index restarted at {index} (the stream was at {was})"
         result.dropped_before = stream.gate.dropped_unreported
         result.ids_restarted, result.state_recovered = stream.ids_restarted, stream.state_recovered
         stream.gate.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False

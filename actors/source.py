@@ -1,0 +1,149 @@
+"""Cameras the cluster pulls itself: a source actor per camera, and the deploy's registry of them.
+
+A :class:`SourceActor` runs a :class:`~posefleet.camera.CameraReader` (decode where the camera is read,
+once) and hands each decoded frame to the ingress's frame path by a Serve handle call, the same path a
+POSTed frame takes after its bytes are decoded (results, sinks, viewer, metrics alike); no JPEG, no HTTP.
+One frame a source is in flight: a newer frame replaces the one waiting, as the ``drop_oldest`` policy
+does for POSTed frames, so latency stays bounded when the pipeline is behind. Ray restarts a dead source
+actor, which reconnects; its frames take the stream's next indices, so the stream goes on.
+
+The :class:`SourceRegistry` (one per deploy, removed with it by the deploy's owner) holds what was asked
+for, creates the source actors spread over the nodes, and answers the source endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from posefleet.actors import FAULTS
+from posefleet.actors.owner import actor_name
+from posefleet.allowlist import check_source_url, redact
+from posefleet.camera import CameraReader
+from posefleet.config import SourcesConfig
+from posefleet.errors import OverCap, UnknownStream
+
+log = logging.getLogger("posefleet.source")
+
+
+@ray.remote(num_cpus=0.25, max_restarts=-1, max_task_retries=0)
+class SourceActor:
+    """Reads its camera from the moment it exists (also after Ray restarted it) until stopped."""
+
+    def __init__(self, spec: dict[str, Any], cfg: SourcesConfig, app_name: str):
+        self.stream_id = spec["stream_id"]
+        self.handle = serve.get_deployment_handle("Ingress", app_name=app_name)
+        self.slot = threading.Condition()
+        self.pending: tuple[np.ndarray, float] | None = None
+        self.stopped = False
+        self.dropped = self.errors = 0
+        self.last_result: dict[str, Any] | None = None
+        self.reader = CameraReader(spec["resolved"], cfg, self._offer, spec.get("max_fps"))
+        self.sender = threading.Thread(target=self._send_loop, name=f"send {self.stream_id}", daemon=True)
+        self.reader.start()
+        self.sender.start()
+
+    def _offer(self, image: np.ndarray, index: int, ts: float) -> None:
+        """From the reader's thread: the newest frame waits to be sent, replacing one not sent yet."""
+        with self.slot:
+            if self.pending is not None:
+                self.dropped += 1
+            self.pending = (image, ts)
+            self.slot.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self.slot:
+                while self.pending is None and not self.stopped:
+                    self.slot.wait(0.5)
+                if self.stopped:
+                    return
+                (image, ts), self.pending = self.pending, None  # type: ignore[misc]
+            try:  # frame_index None: the stream's next, so a restarted source goes on where the stream was
+                result = self.handle.source_frame.remote(self.stream_id, image, None, ts).result(timeout_s=60)
+                self.last_result = {"frame_index": result["frame_index"], "people": len(result["people"]),
+                                    "dropped": result["dropped"]}  # fmt: skip
+            except Exception as exc:
+                self.errors += 1
+                log.warning("source %s: a frame was not served: %s", self.stream_id, type(exc).__name__)
+                time.sleep(0.2)
+
+    def status(self) -> dict[str, Any]:
+        node = ray.get_runtime_context().get_node_id()[:12]
+        return asdict(self.reader.status) | {"dropped": self.dropped, "errors": self.errors, "node": node,
+                                              "last_result": self.last_result}  # fmt: skip
+
+    def stop(self) -> None:
+        self.reader.stop()
+        with self.slot:
+            self.stopped = True
+            self.slot.notify()
+
+
+class SourceRegistry:
+    """What sources were asked for, and their actors (get or create by name, so a restart finds them)."""
+
+    def __init__(self, deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str):
+        self.deploy_id, self.namespace, self.cfg, self.app_name = deploy_id, namespace, cfg, app_name
+        self.specs: dict[str, dict[str, Any]] = {}
+
+    def _actor(self, stream_id: str, spec: dict[str, Any]) -> ray.actor.ActorHandle:
+        return SourceActor.options(  # type: ignore[attr-defined]
+            name=actor_name(self.deploy_id, f"source-{stream_id}"), namespace=self.namespace, get_if_exists=True,
+            lifetime="detached", scheduling_strategy="SPREAD",
+        ).remote(spec, self.cfg, self.app_name)  # fmt: skip
+
+    async def add(self, stream_id: str, url: str, max_fps: float | None = None,
+                  group: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Start a source; Forbidden / ValueError for a URL the allowlist refuses, OverCap beyond the cap."""
+        if stream_id in self.specs:
+            raise ValueError(f"source {stream_id!r} exists; DELETE it first")
+        if len(self.specs) >= self.cfg.max_sources:
+            raise OverCap(f"{len(self.specs)} sources run (serving.sources.max_sources)")
+        resolved = check_source_url(url, self.cfg)  # before anything is fetched
+        spec = {"stream_id": stream_id, "url": redact(url), "resolved": resolved, "max_fps": max_fps,
+                "group": group, "created": time.time()}  # fmt: skip
+        self.specs[stream_id] = spec
+        self._actor(stream_id, spec)  # reads from the moment it exists
+        return await self.describe(stream_id)
+
+    async def describe(self, stream_id: str) -> dict[str, Any]:
+        spec = self.specs.get(stream_id)
+        if spec is None:
+            raise UnknownStream(f"no source {stream_id!r}")
+        try:
+            status = await self._actor(stream_id, spec).status.remote()
+        except FAULTS as exc:  # restarting: Ray brings it back
+            status = {"state": "reconnecting", "last_error": f"source actor restarting ({type(exc).__name__})"}
+        public = {k: v for k, v in spec.items() if k != "resolved"}
+        return public | status
+
+    async def list(self) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.describe(sid) for sid in sorted(self.specs))))
+
+    async def remove(self, stream_id: str) -> None:
+        spec = self.specs.pop(stream_id, None)
+        if spec is None:
+            raise UnknownStream(f"no source {stream_id!r}")
+        actor = self._actor(stream_id, spec)
+        with contextlib.suppress(*FAULTS):
+            await actor.stop.remote()
+        ray.kill(actor, no_restart=True)
+
+
+RegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(SourceRegistry)
+
+
+def source_registry(deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str) -> ray.actor.ActorHandle:
+    return RegistryActor.options(  # type: ignore[attr-defined]
+        name=actor_name(deploy_id, "sources"), namespace=namespace, get_if_exists=True, lifetime="detached",
+    ).remote(deploy_id, namespace, cfg, app_name)  # fmt: skip
