@@ -253,6 +253,72 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if all(r.frames for r in reports) else 1
 
 
+def _source_request(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.request(method, f"{url.rstrip('/')}{path}", headers=headers, timeout=60, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach {url} ({type(exc).__name__}): is `posefleet serve` running there?") from exc
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail")
+        except ValueError:
+            detail = resp.text[:200]
+        raise CliError(f"HTTP {resp.status_code}: {detail}")
+    return resp.json() if resp.content else None
+
+
+def _source_line(s: dict[str, Any]) -> str:
+    seen = time.strftime("%H:%M:%S", time.localtime(s["last_frame_at"])) if s.get("last_frame_at") else "-"
+    line = (f"{s['stream_id']:<24} {s['state']:<12} {s['frames']:>7} frames {s['fps']:>5.1f} FPS "
+            f"last {seen} reconnects {s['reconnects']} {s['url']}")  # fmt: skip
+    return line + (f"  ({s['last_error']})" if s.get("last_error") and s["state"] != "running" else "")
+
+
+def _source_names(urls: list[str]) -> list[str]:
+    """Stream ids for ``serve --source`` cameras: the last part of each URL's path, made a valid id."""
+    from urllib.parse import urlsplit
+
+    stems = [re.sub(r"[^A-Za-z0-9._-]", "-", Path(urlsplit(u).path).stem).strip("-._")[:60] or "camera" for u in urls]
+    return _unique(stems)
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        ask = {"stream_id": args.stream, "url": args.source_url, "max_fps": args.max_fps, "group": args.group}
+        print(_source_line(_source_request(args.url, args.token, "POST", "/v1/sources", json=ask)))
+    elif args.action == "list":
+        for s in _source_request(args.url, args.token, "GET", "/v1/sources")["sources"]:
+            print(_source_line(s))
+    else:
+        _source_request(args.url, args.token, "DELETE", f"/v1/sources/{args.stream}")
+        print(f"stopped {args.stream}")
+    return 0
+
+
+def _allow_sources(app_args: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    """``serve --source``: turn sources on and allow exactly these cameras' hosts (or folders)."""
+    from urllib.parse import urlsplit
+
+    from posefleet.config import deep_merge
+
+    hosts, dirs = [], []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in ("", "file"):
+            dirs.append(str(Path(parts.path if parts.scheme else url).resolve().parent))
+        elif parts.hostname:
+            hosts.append(parts.hostname)
+    serving = app_args.get("serving") or {}
+    have = serving.get("sources") or {}
+    schemes = sorted({*have.get("allow_schemes", ["rtsp", "rtsps", "http", "https"]), *(["file"] if dirs else [])})
+    sources = {"enabled": True, "allow_hosts": [*have.get("allow_hosts", []), *hosts],
+               "allow_dirs": [*have.get("allow_dirs", []), *dirs], "allow_schemes": schemes}  # fmt: skip
+    return deep_merge(app_args, {"serving": {"sources": sources}})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -263,7 +329,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve_cfg = load_serve_config(args.config)
         app_spec = serve_cfg["applications"][0]
-        app_cfg = AppConfig.model_validate(app_spec.get("args") or {})
+        app_args = app_spec.get("args") or {}
+        if args.source:
+            app_args = _allow_sources(app_args, args.source)
+        app_cfg = AppConfig.model_validate(app_args)
         application = build_app(app_cfg)
     except (ValueError, OSError) as exc:
         raise CliError(f"bad serve config: {exc}") from exc
@@ -323,6 +392,10 @@ def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: A
     print(f"posefleet serving at {url} (API docs {url}/docs)", file=sys.stderr)
     if not args.address:
         print(f"Prometheus metrics: http://127.0.0.1:{args.metrics_port}/metrics", file=sys.stderr)
+    token = app_cfg.serving.security.api_token()
+    for name, source in zip(_source_names(args.source), args.source, strict=True):
+        made = _source_request(url, token, "POST", "/v1/sources", json={"stream_id": name, "url": source})
+        print(f"source {made['stream_id']}: {made['url']} ({made['state']})", file=sys.stderr)
     if args.submit:
         jobs = _submit_jobs(args.submit, None, 1)
         args.max_rate = not args.realtime
@@ -419,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--max-frames", type=int, help="with --submit: at most this many frames a stream")
     srv.add_argument("--transport", choices=TRANSPORTS, default="ws", help="with --submit: how frames travel")
+    srv.add_argument("--source", action="append", default=[], metavar="URL",
+                     help="a camera the server pulls from the start (its host or folder is allowed)")  # fmt: skip
     srv.add_argument("--once", action="store_true", help="stop after --submit instead of serving on")
     srv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     srv.set_defaults(func=cmd_serve)
@@ -445,6 +520,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bearer token for the API (default: $POSEFLEET_TOKEN)")  # fmt: skip
     sb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sb.set_defaults(func=cmd_submit)
+
+    src = sub.add_parser("sources", help="cameras the server pulls itself: add, list, rm")
+    src_sub = src.add_subparsers(dest="action", required=True)
+    add = src_sub.add_parser("add", help="start pulling a camera into a stream")
+    add.add_argument("source_url", help="rtsp://, http(s):// (MJPEG/HLS) or a file under an allowed directory")
+    add.add_argument("--stream", required=True, help="the stream the frames go to")
+    add.add_argument("--max-fps", type=float, help="hand on at most this many frames a second")
+    add.add_argument("--group", help="e.g. the court the camera films")
+    src_sub.add_parser("list", help="every source and its state")
+    rm = src_sub.add_parser("rm", help="stop a source")
+    rm.add_argument("stream", help="its stream id")
+    for action in src_sub.choices.values():
+        action.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
+        action.add_argument("--token", default=os.environ.get("POSEFLEET_TOKEN"),
+                            help="bearer token for the API (default: $POSEFLEET_TOKEN)")  # fmt: skip
+    src.set_defaults(func=cmd_sources)
 
     ev = sub.add_parser("evaluate", help="COCO keypoint AP (OKS) on a COCO-format annotated image set")
     ev.add_argument("annotations", help="COCO keypoints JSON (person_keypoints_*.json style)")

@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-    pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-browser.sh", allow_module_level=True)
+    pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-tools.sh", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,117 @@
+"""Camera sources on a real server: a real network camera (ffmpeg serving MJPEG over HTTP on loopback)
+pulled by a source actor into a stream, its results in the JSONL sink; the allowlist, a camera that
+never answers, a camera and a source actor killed and back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+from test_sources import camera_server, needs_ffmpeg, wait_until
+
+from bench.local import free_port, local_app
+from posefleet.config import AppConfig, deep_merge
+from posefleet.serve.app import load_serve_config
+
+pytestmark = [pytest.mark.slow, needs_ffmpeg]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    sink = tmp_path_factory.mktemp("sink")
+    args = load_serve_config()["applications"][0]["args"]
+    serving = {
+        "sources": {"enabled": True, "allow_hosts": ["127.0.0.1"], "max_sources": 4, "open_timeout_s": 3.0,
+                    "stall_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "max_failed_connects": 2},
+        "sink": {"directory": str(sink)},
+    }  # fmt: skip
+    with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving}))) as url:
+        yield {"url": url, "sink": sink}
+
+
+def source(url: str, stream_id: str) -> dict:
+    return httpx.get(f"{url}/v1/sources/{stream_id}", timeout=30).json()
+
+
+def sink_lines(sink: Path, stream_id: str) -> list[dict]:
+    return [json.loads(line) for f in sorted((sink / stream_id).glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
+def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sink(server: dict) -> None:
+    url, port = server["url"], free_port()
+    camera = camera_server(port)
+    try:
+        ask = {
+            "stream_id": "court-1-cam-1",
+            "url": f"http://127.0.0.1:{port}/cam.mjpg",
+            "max_fps": 15,
+            "group": "court-1",
+        }
+        resp = httpx.post(f"{url}/v1/sources", json=ask, timeout=30)
+        assert resp.status_code == 201, resp.text
+        assert wait_until(lambda: source(url, "court-1-cam-1")["frames"] >= 30, 60), source(url, "court-1-cam-1")
+        info = source(url, "court-1-cam-1")
+        assert info["state"] == "running" and info["group"] == "court-1" and info["fps"] <= 16
+        stream = httpx.get(f"{url}/v1/streams/court-1-cam-1", timeout=30).json()
+        assert stream["frames"] >= 20 and stream["active_tracks"]  # tracked people from the camera
+        listed = httpx.get(f"{url}/v1/sources", timeout=30).json()["sources"]
+        assert [s["stream_id"] for s in listed] == ["court-1-cam-1"]
+
+        # the camera dies and comes back: the source reconnects, and says so
+        camera.kill()
+        camera.wait()
+        assert wait_until(lambda: source(url, "court-1-cam-1")["state"] != "running", 30)
+        camera = camera_server(port)
+        assert wait_until(lambda: source(url, "court-1-cam-1")["reconnects"] >= 1
+                          and source(url, "court-1-cam-1")["state"] == "running", 60)  # fmt: skip
+
+        # the source actor is killed: Ray restarts it, it reads again, the stream goes on
+        before = source(url, "court-1-cam-1")["frames"]
+        actor = next(
+            a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("source-court-1-cam-1")
+        )
+        camera.kill()  # one client a camera server: let the restarted actor be the one it serves
+        camera.wait()
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
+        camera = camera_server(port)
+        assert wait_until(lambda: source(url, "court-1-cam-1")["frames"] >= 20, 60)  # counts anew after restart
+        assert source(url, "court-1-cam-1")["frames"] < before + 200
+
+        assert httpx.delete(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 204
+        assert httpx.get(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 404
+        time.sleep(1.0)
+        lines = sink_lines(server["sink"], "court-1-cam-1")
+        indices = [r["frame_index"] for r in lines]
+        assert len(indices) >= 40 and indices == sorted(set(indices))  # every answered frame once, in order
+        assert stream["frames"] <= len(lines)
+        assert any(r["people"] for r in lines)
+    finally:
+        camera.kill()
+
+
+def test_urls_off_the_allowlist_are_refused_and_nothing_is_fetched(server: dict) -> None:
+    url = server["url"]
+    for target in ("http://10.0.0.1/cam.mjpg", "http://169.254.169.254/latest/meta-data", "file:///etc/passwd",
+                   "http://localhost:9/x", "gopher://127.0.0.1/x"):  # fmt: skip
+        resp = httpx.post(f"{url}/v1/sources", json={"stream_id": "nope", "url": target}, timeout=30)
+        assert resp.status_code == 403, (target, resp.text)
+    assert httpx.get(f"{url}/v1/sources/nope", timeout=30).status_code == 404
+    assert not any("source-nope" in a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+    bad = httpx.post(f"{url}/v1/sources", json={"stream_id": "bad id!", "url": "http://127.0.0.1/x"}, timeout=30)
+    assert bad.status_code == 422
+
+
+def test_a_camera_that_never_answers_ends_failed_with_the_reason(server: dict) -> None:
+    url = server["url"]
+    dead = f"http://admin:hunter2@127.0.0.1:{free_port()}/cam.mjpg"  # nothing listens; credentials in the URL
+    resp = httpx.post(f"{url}/v1/sources", json={"stream_id": "dead-cam", "url": dead}, timeout=30)
+    assert resp.status_code == 201 and "hunter2" not in resp.text
+    assert wait_until(lambda: source(url, "dead-cam")["state"] == "failed", 60), source(url, "dead-cam")
+    info = source(url, "dead-cam")
+    assert "cannot open" in info["last_error"] and "hunter2" not in json.dumps(info)
+    assert httpx.delete(f"{url}/v1/sources/dead-cam", timeout=30).status_code == 204
