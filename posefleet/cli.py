@@ -298,8 +298,9 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
-def _allow_sources(app_args: dict[str, Any], urls: list[str]) -> dict[str, Any]:
-    """``serve --source``: turn sources on and allow exactly these cameras' hosts (or folders)."""
+def _allow_sources(app_args: dict[str, Any], urls: list[str], out: str) -> dict[str, Any]:
+    """``serve --source``: turn sources on, allow exactly these cameras' hosts (or folders), and keep the
+    results in ``out`` (``<stream>/<hour>.jsonl``) unless the config names a sink already."""
     from urllib.parse import urlsplit
 
     from posefleet.config import deep_merge
@@ -316,7 +317,8 @@ def _allow_sources(app_args: dict[str, Any], urls: list[str]) -> dict[str, Any]:
     schemes = sorted({*have.get("allow_schemes", ["rtsp", "rtsps", "http", "https"]), *(["file"] if dirs else [])})
     sources = {"enabled": True, "allow_hosts": [*have.get("allow_hosts", []), *hosts],
                "allow_dirs": [*have.get("allow_dirs", []), *dirs], "allow_schemes": schemes}  # fmt: skip
-    return deep_merge(app_args, {"serving": {"sources": sources}})
+    sink = serving.get("sink") or {}
+    return deep_merge(app_args, {"serving": {"sources": sources, "sink": {"directory": sink.get("directory") or out}}})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -331,7 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app_spec = serve_cfg["applications"][0]
         app_args = app_spec.get("args") or {}
         if args.source:
-            app_args = _allow_sources(app_args, args.source)
+            app_args = _allow_sources(app_args, args.source, args.out)
         app_cfg = AppConfig.model_validate(app_args)
         application = build_app(app_cfg)
     except (ValueError, OSError) as exc:
@@ -483,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--address", help="join a running Ray cluster instead (e.g. auto)")
     srv.add_argument("--submit", nargs="+", help="once serving, submit these sources through the HTTP API")
     srv.add_argument("--annotate", help="with --submit: draw the served results of the first source here")
-    srv.add_argument("--out", default="out", help="with --submit: folder for <stream>.jsonl results")
+    srv.add_argument("--out", default="out", help="with --submit or --source: folder for the results (JSON lines)")
     srv.add_argument(
         "--realtime",
         action="store_true",

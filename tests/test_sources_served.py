@@ -5,6 +5,9 @@ never answers, a camera and a source actor killed and back."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     }  # fmt: skip
     with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving}))) as url:
         yield {"url": url, "sink": sink}
+
+
+def test_serve_with_a_source_writes_the_cameras_results(tmp_path: Path) -> None:
+    """``posefleet serve --source URL``: the camera is pulled from the start, its results land in ``--out``
+    (this runs before the module's server starts: one Ray at a time)."""
+    cam_port, port = free_port(), free_port()
+    camera = camera_server(cam_port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "posefleet.cli", "serve", "--port", str(port), "--metrics-port", str(free_port()),
+         "--source", f"http://127.0.0.1:{cam_port}/cam.mjpg", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: len(sink_lines(tmp_path / "out", "cam")) >= 30, 180)
+        lines = sink_lines(tmp_path / "out", "cam")
+        assert [r["frame_index"] for r in lines] == list(range(len(lines))) and any(r["people"] for r in lines)
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/sources", timeout=30).json()["sources"]
+        assert [(s["stream_id"], s["state"]) for s in listed] == [("cam", "running")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+        camera.kill()
+    assert proc.returncode == 0, out[-2000:]
 
 
 def source(url: str, stream_id: str) -> dict:
