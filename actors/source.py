@@ -40,7 +40,8 @@ class SourceActor:
     """Reads its camera from the moment it exists (also after Ray restarted it) until stopped."""
 
     def __init__(self, spec: dict[str, Any], cfg: SourcesConfig, app_name: str):
-        self.stream_id = spec["stream_id"]
+        self.spec = spec
+        self.stream_id, self.group = spec["stream_id"], spec.get("group")
         self.handle = serve.get_deployment_handle("Ingress", app_name=app_name)
         self.slot = threading.Condition()
         self.pending: tuple[np.ndarray, float] | None = None
@@ -69,13 +70,17 @@ class SourceActor:
                     return
                 (image, ts), self.pending = self.pending, None  # type: ignore[misc]
             try:  # frame_index None: the stream's next, so a restarted source goes on where the stream was
-                result = self.handle.source_frame.remote(self.stream_id, image, None, ts).result(timeout_s=60)
+                call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group)
+                result = call.result(timeout_s=60)
                 self.last_result = {"frame_index": result["frame_index"], "people": len(result["people"]),
                                     "dropped": result["dropped"]}  # fmt: skip
             except Exception as exc:
                 self.errors += 1
                 log.warning("source %s: a frame was not served: %s", self.stream_id, type(exc).__name__)
                 time.sleep(0.2)
+
+    def get_spec(self) -> dict[str, Any]:
+        return self.spec
 
     def status(self) -> dict[str, Any]:
         node = ray.get_runtime_context().get_node_id()[:12]
@@ -95,6 +100,19 @@ class SourceRegistry:
     def __init__(self, deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str):
         self.deploy_id, self.namespace, self.cfg, self.app_name = deploy_id, namespace, cfg, app_name
         self.specs: dict[str, dict[str, Any]] = {}
+        self.recovered = False
+
+    async def _recover(self) -> None:
+        """After Ray restarted this registry: the source actors ran on; take their specs back from them."""
+        if self.recovered:
+            return
+        self.recovered = True
+        prefix = actor_name(self.deploy_id, "source-")
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] == self.namespace and entry["name"].startswith(prefix):
+                with contextlib.suppress(ValueError, *FAULTS):
+                    spec = await ray.get_actor(entry["name"], namespace=self.namespace).get_spec.remote()
+                    self.specs.setdefault(spec["stream_id"], spec)
 
     def _actor(self, stream_id: str, spec: dict[str, Any]) -> ray.actor.ActorHandle:
         return SourceActor.options(  # type: ignore[attr-defined]
@@ -105,6 +123,7 @@ class SourceRegistry:
     async def add(self, stream_id: str, url: str, max_fps: float | None = None,
                   group: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Start a source; Forbidden / ValueError for a URL the allowlist refuses, OverCap beyond the cap."""
+        await self._recover()
         if stream_id in self.specs:
             raise ValueError(f"source {stream_id!r} exists; DELETE it first")
         if len(self.specs) >= self.cfg.max_sources:
@@ -117,6 +136,7 @@ class SourceRegistry:
         return await self.describe(stream_id)
 
     async def describe(self, stream_id: str) -> dict[str, Any]:
+        await self._recover()
         spec = self.specs.get(stream_id)
         if spec is None:
             raise UnknownStream(f"no source {stream_id!r}")
@@ -128,9 +148,11 @@ class SourceRegistry:
         return public | status
 
     async def list(self) -> list[dict[str, Any]]:
+        await self._recover()
         return list(await asyncio.gather(*(self.describe(sid) for sid in sorted(self.specs))))
 
     async def remove(self, stream_id: str) -> None:
+        await self._recover()
         spec = self.specs.pop(stream_id, None)
         if spec is None:
             raise UnknownStream(f"no source {stream_id!r}")

@@ -32,6 +32,16 @@ class _View:
     last_seen: float = 0.0
     thumbnail: bytes | None = None
     thumb_version: int = 0
+    group: str | None = None
+    # (time, result) of recent flushes: a group's cameras are matched by time from these
+    history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
+
+
+def _when(entry: tuple[float, dict[str, Any]]) -> float:
+    """A result's capture time (its timestamp), else when it was served."""
+    served, result = entry
+    ts = result.get("timestamp")
+    return float(ts) if ts is not None else served
 
 
 class ViewerHub:
@@ -61,6 +71,9 @@ class ViewerHub:
             v.dropped += u.dropped
             if u.latest is not None:
                 v.latest = u.latest
+                v.history.append((now, u.latest))
+            if u.group is not None:
+                v.group = u.group
             v.served_at.extend(t for t, _ in u.served)
             v.latencies.extend(ms for _, ms in u.served)
             if u.thumbnail is not None:
@@ -111,6 +124,24 @@ class ViewerHub:
                 await asyncio.wait_for(self.changed.wait(), timeout_s)
         return self.snapshot()
 
+    def latest(self, stream_id: str) -> dict[str, Any] | None:
+        v = self.views.get(stream_id)
+        return None if v is None or not v.latest else v.latest | {"stream_id": stream_id}
+
+    def group(self, group: str) -> dict[str, Any] | None:
+        """The latest results of every camera of ``group``, aligned by time: the reference is the oldest of
+        their newest results (every camera has reached it), and each camera gives its result nearest to it."""
+        views = {sid: v for sid, v in sorted(self.views.items()) if v.group == group and v.history}
+        if not views:
+            return None
+        reference = min(_when(v.history[-1]) for v in views.values())
+        cameras = []
+        for sid, v in views.items():
+            entry = min(v.history, key=lambda e: abs(_when(e) - reference))
+            cameras.append({"stream_id": sid, "skew_ms": round((_when(entry) - reference) * 1000.0, 1),
+                            "result": entry[1]})  # fmt: skip
+        return {"group": group, "time": reference, "cameras": cameras}
+
     def thumbnail(self, stream_id: str) -> bytes | None:
         v = self.views.get(stream_id)
         return None if v is None else v.thumbnail
@@ -124,6 +155,7 @@ class StreamUpdate:
     served: list[tuple[float, float]] = field(default_factory=list)  # (unix time, total ms)
     dropped: int = 0
     thumbnail: bytes | None = None
+    group: str | None = None
 
 
 class HubFeed:
@@ -142,10 +174,12 @@ class HubFeed:
 
     def add(
         self, stream_id: str, latest: Any = None, total_ms: float = 0.0, dropped: int = 0,
-        thumbnail: bytes | None = None,
+        thumbnail: bytes | None = None, group: str | None = None,
     ) -> None:  # fmt: skip
         """Record an answered frame (``latest``) and/or dropped frames; call from the event loop."""
         u = self.pending.setdefault(stream_id, StreamUpdate())
+        if group is not None:
+            u.group = group
         if latest is not None:
             u.latest = latest
             u.served.append((time.time(), total_ms))

@@ -38,6 +38,7 @@ from posefleet import __version__
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import app_owner
 from posefleet.actors.source import source_registry
+from posefleet.actors.stream_worker import with_retry
 from posefleet.config import AppConfig
 from posefleet.errors import (
     BodyTimeout,
@@ -123,6 +124,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "overloaded, over a cap (serving.limits) or recovering from a fault; retry after Retry-After"},
 }
 
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}, 503: ERRORS[503]}
 SOURCE_ERRORS = {403: {"description": "sources off, or the URL is not on the allowlist"}, 503: ERRORS[503]}
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -323,10 +325,10 @@ class Ingress:
         finally:
             self.inflight -= 1
 
-    async def _frame(self, stream_id: str, body: bytes, index: int | None, ts: float | None,
-                     policy: str | None, client: str) -> FrameResult:  # fmt: skip
+    async def _frame(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
+                     policy: str | None, client: str, group: str | None = None) -> FrameResult:  # fmt: skip
         async with self._frame_slot():
-            return await self.frames.process(stream_id, body, index, ts, policy, client)
+            return await self.frames.process(stream_id, body, index, ts, policy, client, group)
 
     async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
@@ -398,6 +400,7 @@ class Ingress:
             ),
         ] = None,
         policy: Annotated[Policy | None, Query(description="set the stream's overload policy")] = None,
+        group: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN, description="e.g. the court")] = None,
         x_frame_index: Annotated[int | None, Header(ge=0, le=MAX_FRAME_INDEX)] = None,
         x_timestamp: Annotated[
             float | None, Header(ge=-MAX_ABS_TIMESTAMP, le=MAX_ABS_TIMESTAMP, allow_inf_nan=False)
@@ -412,7 +415,7 @@ class Ingress:
         body = await self._read_body(request, client, image=True)
         index = frame_index if frame_index is not None else x_frame_index
         ts = timestamp if timestamp is not None else x_timestamp
-        return await self._frame(stream_id, body, index, ts, policy, client)
+        return await self._frame(stream_id, body, index, ts, policy, client, group)
 
     # -- frames: many per request -----------------------------------------------------------------
     @app.post(
@@ -481,6 +484,10 @@ class Ingress:
         if policy not in (None, "drop_oldest", "wait"):
             await websocket.close(code=1008, reason="policy must be drop_oldest or wait")
             return
+        group = websocket.query_params.get("group")
+        if group is not None and not re.fullmatch(STREAM_ID_PATTERN, group):
+            await websocket.close(code=1008, reason="invalid group (1-64 of A-Za-z0-9._-)")
+            return
         client = client_key(given if websocket.app.state.auth_tokens else None,
                             websocket.client and websocket.client.host)  # fmt: skip
         try:
@@ -491,11 +498,12 @@ class Ingress:
             return
         try:
             await websocket.accept()
-            await self._socket_frames(websocket, stream_id, policy, client)
+            await self._socket_frames(websocket, stream_id, policy, client, group)
         finally:
             self.sockets.leave(client)
 
-    async def _socket_frames(self, websocket: WebSocket, stream_id: str, policy: str | None, client: str) -> None:
+    async def _socket_frames(self, websocket: WebSocket, stream_id: str, policy: str | None, client: str,
+                             group: str | None) -> None:  # fmt: skip
         answers: asyncio.Queue = asyncio.Queue(maxsize=self.serving.ws_max_inflight)
 
         async def send_in_order() -> None:
@@ -530,7 +538,7 @@ class Ingress:
                     answer: Awaitable[str] = _done(_answer_json(stream_id, 422, str(exc)))
                 else:
                     answer = asyncio.create_task(self._socket_frame(
-                        stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy, client
+                        stream_id, data, meta.get("frame_index"), meta.get("timestamp"), policy, client, group
                     ))  # fmt: skip
                 if not await queue(answer):
                     break
@@ -540,27 +548,29 @@ class Ingress:
             sender.cancel()  # nobody left to answer
 
     async def _socket_frame(self, stream_id: str, data: bytes, index: int | None, ts: float | None,
-                            policy: str | None, client: str) -> str:  # fmt: skip
+                            policy: str | None, client: str, group: str | None) -> str:  # fmt: skip
         try:
             if len(data) > self.serving.max_body_bytes:
                 raise BodyTooLarge(f"frame of {len(data)} bytes is over the {self.serving.max_body_bytes}-byte limit")
-            result = await self._frame(stream_id, data, index, ts, policy, client)
+            result = await self._frame(stream_id, data, index, ts, policy, client, group)
             return result.model_dump_json()
         except PosefleetError as exc:
             return _answer_json(stream_id, exc.status, str(exc))
 
     # -- camera sources ------------------------------------------------------------------------
-    async def source_frame(self, stream_id: str, image: np.ndarray, index: int | None, ts: float | None) -> dict:
+    async def source_frame(self, stream_id: str, image: np.ndarray, index: int | None, ts: float | None,
+                           group: str | None = None) -> dict:  # fmt: skip
         """A frame a source actor read and decoded (a Serve handle call, not a route): the frame path of a
         POSTed frame from its decoded image on, under the ``drop_oldest`` policy."""
-        result = await self._frame(stream_id, image, index, ts, "drop_oldest", "source")
+        result = await self._frame(stream_id, image, index, ts, "drop_oldest", "source", group)
         return result.model_dump(include={"frame_index", "people", "dropped"})
 
     async def _registry(self, method: str, *args: Any) -> Any:
         if self.sources is None:
             raise Forbidden("camera sources are off (serving.sources.enabled)")
-        try:
-            return await getattr(self.sources, method).remote(*args)
+        call = getattr(self.sources, method)
+        try:  # a restarting registry is retried (then 503), as a restarting stream worker is
+            return await with_retry(lambda: call.remote(*args), "source registry", self.serving.fault_retry_s)
         except ray.exceptions.RayTaskError as exc:
             raised = cause(exc)
             if isinstance(raised, PosefleetError):
@@ -651,32 +661,67 @@ class Ingress:
         page = resources.files("posefleet.serve").joinpath("static/viewer.html").read_text()
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/events", responses={200: {"content": {"text/event-stream": {}}}, 503: ERRORS[503]})
+    async def _hub_snapshots(self, request: Request) -> AsyncIterator[dict | None]:
+        """The viewer hub's snapshots as they change, at most ``viewer.max_hz`` (None: no change within 5 s,
+        time for a keep-alive), until the client goes away."""
+        assert self.hub is not None
+        period, version = 1.0 / self.serving.viewer.max_hz, -1
+        while not await request.is_disconnected():
+            t0 = time.monotonic()
+            try:
+                snap = await self.hub.wait.remote(version, 5.0)
+            except FAULTS:
+                await asyncio.sleep(1.0)
+                continue
+            except (asyncio.CancelledError, ray.exceptions.TaskCancelledError):
+                return  # the client went away
+            changed = snap["version"] != version
+            version = snap["version"]
+            yield snap if changed else None
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
+
+    @app.get("/v1/events", responses=EVENT_STREAM)
     async def events(self, request: Request, client: Client) -> StreamingResponse:
         """Server-sent events: a snapshot of every active stream (results, FPS, p99, drops) on change.
         Viewers are capped (``limits.max_viewers``, per client and in all) and never take a frame slot."""
         if self.hub is None:
             raise HTTPException(404, "the viewer is turned off (serving.viewer.enabled)")
-        period = 1.0 / self.serving.viewer.max_hz
         self.viewers.enter(client)
 
         async def stream() -> AsyncIterator[str]:
-            version = -1
-            while not await request.is_disconnected():
-                t0 = time.monotonic()
-                try:
-                    snap = await self.hub.wait.remote(version, 5.0)
-                except FAULTS:
-                    await asyncio.sleep(1.0)
-                    continue
-                except (asyncio.CancelledError, ray.exceptions.TaskCancelledError):
-                    return  # the viewer went away
-                if snap["version"] != version:
-                    version = snap["version"]
-                    yield f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
+            async for snap in self._hub_snapshots(request):
+                yield ": keep-alive\n\n" if snap is None else f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
+
+        return HeldStream(stream(), lambda: self.viewers.leave(client), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @app.get("/v1/groups/{group}", dependencies=AUTH, responses={404: {}})
+    async def get_group(self, group: StreamId) -> dict:
+        """The latest results of every camera of a group (``?group=`` on its frames, or its source's group),
+        aligned by time: each camera's result nearest to the oldest of their newest, with its skew."""
+        found = await self.hub.group.remote(group) if self.hub is not None else None
+        if found is None:
+            raise HTTPException(404, f"no camera of group {group!r} answered lately")
+        return found
+
+    @app.get("/v1/streams/{stream_id}/results", responses=EVENT_STREAM)
+    async def stream_results(self, stream_id: StreamId, request: Request, client: Client) -> StreamingResponse:
+        """Server-sent events: the stream's results as the viewer gets them (its newest at up to
+        ``viewer.max_hz``), for live consumers; capped like viewers."""
+        if self.hub is None:
+            raise HTTPException(404, "the viewer feed is turned off (serving.viewer.enabled)")
+        self.viewers.enter(client)
+
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            async for snap in self._hub_snapshots(request):
+                mine = None if snap is None else next((v for v in snap["streams"] if v["stream_id"] == stream_id), None)
+                if mine is not None and mine["frame_index"] != last:
+                    last = mine["frame_index"]
+                    latest = await self.hub.latest.remote(stream_id)
+                    yield f"data: {json.dumps(latest, separators=(',', ':'))}\n\n"
                 else:
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(max(0.0, period - (time.monotonic() - t0)))
 
         return HeldStream(stream(), lambda: self.viewers.leave(client), media_type="text/event-stream",
                           headers={"Cache-Control": "no-store"})  # fmt: skip

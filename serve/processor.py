@@ -22,7 +22,9 @@ from posefleet.sink import JsonlSink
 
 
 def _for_viewer(result: FrameResult) -> dict[str, Any]:
-    return result.model_dump(include={"frame_index", "width", "height", "people", "timings", "dropped_before"})
+    return result.model_dump(
+        include={"frame_index", "timestamp", "width", "height", "people", "timings", "dropped_before"}
+    )
 
 
 class FrameRouter:
@@ -67,7 +69,7 @@ class FrameRouter:
 
     async def process(
         self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,
-        client: str = "",
+        client: str = "", group: str | None = None,
     ) -> FrameResult:  # fmt: skip
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
         The bytes are not looked at here: the stream's holder checks them off its event loop."""
@@ -91,7 +93,7 @@ class FrameRouter:
         for stage, value in result.timings.model_dump().items():
             self.metrics.stage_ms.observe(value, tags={"stage": stage.removesuffix("_ms")})
         if self.feed is not None:
-            self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail)
+            self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail, group=group)
         if self.sink is not None:
             self.sink.write(stream_id, result.model_dump_json())
         return result

@@ -147,3 +147,20 @@ def test_jsonl_sink_rotates_and_heals_a_torn_line(tmp_path: Path) -> None:
     lines = [json.loads(x) for f in sorted((tmp_path / "cam-1").glob("*.jsonl"), key=os.path.getmtime)
              for x in f.read_text().splitlines()]  # fmt: skip
     assert [r["frame_index"] for r in lines] == [*range(30), 31]  # every line whole, none twice
+
+
+def test_a_groups_cameras_are_aligned_by_capture_time() -> None:
+    from posefleet.actors.viewer_hub import StreamUpdate, ViewerHub
+
+    hub = ViewerHub()
+    for t in (10.0, 10.1, 10.2, 10.3):  # cam-a runs ahead, cam-b behind; cam-c is in another group
+        hub.publish({"cam-a": StreamUpdate(latest={"frame_index": int(t * 10), "timestamp": t + 0.2}, group="court-1"),
+                     "cam-b": StreamUpdate(latest={"frame_index": int(t * 10), "timestamp": t}, group="court-1"),
+                     "cam-c": StreamUpdate(latest={"frame_index": 1, "timestamp": t}, group="court-2")})  # fmt: skip
+    view = hub.group("court-1")
+    assert view is not None and view["time"] == pytest.approx(10.3)  # the oldest of the newest
+    by = {c["stream_id"]: c for c in view["cameras"]}
+    assert sorted(by) == ["cam-a", "cam-b"]
+    assert by["cam-b"]["result"]["timestamp"] == pytest.approx(10.3) and by["cam-b"]["skew_ms"] == 0
+    assert by["cam-a"]["result"]["timestamp"] == pytest.approx(10.3)  # its frame of that moment, not its newest
+    assert hub.group("court-9") is None

@@ -18,7 +18,9 @@ import ray
 from test_sources import camera_server, needs_ffmpeg, wait_until
 
 from bench.local import free_port, local_app
+from conftest import video_frames
 from posefleet.config import AppConfig, deep_merge
+from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
 
 pytestmark = [pytest.mark.slow, needs_ffmpeg]
@@ -87,6 +89,22 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sink(server: 
         assert stream["frames"] >= 20 and stream["active_tracks"]  # tracked people from the camera
         listed = httpx.get(f"{url}/v1/sources", timeout=30).json()["sources"]
         assert [s["stream_id"] for s in listed] == ["court-1-cam-1"]
+        # a second camera of the court, posted: the group shows both, matched by time
+        frame = encode_jpeg(video_frames("test_video_structuralize.mp4", 1)[0])
+        for _ in range(3):
+            params = {"group": "court-1", "timestamp": time.time()}
+            posted = httpx.post(f"{url}/v1/streams/court-1-cam-2/frames", params=params, content=frame,
+                                headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+            assert posted.status_code == 200, posted.text
+        time.sleep(2.5)  # the viewer feed's flush
+        court = httpx.get(f"{url}/v1/groups/court-1", timeout=30).json()
+        assert [c["stream_id"] for c in court["cameras"]] == ["court-1-cam-1", "court-1-cam-2"], court
+        assert all(abs(c["skew_ms"]) < 5000 for c in court["cameras"])
+        assert httpx.get(f"{url}/v1/groups/court-9", timeout=30).status_code == 404
+        # live results of the stream, as server-sent events
+        with httpx.stream("GET", f"{url}/v1/streams/court-1-cam-1/results", timeout=30) as events:
+            first = next(json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:"))
+        assert first["stream_id"] == "court-1-cam-1" and "people" in first
 
         # the camera dies and comes back: the source reconnects, and says so
         camera.kill()
@@ -107,6 +125,12 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sink(server: 
         camera = camera_server(port)
         assert wait_until(lambda: source(url, "court-1-cam-1")["frames"] >= 20, 60)  # counts anew after restart
         assert source(url, "court-1-cam-1")["frames"] < before + 200
+
+        # the registry is killed: Ray restarts it and it finds its running source again
+        registry = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-sources"))
+        ray.kill(ray.get_actor(registry["name"], namespace=registry["namespace"]), no_restart=False)
+        listed = httpx.get(f"{url}/v1/sources", timeout=60).json()["sources"]
+        assert [s["stream_id"] for s in listed] == ["court-1-cam-1"]
 
         assert httpx.delete(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 204
         assert httpx.get(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 404
