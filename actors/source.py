@@ -14,6 +14,7 @@ for, creates the source actors spread over the nodes, and answers the source end
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import actor_name
@@ -35,7 +37,7 @@ from posefleet.errors import OverCap, UnknownStream
 log = logging.getLogger("posefleet.source")
 
 
-@ray.remote(num_cpus=0.25, max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class SourceActor:
     """Reads its camera from the moment it exists (also after Ray restarted it) until stopped."""
 
@@ -48,6 +50,7 @@ class SourceActor:
         self.stopped = False
         self.dropped = self.errors = 0
         self.last_result: dict[str, Any] | None = None
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=300)  # capture to result
         self.reader = CameraReader(spec["resolved"], cfg, self._offer, spec.get("max_fps"))
         self.sender = threading.Thread(target=self._send_loop, name=f"send {self.stream_id}", daemon=True)
         self.reader.start()
@@ -72,6 +75,7 @@ class SourceActor:
             try:  # frame_index None: the stream's next, so a restarted source goes on where the stream was
                 call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group)
                 result = call.result(timeout_s=60)
+                self.latency_ms.append((time.time() - ts) * 1000.0)
                 self.last_result = {"frame_index": result["frame_index"], "people": len(result["people"]),
                                     "dropped": result["dropped"]}  # fmt: skip
             except Exception as exc:
@@ -84,8 +88,15 @@ class SourceActor:
 
     def status(self) -> dict[str, Any]:
         node = ray.get_runtime_context().get_node_id()[:12]
+        lat = sorted(self.latency_ms)
+        p50, p99 = (
+            (round(lat[len(lat) // 2], 1), round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1))
+            if lat
+            else (None, None)
+        )
         return asdict(self.reader.status) | {"dropped": self.dropped, "errors": self.errors, "node": node,
-                                              "last_result": self.last_result}  # fmt: skip
+                                              "last_result": self.last_result, "latency_p50_ms": p50,
+                                              "latency_p99_ms": p99}  # fmt: skip
 
     def stop(self) -> None:
         self.reader.stop()
@@ -115,10 +126,23 @@ class SourceRegistry:
                     self.specs.setdefault(spec["stream_id"], spec)
 
     def _actor(self, stream_id: str, spec: dict[str, Any]) -> ray.actor.ActorHandle:
+        node = spec.get("node")
+        placement = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"  # soft: its node may die
         return SourceActor.options(  # type: ignore[attr-defined]
             name=actor_name(self.deploy_id, f"source-{stream_id}"), namespace=self.namespace, get_if_exists=True,
-            lifetime="detached", scheduling_strategy="SPREAD",
+            lifetime="detached", scheduling_strategy=placement, num_cpus=self.cfg.num_cpus,
         ).remote(spec, self.cfg, self.app_name)  # fmt: skip
+
+    def _place(self) -> str:
+        """The alive node running the fewest sources, under ``max_per_node``: sources spread over the cluster."""
+        load = {n["NodeID"]: 0 for n in ray.nodes() if n.get("Alive")}
+        for spec in self.specs.values():
+            if spec.get("node") in load:
+                load[spec["node"]] += 1
+        node, count = min(load.items(), key=lambda kv: (kv[1], kv[0]))
+        if count >= self.cfg.max_per_node:
+            raise OverCap(f"every node runs {self.cfg.max_per_node} sources (serving.sources.max_per_node)")
+        return node
 
     async def add(self, stream_id: str, url: str, max_fps: float | None = None,
                   group: str | None = None) -> dict[str, Any]:  # fmt: skip
@@ -130,7 +154,7 @@ class SourceRegistry:
             raise OverCap(f"{len(self.specs)} sources run (serving.sources.max_sources)")
         resolved = check_source_url(url, self.cfg)  # before anything is fetched
         spec = {"stream_id": stream_id, "url": redact(url), "resolved": resolved, "max_fps": max_fps,
-                "group": group, "created": time.time()}  # fmt: skip
+                "group": group, "created": time.time(), "node": self._place()}  # fmt: skip
         self.specs[stream_id] = spec
         self._actor(stream_id, spec)  # reads from the moment it exists
         return await self.describe(stream_id)
@@ -144,7 +168,7 @@ class SourceRegistry:
             status = await self._actor(stream_id, spec).status.remote()
         except FAULTS as exc:  # restarting: Ray brings it back
             status = {"state": "reconnecting", "last_error": f"source actor restarting ({type(exc).__name__})"}
-        public = {k: v for k, v in spec.items() if k != "resolved"}
+        public = {k: v for k, v in spec.items() if k not in ("resolved", "node")}
         return public | status
 
     async def list(self) -> list[dict[str, Any]]:

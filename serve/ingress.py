@@ -169,6 +169,8 @@ class SourceInfo(BaseModel):
     reconnects: int = 0
     node: str | None = None
     last_result: dict[str, Any] | None = None
+    latency_p50_ms: float | None = Field(None, description="capture to result, over the last 300 frames")
+    latency_p99_ms: float | None = None
 
 
 class SourceList(BaseModel):
