@@ -113,6 +113,7 @@ class ViewerHub:
                 "p99_ms": round(float(np.percentile(v.latencies, 99)), 1) if v.latencies else None,
                 "dropped": v.dropped,
                 "thumb_version": v.thumb_version,
+                "group": v.group,
             })  # fmt: skip
         return {"version": self.version, "time": now, "streams": streams}
 

@@ -87,6 +87,14 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
                 "els => els.map(e => ({name: e.dataset.stream, fps: parseFloat(e.dataset.fps),"
                 " people: parseInt(e.dataset.people || '0'), stats: e.querySelector('.stats').textContent}))",
             )
+            # a camera of a court: its tile moves under the court's name, beside none of the others
+            frame = (DATA / "000000000785.jpg").read_bytes()
+            court = {"content-type": "image/jpeg", "authorization": f"Bearer {TOKEN}"}
+            httpx.post(f"{server}/v1/streams/court-1-cam-a/frames", params={"group": "court-1"}, content=frame,
+                       headers=court, timeout=60)  # fmt: skip
+            page.wait_for_selector('.group[data-group="court-1"] section.tile[data-stream="court-1-cam-a"]',
+                                   timeout=30_000)  # fmt: skip
+            grouped = page.eval_on_selector_all(".group section.tile", "els => els.map(e => e.dataset.stream)")
             page.wait_for_timeout(1500)  # let a thumbnail land under the skeletons
             page.screenshot(path=str(shot))
             browser.close()
@@ -97,6 +105,7 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
     assert set(by_name) >= {name for name, _ in jobs}
     assert all(by_name[name]["fps"] > 0 and "FPS" in by_name[name]["stats"] for name, _ in jobs)
     assert any(by_name[name]["people"] > 0 for name, _ in jobs)
+    assert grouped == ["court-1-cam-a"]
     assert shot.stat().st_size > 20_000
     if out := os.environ.get("POSEFLEET_VIEWER_SCREENSHOT"):
         shutil.copyfile(shot, out)
