@@ -34,7 +34,7 @@ class _View:
     thumb_version: int = 0
     group: str | None = None
     # (time, result) of recent flushes: a group's cameras are matched by time from these
-    history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=50))
+    history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=30))
 
 
 def _when(entry: tuple[float, dict[str, Any]]) -> float:
@@ -69,11 +69,12 @@ class ViewerHub:
             v = self.views.setdefault(stream_id, _View())
             v.last_seen = now
             v.dropped += u.dropped
-            if u.latest is not None:
-                v.latest = u.latest
-                v.history.append((now, u.latest))
             if u.group is not None:
                 v.group = u.group
+            if u.latest is not None:
+                v.latest = u.latest
+                if v.group is not None:  # only a group's cameras are matched by time: the others keep no history
+                    v.history.append((now, u.latest))
             v.served_at.extend(t for t, _ in u.served)
             v.latencies.extend(ms for _, ms in u.served)
             if u.thumbnail is not None:
