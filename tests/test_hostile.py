@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import ray
 import websockets
 
 from bench import hostile
@@ -214,7 +216,13 @@ def test_clients_that_go_away_mid_frame_leave_no_stray_errors(server: str, frame
     assert gone == 48
     time.sleep(3)  # what they left in flight finishes or is dropped
     assert held(server)["sockets"]["open"] == 0
-    # an exception nobody awaited is logged by asyncio in the process that owned it: none may be
+    # an exception nobody awaited is logged by asyncio in the process that owned it: none may be in ours.
+    # (Serve's own HTTP proxy logs "async generator ignored GeneratorExit" tasks when clients go away mid
+    # request: Serve's, not ours, so its log is left out.)
+    proxy = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "PROXY" in a["name"])
+    proxy_pid = ray.get(ray.get_actor(proxy["name"], namespace=proxy["namespace"]).__ray_call__.remote(
+        lambda self: os.getpid()))  # fmt: skip
     logs = Path("/tmp/ray/session_latest/logs")
-    stray = [f.name for f in logs.rglob("*") if f.is_file() and "never retrieved" in f.read_text(errors="replace")]
+    ours = [f for f in logs.rglob("*") if f.is_file() and not f.stem.endswith(f"-{proxy_pid}")]
+    stray = [f.name for f in ours if "never retrieved" in f.read_text(errors="replace")]
     assert not stray, stray
