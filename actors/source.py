@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,6 +115,23 @@ class SourceRegistry:
         self.deploy_id, self.namespace, self.cfg, self.app_name = deploy_id, namespace, cfg, app_name
         self.specs: dict[str, dict[str, Any]] = {}
         self.recovered = False
+        self.state_file = Path(cfg.state_file).expanduser() if cfg.state_file else None
+        if self.state_file is not None and self.state_file.is_file():  # a new deploy, or a head restart
+            for spec in json.loads(self.state_file.read_text()):
+                self.specs[spec["stream_id"]] = spec
+                self._actor(spec["stream_id"], spec)  # reads from the moment it exists
+            log.info("started %d sources kept in %s", len(self.specs), self.state_file)
+
+    def _save(self) -> None:
+        """Keep the sources asked for, atomically, readable by this user only (URLs may hold credentials)."""
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(self.specs.values()), f)
+        os.replace(tmp, self.state_file)
 
     async def _recover(self) -> None:
         """After Ray restarted this registry: the source actors ran on; take their specs back from them."""
@@ -156,6 +176,7 @@ class SourceRegistry:
         spec = {"stream_id": stream_id, "url": redact(url), "resolved": resolved, "max_fps": max_fps,
                 "group": group, "created": time.time(), "node": self._place()}  # fmt: skip
         self.specs[stream_id] = spec
+        self._save()
         self._actor(stream_id, spec)  # reads from the moment it exists
         return await self.describe(stream_id)
 
@@ -180,6 +201,7 @@ class SourceRegistry:
         spec = self.specs.pop(stream_id, None)
         if spec is None:
             raise UnknownStream(f"no source {stream_id!r}")
+        self._save()
         actor = self._actor(stream_id, spec)
         with contextlib.suppress(*FAULTS):
             await actor.stop.remote()

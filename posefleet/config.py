@@ -335,6 +335,13 @@ class SourcesConfig(_Strict):
     stall_s: float = Field(5.0, gt=0.0, description="no frame for this long: the camera stalled, reconnect")
     reconnect_min_s: float = Field(0.5, gt=0.0)
     reconnect_max_s: float = Field(10.0, gt=0.0, description="backoff between reconnects doubles up to this")
+    state_file: str | None = Field(
+        None,
+        description=(
+            "the sources asked for are kept in this file (owner-only: URLs may hold credentials) and started "
+            "again by the next deploy, or after a head restart; None: they last as long as the deploy"
+        ),
+    )
     max_failed_connects: int = Field(
         5, ge=1, description="a source that never connected ends 'failed' after this many tries in a row"
     )

@@ -15,28 +15,31 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from test_sources import camera_server, needs_ffmpeg, wait_until
+from ray import serve
+from test_sources import CLIP, camera_server, needs_ffmpeg, wait_until
 
 from bench.local import free_port, local_app
-from conftest import video_frames
+from conftest import DATA, video_frames
 from posefleet.config import AppConfig, deep_merge
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import load_serve_config
+from posefleet.serve.app import build_app, load_serve_config
 
 pytestmark = [pytest.mark.slow, needs_ffmpeg]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    sink = tmp_path_factory.mktemp("sink")
+    sink, state = tmp_path_factory.mktemp("sink"), tmp_path_factory.mktemp("state") / "sources.json"
     args = load_serve_config()["applications"][0]["args"]
     serving = {
         "sources": {"enabled": True, "allow_hosts": ["127.0.0.1"], "max_sources": 4, "open_timeout_s": 3.0,
-                    "stall_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "max_failed_connects": 2},
+                    "stall_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "max_failed_connects": 2,
+                    "allow_schemes": ["http", "file"], "allow_dirs": [str(DATA)], "state_file": str(state)},
         "sink": {"directory": str(sink)},
     }  # fmt: skip
-    with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving}))) as url:
-        yield {"url": url, "sink": sink}
+    cfg = AppConfig.model_validate(deep_merge(args, {"serving": serving}))
+    with local_app(cfg) as url:
+        yield {"url": url, "sink": sink, "cfg": cfg, "state": state}
 
 
 def test_serve_with_a_source_writes_the_cameras_results(tmp_path: Path) -> None:
@@ -165,3 +168,28 @@ def test_a_camera_that_never_answers_ends_failed_with_the_reason(server: dict) -
     info = source(url, "dead-cam")
     assert "cannot open" in info["last_error"] and "hunter2" not in json.dumps(info)
     assert httpx.delete(f"{url}/v1/sources/dead-cam", timeout=30).status_code == 204
+
+
+def test_sources_come_back_after_a_redeploy(server: dict) -> None:
+    url = server["url"]
+    resp = httpx.post(f"{url}/v1/sources", json={"stream_id": "kept-cam", "url": str(CLIP)}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    assert wait_until(lambda: source(url, "kept-cam")["frames"] >= 10, 60)
+    assert server["state"].stat().st_mode & 0o077 == 0  # owner-only: source URLs may hold credentials
+    old = kept()
+    assert len(old) == 1
+    serve.run(build_app(server["cfg"]), name="posefleet", route_prefix="/")  # a new deploy, its own actors
+    assert wait_until(lambda: httpx.get(f"{url}/v1/sources/kept-cam", timeout=30).status_code == 200
+                      and source(url, "kept-cam")["frames"] >= 10, 90)  # fmt: skip
+
+    assert wait_until(lambda: len(kept()) == 1, 60), kept()
+    assert not kept() & old  # the new deploy's source; the old one went with its deploy
+    assert httpx.delete(f"{url}/v1/sources/kept-cam", timeout=30).status_code == 204
+    assert json.loads(server["state"].read_text()) == []
+
+
+def kept() -> set[str]:
+    """The names of the source actors of stream ``kept-cam``, whatever deploy they belong to."""
+    return {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-source-kept-cam")
+    }
