@@ -35,7 +35,7 @@ from posefleet.actors.owner import actor_name
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.config import SourcesConfig
-from posefleet.errors import OverCap, UnknownStream
+from posefleet.errors import Conflict, OverCap, UnknownStream
 
 log = logging.getLogger("posefleet.source")
 
@@ -166,10 +166,10 @@ class SourceRegistry:
 
     async def add(self, stream_id: str, url: str, max_fps: float | None = None,
                   group: str | None = None) -> dict[str, Any]:  # fmt: skip
-        """Start a source; Forbidden / ValueError for a URL the allowlist refuses, OverCap beyond the cap."""
+        """Start a source; Forbidden / InvalidRequest for a URL the allowlist refuses, Conflict, OverCap."""
         await self._recover()
         if stream_id in self.specs:
-            raise ValueError(f"source {stream_id!r} exists; DELETE it first")
+            raise Conflict(f"source {stream_id!r} exists; DELETE it first")
         if len(self.specs) >= self.cfg.max_sources:
             raise OverCap(f"{len(self.specs)} sources run (serving.sources.max_sources)")
         resolved = check_source_url(url, self.cfg)  # before anything is fetched

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from posefleet.config import SourcesConfig
-from posefleet.errors import Forbidden
+from posefleet.errors import Forbidden, InvalidRequest
 
 
 def redact(url: str) -> str:
@@ -40,28 +40,34 @@ def _host_allowed(host: str, allowed: list[str]) -> bool:
     return False
 
 
+def file_path(url: str) -> Path:
+    """The file a ``file://`` URL or a plain path names, resolved (``..`` and links followed)."""
+    parts = urlsplit(url)
+    return Path(parts.path if parts.scheme else url).resolve()
+
+
 def check_source_url(url: str, cfg: SourcesConfig) -> str:
-    """The URL if the allowlist lets a source read it; Forbidden (403) if not, ValueError (422) if it is
+    """The URL if the allowlist lets a source read it; Forbidden (403) if not, InvalidRequest (422) if it is
     not a usable URL. A file source is given as ``file:///path`` or a plain path under an allowed directory."""
     if len(url) > 2048:
-        raise ValueError("a source URL is at most 2048 characters")
+        raise InvalidRequest("a source URL is at most 2048 characters")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValueError(f"not a URL: {exc}") from None
+        raise InvalidRequest(f"not a URL: {exc}") from None
     scheme = (parts.scheme or "file").lower()
     if scheme not in cfg.allow_schemes:
         raise Forbidden(f"scheme {scheme!r} is not allowed (serving.sources.allow_schemes: {cfg.allow_schemes})")
     if scheme == "file":
-        path = Path(parts.path if parts.scheme else url).resolve()
+        path = file_path(url)
         dirs = [Path(d).resolve() for d in cfg.allow_dirs]
         if not any(path.is_relative_to(d) for d in dirs):
             raise Forbidden(f"{redact(url)}: not under a directory of serving.sources.allow_dirs")
         if not path.is_file():
-            raise ValueError(f"no such file: {path}")
+            raise InvalidRequest(f"no such file: {path}")
         return str(path)
     if not parts.hostname:
-        raise ValueError(f"{redact(url)}: no host")
+        raise InvalidRequest(f"{redact(url)}: no host")
     if not _host_allowed(parts.hostname, cfg.allow_hosts):
         raise Forbidden(f"host {parts.hostname!r} is not allowed (serving.sources.allow_hosts)")
     return url

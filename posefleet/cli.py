@@ -202,17 +202,27 @@ def _run_submit(url: str, jobs: list[tuple[str, str]], args: argparse.Namespace,
 
 def _check_server(url: str, token: str | None) -> None:
     """One cheap authenticated request first, so a wrong address or token is one clear line."""
+    _api(url, token, "GET", "/v1/streams?limit=1")
+
+
+def _api(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """A call to a posefleet server's API; what goes wrong is one CliError line."""
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.get(f"{url.rstrip('/')}/v1/streams", headers=headers, timeout=10)
+        resp = httpx.request(method, f"{url.rstrip('/')}{path}", headers=headers, timeout=60, **kwargs)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach {url} ({type(exc).__name__}): is `posefleet serve` running there?") from exc
     if resp.status_code == 401:
         raise CliError(f"{url} wants a valid API token: pass --token or set POSEFLEET_TOKEN")
-    if resp.status_code != 200:
-        raise CliError(f"{url} does not answer like a posefleet server (GET /v1/streams: HTTP {resp.status_code})")
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail")
+        except ValueError:
+            detail = resp.text[:200]
+        raise CliError(f"{url}: {method} {path.split('?')[0]}: HTTP {resp.status_code}: {detail}")
+    return resp.json() if resp.content else None
 
 
 ANNOTATED_SUFFIXES = {".mp4", ".avi", ".jpg", ".jpeg", ".png"}
@@ -253,23 +263,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if all(r.frames for r in reports) else 1
 
 
-def _source_request(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        resp = httpx.request(method, f"{url.rstrip('/')}{path}", headers=headers, timeout=60, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach {url} ({type(exc).__name__}): is `posefleet serve` running there?") from exc
-    if resp.status_code >= 400:
-        try:
-            detail = resp.json().get("detail")
-        except ValueError:
-            detail = resp.text[:200]
-        raise CliError(f"HTTP {resp.status_code}: {detail}")
-    return resp.json() if resp.content else None
-
-
 def _source_line(s: dict[str, Any]) -> str:
     seen = time.strftime("%H:%M:%S", time.localtime(s["last_frame_at"])) if s.get("last_frame_at") else "-"
     line = (f"{s['stream_id']:<24} {s['state']:<12} {s['frames']:>7} frames {s['fps']:>5.1f} FPS "
@@ -288,12 +281,12 @@ def _source_names(urls: list[str]) -> list[str]:
 def cmd_sources(args: argparse.Namespace) -> int:
     if args.action == "add":
         ask = {"stream_id": args.stream, "url": args.source_url, "max_fps": args.max_fps, "group": args.group}
-        print(_source_line(_source_request(args.url, args.token, "POST", "/v1/sources", json=ask)))
+        print(_source_line(_api(args.url, args.token, "POST", "/v1/sources", json=ask)))
     elif args.action == "list":
-        for s in _source_request(args.url, args.token, "GET", "/v1/sources")["sources"]:
+        for s in _api(args.url, args.token, "GET", "/v1/sources")["sources"]:
             print(_source_line(s))
     else:
-        _source_request(args.url, args.token, "DELETE", f"/v1/sources/{args.stream}")
+        _api(args.url, args.token, "DELETE", f"/v1/sources/{args.stream}")
         print(f"stopped {args.stream}")
     return 0
 
@@ -303,13 +296,14 @@ def _allow_sources(app_args: dict[str, Any], urls: list[str], out: str) -> dict[
     results in ``out`` (``<stream>/<hour>.jsonl``) unless the config names a sink already."""
     from urllib.parse import urlsplit
 
+    from posefleet.allowlist import file_path
     from posefleet.config import deep_merge
 
     hosts, dirs = [], []
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme in ("", "file"):
-            dirs.append(str(Path(parts.path if parts.scheme else url).resolve().parent))
+            dirs.append(str(file_path(url).parent))
         elif parts.hostname:
             hosts.append(parts.hostname)
     serving = app_args.get("serving") or {}
@@ -396,7 +390,7 @@ def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: A
         print(f"Prometheus metrics: http://127.0.0.1:{args.metrics_port}/metrics", file=sys.stderr)
     token = app_cfg.serving.security.api_token()
     for name, source in zip(_source_names(args.source), args.source, strict=True):
-        made = _source_request(url, token, "POST", "/v1/sources", json={"stream_id": name, "url": source})
+        made = _api(url, token, "POST", "/v1/sources", json={"stream_id": name, "url": source})
         print(f"source {made['stream_id']}: {made['url']} ({made['state']})", file=sys.stderr)
     if args.submit:
         jobs = _submit_jobs(args.submit, None, 1)

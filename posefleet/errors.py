@@ -63,6 +63,18 @@ class FrameAbandoned(PosefleetError):
     status, reason = 409, "abandoned"
 
 
+class InvalidRequest(PosefleetError, ValueError):
+    """A request's content is unusable as given (a source URL with no host, a file that is not there)."""
+
+    status, reason = 422, "invalid"
+
+
+class Conflict(PosefleetError, ValueError):
+    """It exists already (a source for the stream)."""
+
+    status, reason = 409, "conflict"
+
+
 class Forbidden(PosefleetError):
     """Not allowed by the configuration (a source URL off the allowlist, sources turned off)."""
 

@@ -101,6 +101,11 @@ def check_image(data: bytes, max_pixels: int, max_side: int) -> tuple[str, int, 
 def decode_image(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
     """JPEG/PNG bytes -> BGR uint8 ``[H, W, 3]`` (grey and RGBA converted), or :class:`ImageError`."""
     fmt, _, _ = check_image(data, max_pixels, max_side)
+    return decode_checked(data, fmt)
+
+
+def decode_checked(data: bytes, fmt: str) -> np.ndarray:
+    """Decode bytes that :func:`check_image` has already passed (its checks are not run twice)."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageError(f"corrupt {fmt.upper()}: cannot be decoded")

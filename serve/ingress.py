@@ -46,6 +46,7 @@ from posefleet.errors import (
     Forbidden,
     ImageError,
     ImageTruncated,
+    InvalidRequest,
     OverCap,
     PosefleetError,
     Unavailable,
@@ -85,6 +86,11 @@ def token_ok(app_: FastAPI, given: str | None) -> bool:
     return not tokens or sum(hmac.compare_digest(given_b, t.encode()) for t in tokens) > 0
 
 
+def client_of(app_: FastAPI, given: str | None, address: str | None) -> str:
+    """The name a client's caps are counted under: its token (when auth is on), else its address."""
+    return client_key(given if app_.state.auth_tokens else None, address)
+
+
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> str:
@@ -92,7 +98,7 @@ def require_token(
     given = credentials.credentials if credentials is not None else None
     if not token_ok(request.app, given):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return client_key(given if request.app.state.auth_tokens else None, request.client and request.client.host)
+    return client_of(request.app, given, request.client and request.client.host)
 
 
 Client = Annotated[str, Depends(require_token)]
@@ -443,7 +449,7 @@ class Ingress:
         try:  # parsing touches every byte: off the event loop
             parts = await asyncio.to_thread(frame_parts, body, ctype, self.serving.max_batch_frames)
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
         answers: list[FrameAnswer | None] = [None] * len(parts)
         by_stream: dict[str, list[int]] = {}
         for i, part in enumerate(parts):
@@ -490,8 +496,7 @@ class Ingress:
         if group is not None and not re.fullmatch(STREAM_ID_PATTERN, group):
             await websocket.close(code=1008, reason="invalid group (1-64 of A-Za-z0-9._-)")
             return
-        client = client_key(given if websocket.app.state.auth_tokens else None,
-                            websocket.client and websocket.client.host)  # fmt: skip
+        client = client_of(websocket.app, given, websocket.client and websocket.client.host)
         try:
             self.sockets.enter(client)
         except OverCap as exc:  # accepted to say why: a refused handshake reaches the client as a bare 403
@@ -574,12 +579,7 @@ class Ingress:
         try:  # a restarting registry is retried (then 503), as a restarting stream worker is
             return await with_retry(lambda: call.remote(*args), "source registry", self.serving.fault_retry_s)
         except ray.exceptions.RayTaskError as exc:
-            raised = cause(exc)
-            if isinstance(raised, PosefleetError):
-                raise raised from None
-            if isinstance(raised, ValueError):
-                raise HTTPException(422, str(raised)) from None
-            raise
+            raise cause(exc) from None  # a PosefleetError: error_answer maps it
 
     @app.post("/v1/sources", status_code=201, response_model=SourceInfo, dependencies=AUTH, responses=SOURCE_ERRORS)
     async def add_source(self, request: SourceRequest) -> SourceInfo:

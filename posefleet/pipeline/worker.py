@@ -29,7 +29,7 @@ import numpy as np
 
 from posefleet.config import AdmissionConfig, CheckpointConfig, LimitsConfig, PipelineConfig, ViewerConfig
 from posefleet.errors import FrameAbandoned, FrameDropped, OverCap
-from posefleet.image_io import as_bgr, check_image, check_size, decode_image, encode_jpeg
+from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
 from posefleet.pipeline.admission import PixelBudget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
 from posefleet.pipeline.schema import FrameResult
@@ -123,9 +123,10 @@ class StreamWorker:
             decoded: np.ndarray | None = as_bgr(body)
             height, width = decoded.shape[:2]
             check_size(width, height, *limits)
+            fmt = "array"
         else:  # the header check runs off the event loop and before the frame touches its stream
             decoded = None
-            _, width, height = await asyncio.to_thread(check_image, body, *limits)
+            fmt, width, height = await asyncio.to_thread(check_image, body, *limits)
         self._start_sweeper()
         try:
             stream, index = await self.admit(stream_id, frame_index, policy, client)
@@ -139,7 +140,7 @@ class StreamWorker:
         try:
             async with self.pixels.hold(width * height):
                 t0 = time.perf_counter()
-                image = decoded if decoded is not None else await asyncio.to_thread(decode_image, body, *limits)
+                image = decoded if decoded is not None else await asyncio.to_thread(decode_checked, body, fmt)
                 decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
                 steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
                 [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
