@@ -114,6 +114,7 @@ class SourceRegistry:
     def __init__(self, deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str):
         self.deploy_id, self.namespace, self.cfg, self.app_name = deploy_id, namespace, cfg, app_name
         self.specs: dict[str, dict[str, Any]] = {}
+        self.actors: dict[str, ray.actor.ActorHandle] = {}
         self.recovered = False
         self.state_file = Path(cfg.state_file).expanduser() if cfg.state_file else None
         if self.state_file is not None and self.state_file.is_file():  # a new deploy, or a head restart
@@ -146,6 +147,12 @@ class SourceRegistry:
                     self.specs.setdefault(spec["stream_id"], spec)
 
     def _actor(self, stream_id: str, spec: dict[str, Any]) -> ray.actor.ActorHandle:
+        """The stream's source actor: created (or found by name) once, then its handle is kept."""
+        if stream_id not in self.actors:
+            self.actors[stream_id] = self._create(stream_id, spec)
+        return self.actors[stream_id]
+
+    def _create(self, stream_id: str, spec: dict[str, Any]) -> ray.actor.ActorHandle:
         node = spec.get("node")
         placement = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"  # soft: its node may die
         return SourceActor.options(  # type: ignore[attr-defined]
@@ -202,7 +209,7 @@ class SourceRegistry:
         if spec is None:
             raise UnknownStream(f"no source {stream_id!r}")
         self._save()
-        actor = self._actor(stream_id, spec)
+        actor = self.actors.pop(stream_id, None) or self._create(stream_id, spec)
         with contextlib.suppress(*FAULTS):
             await actor.stop.remote()
         ray.kill(actor, no_restart=True)

@@ -102,6 +102,7 @@ class StreamWorker:
             s.state.force_detect = s.state_recovered = True
             s.frames = state.get("frames", 0)
         self.sweeper: asyncio.Task | None = None
+        self.last_eviction = float("-inf")
 
     # -- a frame ------------------------------------------------------------------------------
     async def process(
@@ -205,7 +206,8 @@ class StreamWorker:
     async def _new_stream(self, stream_id: str, frame_index: int | None, client: str) -> _Stream:
         """A stream's first frame creates it, within the caps (idle streams make room first)."""
         caps = self.limits
-        if len(self.streams) >= caps.max_streams or self.per_client.get(client, 0) >= caps.max_streams_per_client:
+        at_cap = len(self.streams) >= caps.max_streams or self.per_client.get(client, 0) >= caps.max_streams_per_client
+        if at_cap and time.monotonic() - self.last_eviction > 1.0:  # a flood of new ids scans at most once a second
             await self.evict_idle()
         if len(self.streams) >= caps.max_streams:
             raise OverCap(f"{len(self.streams)} streams are held here (limits.max_streams)")
@@ -228,6 +230,7 @@ class StreamWorker:
     # -- idle streams ---------------------------------------------------------------------------
     async def evict_idle(self) -> list[str]:
         """Forget streams with no frame for ``limits.stream_idle_s`` (and none in flight), checkpoints too."""
+        self.last_eviction = time.monotonic()
         cutoff = time.time() - self.limits.stream_idle_s
         idle = [sid for sid, s in self.streams.items() if s.last_seen < cutoff and not s.busy()]
         for sid in idle:
