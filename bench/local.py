@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +90,36 @@ def local_app(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-gi and GStreamer's RTSP server
+RTSP_CAMERA = Path(__file__).resolve().parents[1] / "scripts" / "rtsp_camera.py"
+
+
+def rtsp_available() -> bool:
+    """Whether a live RTSP camera can run here (scripts/install-test-tools.sh installs what it needs)."""
+    try:
+        check = subprocess.run([SYSTEM_PYTHON, str(RTSP_CAMERA), "--check"], capture_output=True)
+    except OSError:
+        return False
+    return check.returncode == 0 and shutil.which("ffmpeg") is not None
+
+
+def rtsp_camera(port: int, clip: Path) -> subprocess.Popen:
+    """A live RTSP camera at ``rtsp://127.0.0.1:{port}/cam`` playing ``clip`` (ten times over) at its own rate
+    to every client, listening when this returns."""
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_CAMERA), str(looped(clip)), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+@cache
+def looped(clip: Path, times: int = 10) -> Path:
+    """``clip`` ``times`` over, copied, not re-encoded (an RTSP session plays its file once)."""
+    out = Path(tempfile.mkdtemp(prefix="posefleet-rtsp-")) / f"{clip.stem}-x{times}{clip.suffix}"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", str(times - 1), "-i", str(clip), "-c", "copy",
+                    str(out)], check=True)  # fmt: skip
+    return out

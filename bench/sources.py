@@ -1,6 +1,7 @@
 """Cameras the cluster pulls itself against cameras that push: N streams of the same clip at its own frame
-rate (30 FPS), as N file sources (``POST /v1/sources``, read and decoded by source actors) and as N
-clients pushing the same frames over a WebSocket and over POST, one run, the embedded default.
+rate (30 FPS), as N file sources (``POST /v1/sources``, read and decoded by source actors), as N sessions
+of a live RTSP camera (GStreamer's RTSP server on loopback sending the clip's H.264, where installed), and
+as N clients pushing the same frames over a WebSocket and over POST, one run, the embedded default.
 
     python -m bench.sources [--streams 1 4 8] [--seconds 20]
 
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.inprocess import machine_cpu_ms
-from bench.local import local_app
+from bench.local import free_port, local_app, rtsp_available, rtsp_camera
 from posefleet.config import deep_merge
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
@@ -30,10 +31,10 @@ from posefleet.serve.client import submit
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
 
 
-def run_sources(url: str, n: int, seconds: float) -> dict:
-    names = [f"src-{n}-{i}" for i in range(n)]
+def run_sources(url: str, n: int, seconds: float, camera: str) -> dict:
+    names = [f"src-{n}-{i}-{camera.split(':')[0]}" for i in range(n)]
     for name in names:
-        resp = httpx.post(f"{url}/v1/sources", json={"stream_id": name, "url": str(CLIP)}, timeout=60)
+        resp = httpx.post(f"{url}/v1/sources", json={"stream_id": name, "url": camera}, timeout=60)
         resp.raise_for_status()
     time.sleep(3.0)  # connected and warm
     before = {s["stream_id"]: s for s in httpx.get(f"{url}/v1/sources", timeout=60).json()["sources"]}
@@ -70,13 +71,29 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     spec = load_serve_config()["applications"][0]
-    sources = {"enabled": True, "allow_schemes": ["file"], "allow_dirs": [str(CLIP.parent)], "max_sources": 16}
+    sources = {"enabled": True, "allow_schemes": ["file", "rtsp"], "allow_dirs": [str(CLIP.parent)],
+               "allow_hosts": ["127.0.0.1"], "max_sources": 16}  # fmt: skip
+    cameras = {"sources (file)": str(CLIP)}
+    rtsp = None
+    if rtsp_available():
+        port = free_port()
+        rtsp, cameras["sources (rtsp)"] = rtsp_camera(port, CLIP), f"rtsp://127.0.0.1:{port}/cam"
+    else:
+        print("no RTSP camera here (scripts/install-test-tools.sh installs one): file sources only")
     rows = []
-    with local_app(deep_merge(spec["args"], {"serving": {"sources": sources}})) as url:
-        plan = [(n, how) for n in args.streams for how in ("sources", "ws", "http")]
-        for n, how in tqdm(plan, desc="bench.sources", unit="row"):
-            row = run_sources(url, n, args.seconds) if how == "sources" else run_pushing(url, n, args.seconds, how)
-            rows.append({"streams": n, "how": how, "offered_fps": 30.0 * n} | {k: round(v, 1) for k, v in row.items()})
+    try:
+        with local_app(deep_merge(spec["args"], {"serving": {"sources": sources}})) as url:
+            plan = [(n, how) for n in args.streams for how in (*cameras, "ws", "http")]
+            for n, how in tqdm(plan, desc="bench.sources", unit="row"):
+                if how in cameras:
+                    row = run_sources(url, n, args.seconds, cameras[how])
+                else:
+                    row = run_pushing(url, n, args.seconds, how)
+                figures = {k: round(v, 1) for k, v in row.items()}
+                rows.append({"streams": n, "how": how, "offered_fps": 30.0 * n} | figures)
+    finally:
+        if rtsp is not None:
+            rtsp.terminate()
     print("| streams | how | offered FPS | served FPS | shed | p99 ms | CPU-ms / frame |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

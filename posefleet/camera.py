@@ -6,6 +6,7 @@ Plain Python, tested without Ray; a source actor (``actors/source.py``) runs one
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class CameraReader:
     def _open(self) -> cv2.VideoCapture | None:
         ms = int(self.cfg.open_timeout_s * 1000)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.stall_s * 1000)]
+        if self.url.startswith(("rtsp://", "rtsps://")):  # OpenCV takes FFmpeg's options from this variable only
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{self.cfg.rtsp_transport}"
         cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             return cap

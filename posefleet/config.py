@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONFIG_DIR = Path(str(resources.files("posefleet.configs")))
 
@@ -332,6 +332,9 @@ class SourcesConfig(_Strict):
     num_cpus: float = Field(0.1, ge=0.0, description="CPUs Ray reserves for each source actor (it decodes)")
     max_fps: float = Field(30.0, gt=0.0, description="the most frames a second a source hands on (and the default)")
     open_timeout_s: float = Field(10.0, gt=0.0, description="connecting to a camera gives up after this")
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP media over the control connection (tcp: no lost packets, passes NAT) or udp"
+    )
     stall_s: float = Field(5.0, gt=0.0, description="no frame for this long: the camera stalled, reconnect")
     reconnect_min_s: float = Field(0.5, gt=0.0)
     reconnect_max_s: float = Field(10.0, gt=0.0, description="backoff between reconnects doubles up to this")
@@ -347,11 +350,36 @@ class SourcesConfig(_Strict):
     )
 
 
+class WebhookConfig(_Strict):
+    """Every stream's results POSTed to a receiver as ``{"results": [...]}`` batches, retried with backoff
+    (at least once: each batch has an ``X-Posefleet-Batch`` id, each result its stream and frame index)."""
+
+    url: str | None = Field(None, description="http(s) URL the batches go to; None: off")
+    token_env: str | None = Field(None, description="env var whose value is sent as a bearer token")
+    batch_max: int = Field(200, ge=1, description="results a batch holds at most")
+    interval_s: float = Field(1.0, gt=0.0, description="a batch that is not full goes after this long")
+    timeout_s: float = Field(10.0, gt=0.0, description="one POST gives up after this (then retried)")
+    retry_min_s: float = Field(0.5, gt=0.0)
+    retry_max_s: float = Field(30.0, gt=0.0, description="backoff between retries doubles up to this")
+    max_queue: int = Field(
+        100_000, ge=1, description="results waiting per ingress replica; beyond it the oldest are shed"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("a webhook URL starts with http:// or https://")
+        return url
+
+
 class SinkConfig(_Strict):
-    """Every stream's results appended as JSON lines, one file per stream and hour (rotated by size too)."""
+    """Every stream's results appended as JSON lines, one file per stream and hour (rotated by size too),
+    and/or pushed to a webhook."""
 
     directory: str | None = Field(None, description="results/<stream>/<UTC hour>[.n].jsonl here; None: off")
     rotate_mb: float = Field(64.0, gt=0.0, description="a file this large is closed and the next one opened")
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
 
 
 class ViewerConfig(_Strict):

@@ -316,7 +316,10 @@ class Ingress:
             )
 
     def __del__(self) -> None:
-        """Serve stops this replica (app deleted, redeployed or scaled down): leave the deploy's owner."""
+        """Serve stops this replica (app deleted, redeployed or scaled down): flush the sinks, leave the
+        deploy's owner."""
+        with contextlib.suppress(Exception):
+            self.frames.close()
         with contextlib.suppress(Exception):
             ray.get(self.owner.leave.remote(self.member), timeout=10)
 
@@ -644,6 +647,8 @@ class Ingress:
         held = {c.kind: c.stats() for c in (self.viewers, self.sockets, self.uploads)}
         out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models,
                                "ray_calls": self.frames.ray_calls(), "workers": workers, "held": held}  # fmt: skip
+        if self.frames.webhook is not None:
+            out["webhook"] = self.frames.webhook.snapshot()
         if self.detector is not None:
             models = {"detector": self.detector, "pose": self.pose}
             for name, handle in models.items():

@@ -19,6 +19,7 @@ from posefleet.errors import PosefleetError, cause
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.worker import Served, shard_of
 from posefleet.sink import JsonlSink
+from posefleet.webhook import WebhookSink
 
 
 def _for_viewer(result: FrameResult) -> dict[str, Any]:
@@ -46,10 +47,18 @@ class FrameRouter:
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
         self.sink = JsonlSink(s.sink) if s.sink.directory else None
+        self.webhook = WebhookSink(s.sink.webhook) if s.sink.webhook.url else None
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this replica made for frames: to the workers, and to the viewer hub."""
         return {"worker": self.frame_calls, "viewer_hub": self.feed.calls if self.feed is not None else 0}
+
+    def close(self) -> None:
+        """The replica stops: what the webhook still holds is sent (bounded), the sink's files closed."""
+        if self.webhook is not None:
+            self.webhook.close()
+        if self.sink is not None:
+            self.sink.close()
 
     def worker(self, stream_id: str) -> ray.actor.ActorHandle:
         return self.workers[shard_of(stream_id, len(self.workers))]
@@ -94,8 +103,12 @@ class FrameRouter:
             self.metrics.stage_ms.observe(value, tags={"stage": stage.removesuffix("_ms")})
         if self.feed is not None:
             self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail, group=group)
-        if self.sink is not None:
-            self.sink.write(stream_id, result.model_dump_json())
+        if self.sink is not None or self.webhook is not None:
+            line = result.model_dump_json()
+            if self.sink is not None:
+                self.sink.write(stream_id, line)
+            if self.webhook is not None:
+                self.webhook.add(line)
         return result
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,

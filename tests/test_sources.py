@@ -1,6 +1,6 @@
 """Camera sources without Ray: the allowlist (nothing off it is fetched), credentials redacted, a camera
-read from a real file and from a real RTSP server (Debian's ffmpeg), reconnects, a URL that never
-works, and the JSONL sink across a crash."""
+read from a real file, a real MJPEG camera (Debian's ffmpeg) and a real RTSP server (GStreamer's),
+reconnects, a URL that never works, and the JSONL sink across a crash."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.local import free_port
+from bench.local import free_port, rtsp_available, rtsp_camera
 from conftest import DATA
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
@@ -86,9 +86,12 @@ def test_a_url_that_never_works_ends_failed_with_the_reason() -> None:
     reader.stop()
 
 
-def camera_server(port: int) -> subprocess.Popen:
-    """A real network camera: ffmpeg serving the clip as MJPEG over HTTP in a loop at its own rate, to one
-    client (Debian's ffmpeg cannot serve RTSP; an rtsp:// URL goes through the same FFmpeg reader)."""
+def camera_server(port: int, kind: str = "mjpeg") -> subprocess.Popen:
+    """A real network camera playing the clip at its own rate, listening on ``port`` when this returns:
+    ``mjpeg``, Debian's ffmpeg serving MJPEG over HTTP in a loop to one client (``/cam.mjpg``), or ``rtsp``,
+    GStreamer's RTSP server (``scripts/rtsp_camera.py``) sending the clip's H.264 unchanged (``/cam``)."""
+    if kind == "rtsp":
+        return rtsp_camera(port, CLIP)
     proc = subprocess.Popen(
         ["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(CLIP), "-q:v", "5", "-f", "mpjpeg",
          "-listen", "1", f"http://127.0.0.1:{port}/cam.mjpg"],
@@ -100,7 +103,15 @@ def camera_server(port: int) -> subprocess.Popen:
     return proc
 
 
+def camera_url(port: int, kind: str) -> str:
+    return f"rtsp://127.0.0.1:{port}/cam" if kind == "rtsp" else f"http://127.0.0.1:{port}/cam.mjpg"
+
+
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg (apt-get install ffmpeg)")
+needs_rtsp = pytest.mark.skipif(
+    not rtsp_available(), reason="no RTSP server (scripts/install-test-tools.sh: gir1.2-gst-rtsp-server-1.0)"
+)
+CAMERAS = [pytest.param("mjpeg", marks=needs_ffmpeg), pytest.param("rtsp", marks=needs_rtsp)]
 
 
 def wait_until(check, timeout_s: float) -> bool:
@@ -110,12 +121,12 @@ def wait_until(check, timeout_s: float) -> bool:
     return bool(check())
 
 
-@needs_ffmpeg
-def test_a_network_camera_is_read_and_a_restarted_camera_reconnected() -> None:
+@pytest.mark.parametrize("kind", CAMERAS)
+def test_a_network_camera_is_read_and_a_restarted_camera_reconnected(kind: str) -> None:
     port = free_port()
-    server = camera_server(port)
+    server = camera_server(port, kind)
     got: list[int] = []
-    reader = CameraReader(f"http://127.0.0.1:{port}/cam.mjpg", SourcesConfig(**FAST), lambda im, i, ts: got.append(i))
+    reader = CameraReader(camera_url(port, kind), SourcesConfig(**FAST), lambda im, i, ts: got.append(i))
     try:
         reader.start()
         assert wait_until(lambda: len(got) >= 20, 20) and reader.status.state == "running"
@@ -124,7 +135,7 @@ def test_a_network_camera_is_read_and_a_restarted_camera_reconnected() -> None:
         assert wait_until(lambda: reader.status.state != "running", 20)
         assert reader.status.state in ("reconnecting", "connecting")
         before = len(got)
-        server = camera_server(port)  # ...and comes back
+        server = camera_server(port, kind)  # ...and comes back
         assert wait_until(lambda: len(got) >= before + 20, 30) and reader.status.reconnects >= 1
         assert got == sorted(set(got))  # indices went on increasing across the reconnect
     finally:

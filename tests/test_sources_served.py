@@ -16,7 +16,8 @@ import httpx
 import pytest
 import ray
 from ray import serve
-from test_sources import CLIP, camera_server, needs_ffmpeg, wait_until
+from test_sources import CAMERAS, CLIP, camera_server, camera_url, needs_ffmpeg, needs_rtsp, wait_until
+from test_webhook import Receiver
 
 from bench.local import free_port, local_app
 from conftest import DATA, video_frames
@@ -30,26 +31,34 @@ pytestmark = [pytest.mark.slow, needs_ffmpeg]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     sink, state = tmp_path_factory.mktemp("sink"), tmp_path_factory.mktemp("state") / "sources.json"
+    hook_port = free_port()
+    receiver = Receiver(hook_port, failures=2)  # a webhook receiver that fails at first
     args = load_serve_config()["applications"][0]["args"]
     serving = {
         "sources": {"enabled": True, "allow_hosts": ["127.0.0.1"], "max_sources": 4, "open_timeout_s": 3.0,
                     "stall_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "max_failed_connects": 2,
-                    "allow_schemes": ["http", "file"], "allow_dirs": [str(DATA)], "state_file": str(state)},
-        "sink": {"directory": str(sink)},
+                    "allow_schemes": ["rtsp", "http", "file"], "allow_dirs": [str(DATA)], "state_file": str(state)},
+        "sink": {"directory": str(sink),
+                 "webhook": {"url": f"http://127.0.0.1:{hook_port}/results", "interval_s": 0.2, "retry_min_s": 0.1}},
     }  # fmt: skip
     cfg = AppConfig.model_validate(deep_merge(args, {"serving": serving}))
-    with local_app(cfg) as url:
-        yield {"url": url, "sink": sink, "cfg": cfg, "state": state}
+    try:
+        with local_app(cfg) as url:
+            yield {"url": url, "sink": sink, "cfg": cfg, "state": state, "webhook": receiver}
+    finally:
+        receiver.stop()
 
 
-def test_serve_with_a_source_writes_the_cameras_results(tmp_path: Path) -> None:
-    """``posefleet serve --source URL``: the camera is pulled from the start, its results land in ``--out``
-    (this runs before the module's server starts: one Ray at a time)."""
+@needs_rtsp
+def test_serve_with_an_rtsp_source_shows_the_camera_and_writes_its_results(tmp_path: Path) -> None:
+    """``posefleet serve --source rtsp://...`` against a live RTSP server: the camera is pulled from the
+    start, the viewer lists it, its results land in ``--out`` (this runs before the module's server starts:
+    one Ray at a time)."""
     cam_port, port = free_port(), free_port()
-    camera = camera_server(cam_port)
+    camera = camera_server(cam_port, "rtsp")
     proc = subprocess.Popen(
         [sys.executable, "-m", "posefleet.cli", "serve", "--port", str(port), "--metrics-port", str(free_port()),
-         "--source", f"http://127.0.0.1:{cam_port}/cam.mjpg", "--out", str(tmp_path / "out")],
+         "--source", camera_url(cam_port, "rtsp"), "--out", str(tmp_path / "out")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -58,6 +67,13 @@ def test_serve_with_a_source_writes_the_cameras_results(tmp_path: Path) -> None:
         assert [r["frame_index"] for r in lines] == list(range(len(lines))) and any(r["people"] for r in lines)
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/sources", timeout=30).json()["sources"]
         assert [(s["stream_id"], s["state"]) for s in listed] == [("cam", "running")]
+        # the viewer: its feed carries the camera with people, and its picture
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/events", timeout=30) as events:
+            snap = next(json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:"))
+        cam = next(v for v in snap["streams"] if v["stream_id"] == "cam")
+        assert cam["people"] and cam["width"] == 426 and cam["thumb_version"] >= 1
+        thumb = httpx.get(f"http://127.0.0.1:{port}/v1/streams/cam/thumbnail.jpg", timeout=30)
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
@@ -73,76 +89,76 @@ def sink_lines(sink: Path, stream_id: str) -> list[dict]:
     return [json.loads(line) for f in sorted((sink / stream_id).glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
-def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sink(server: dict) -> None:
+@pytest.mark.parametrize("kind", CAMERAS)
+def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(server: dict, kind: str) -> None:
     url, port = server["url"], free_port()
-    camera = camera_server(port)
+    camera = camera_server(port, kind)
+    cam, court = f"{kind}-cam-1", f"court-{kind}"
     try:
-        ask = {
-            "stream_id": "court-1-cam-1",
-            "url": f"http://127.0.0.1:{port}/cam.mjpg",
-            "max_fps": 15,
-            "group": "court-1",
-        }
+        ask = {"stream_id": cam, "url": camera_url(port, kind), "max_fps": 15, "group": court}
         resp = httpx.post(f"{url}/v1/sources", json=ask, timeout=30)
         assert resp.status_code == 201, resp.text
-        assert wait_until(lambda: source(url, "court-1-cam-1")["frames"] >= 30, 60), source(url, "court-1-cam-1")
-        info = source(url, "court-1-cam-1")
-        assert info["state"] == "running" and info["group"] == "court-1" and info["fps"] <= 16
-        stream = httpx.get(f"{url}/v1/streams/court-1-cam-1", timeout=30).json()
+        assert wait_until(lambda: source(url, cam)["frames"] >= 30, 60), source(url, cam)
+        info = source(url, cam)
+        assert info["state"] == "running" and info["group"] == court and info["fps"] <= 16
+        stream = httpx.get(f"{url}/v1/streams/{cam}", timeout=30).json()
         assert stream["frames"] >= 20 and stream["active_tracks"]  # tracked people from the camera
         listed = httpx.get(f"{url}/v1/sources", timeout=30).json()["sources"]
-        assert [s["stream_id"] for s in listed] == ["court-1-cam-1"]
+        assert [s["stream_id"] for s in listed] == [cam]
         # a second camera of the court, posted: the group shows both, matched by time
         frame = encode_jpeg(video_frames("test_video_structuralize.mp4", 1)[0])
         for _ in range(3):
-            params = {"group": "court-1", "timestamp": time.time()}
-            posted = httpx.post(f"{url}/v1/streams/court-1-cam-2/frames", params=params, content=frame,
+            params = {"group": court, "timestamp": time.time()}
+            posted = httpx.post(f"{url}/v1/streams/{kind}-cam-2/frames", params=params, content=frame,
                                 headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
             assert posted.status_code == 200, posted.text
         time.sleep(2.5)  # the viewer feed's flush
-        court = httpx.get(f"{url}/v1/groups/court-1", timeout=30).json()
-        assert [c["stream_id"] for c in court["cameras"]] == ["court-1-cam-1", "court-1-cam-2"], court
-        assert all(abs(c["skew_ms"]) < 5000 for c in court["cameras"])
+        grouped = httpx.get(f"{url}/v1/groups/{court}", timeout=30).json()
+        assert [c["stream_id"] for c in grouped["cameras"]] == [cam, f"{kind}-cam-2"], grouped
+        assert all(abs(c["skew_ms"]) < 5000 for c in grouped["cameras"])
         assert httpx.get(f"{url}/v1/groups/court-9", timeout=30).status_code == 404
         # live results of the stream, as server-sent events
-        with httpx.stream("GET", f"{url}/v1/streams/court-1-cam-1/results", timeout=30) as events:
+        with httpx.stream("GET", f"{url}/v1/streams/{cam}/results", timeout=30) as events:
             first = next(json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:"))
-        assert first["stream_id"] == "court-1-cam-1" and "people" in first
+        assert first["stream_id"] == cam and "people" in first
 
         # the camera dies and comes back: the source reconnects, and says so
         camera.kill()
         camera.wait()
-        assert wait_until(lambda: source(url, "court-1-cam-1")["state"] != "running", 30)
-        camera = camera_server(port)
-        assert wait_until(lambda: source(url, "court-1-cam-1")["reconnects"] >= 1
-                          and source(url, "court-1-cam-1")["state"] == "running", 60)  # fmt: skip
+        assert wait_until(lambda: source(url, cam)["state"] != "running", 30)
+        camera = camera_server(port, kind)
+        assert wait_until(lambda: source(url, cam)["reconnects"] >= 1
+                          and source(url, cam)["state"] == "running", 60)  # fmt: skip
 
         # the source actor is killed: Ray restarts it, it reads again, the stream goes on
-        before = source(url, "court-1-cam-1")["frames"]
-        actor = next(
-            a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("source-court-1-cam-1")
-        )
+        before = source(url, cam)["frames"]
+        actor = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(f"source-{cam}"))
         camera.kill()  # one client a camera server: let the restarted actor be the one it serves
         camera.wait()
         ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
-        camera = camera_server(port)
-        assert wait_until(lambda: source(url, "court-1-cam-1")["frames"] >= 20, 60)  # counts anew after restart
-        assert source(url, "court-1-cam-1")["frames"] < before + 200
+        camera = camera_server(port, kind)
+        assert wait_until(lambda: source(url, cam)["frames"] >= 20, 60)  # counts anew after restart
+        assert source(url, cam)["frames"] < before + 200
 
         # the registry is killed: Ray restarts it and it finds its running source again
         registry = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-sources"))
         ray.kill(ray.get_actor(registry["name"], namespace=registry["namespace"]), no_restart=False)
         listed = httpx.get(f"{url}/v1/sources", timeout=60).json()["sources"]
-        assert [s["stream_id"] for s in listed] == ["court-1-cam-1"]
+        assert [s["stream_id"] for s in listed] == [cam]
 
-        assert httpx.delete(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 204
-        assert httpx.get(f"{url}/v1/sources/court-1-cam-1", timeout=30).status_code == 404
+        assert httpx.delete(f"{url}/v1/sources/{cam}", timeout=30).status_code == 204
+        assert httpx.get(f"{url}/v1/sources/{cam}", timeout=30).status_code == 404
         time.sleep(1.0)
-        lines = sink_lines(server["sink"], "court-1-cam-1")
+        lines = sink_lines(server["sink"], cam)
         indices = [r["frame_index"] for r in lines]
         assert len(indices) >= 40 and indices == sorted(set(indices))  # every answered frame once, in order
         assert stream["frames"] <= len(lines)
         assert any(r["people"] for r in lines)
+        # the webhook (which refused the first batches) got the same results, batched
+        hook = server["webhook"]
+        hooked = lambda: {r["frame_index"] for r in hook.results() if r["stream_id"] == cam}  # noqa: E731
+        assert wait_until(lambda: hooked() >= set(indices), 30), sorted(set(indices) - hooked())
+        assert len(hook.requests) <= len(hook.results()) / 2  # batched: 15 FPS, a batch every 0.2 s
     finally:
         camera.kill()
 
