@@ -32,7 +32,8 @@ CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_s
 
 
 def run_sources(url: str, n: int, seconds: float, camera: str) -> dict:
-    names = [f"src-{n}-{i}-{camera.split(':')[0]}" for i in range(n)]
+    kind = "rtsp" if camera.startswith("rtsp://") else "file"
+    names = [f"src-{kind}-{n}-{i}" for i in range(n)]
     for name in names:
         resp = httpx.post(f"{url}/v1/sources", json={"stream_id": name, "url": camera}, timeout=60)
         resp.raise_for_status()
