@@ -227,19 +227,32 @@ def section_variants(video: str, coco: tuple[str, str], quick: bool, out_dir: Pa
     return rows
 
 
+DEFAULT_DETECTIONS = {"input_size": 320, "score_threshold": 0.15}  # as configs/balanced.yaml
 # Every preset and pose source, each a row of the accuracy table (name, preset, overrides).
 SOURCES: list[tuple[str, str, dict[str, Any]]] = [
-    ("balanced: single-stage 256 (default)", "balanced", {}),
+    ("balanced: single-stage 320 (default)", "balanced", {}),
     ("fast: single-stage 192", "fast", {}),
-    ("quality: single-stage 320, smoothed", "quality", {}),
+    ("quality: single-stage 352, smoothed", "quality", {}),
+    ("crowd: single-stage 320, 4x2 tiles", "crowd", {}),
     ("top-down: BlazePose, aligned crops", "top-down", {}),
     (
         "top-down: BlazePose, box crops (the previous balanced)",
         "top-down",
-        {"pose": {"align": False}, "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3}},
+        {
+            "pose": {"align": False},
+            "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3},
+            "detector": {"input_size": 256},
+        },
     ),
-    ("fused: MoveNet + aligned BlazePose by score", "top-down", {"pose_source": "fused", "detect_every": 1}),
-    ("crowd: single-stage 320, 4x2 tiles", "crowd", {}),
+    # the other pose sources on the default's detections (MoveNet 320 every frame, same tiling)
+    ("top-down on the default's detections", "top-down", {"detect_every": 1, "detector": DEFAULT_DETECTIONS}),
+    (
+        "fused on the default's detections",
+        "top-down",
+        {"pose_source": "fused", "detect_every": 1, "detector": DEFAULT_DETECTIONS},
+    ),
+    # the default's detector input, measured around it (the choice of 320)
+    *((f"single-stage {n}", "balanced", {"detector": {"input_size": n}}) for n in (256, 288, 352, 384)),
 ]
 
 
