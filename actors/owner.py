@@ -4,6 +4,7 @@
 actors (stream workers, checkpoint store, viewer hub) under names carrying that id, and join the
 deploy's owner; a replica leaving (Serve stops it: the app is deleted, redeployed or scaled down)
 says so, and when the last one leaves the owner removes every actor of the deploy, then itself.
+It also samples the cluster (nodes by type, replicas per deployment) for ``/v1/stats`` and the metrics.
 So a redeploy, with another config or the same, never leaves the previous deploy's actors running.
 The actors are detached only so that a single replica's crash does not take them with it.
 """
@@ -12,8 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
+from collections import deque
 
 import ray
+from ray import serve
+from ray.util import metrics
 
 log = logging.getLogger("posefleet.owner")
 
@@ -22,11 +28,40 @@ def actor_name(deploy_id: str, role: str) -> str:
     return f"posefleet-{deploy_id}-{role}"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+# The deploy's bookkeeping actors (this owner, the checkpoint store, the viewer hub, the source registry)
+# run on the head node (Ray's head-node resource): a lost worker node takes no stream's state with it, and
+# losing the head ends the cluster anyway.
+ON_HEAD: dict = {"resources": {"node:__internal_head__": 0.001}}
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
 class AppOwner:
-    def __init__(self, deploy_id: str, namespace: str):
+    def __init__(self, deploy_id: str, namespace: str, sample_s: float = 5.0):
         self.deploy_id, self.namespace = deploy_id, namespace
         self.members: set[str] = set()
+        self.history: deque[dict] = deque(maxlen=HISTORY)
+        self.sample_s = sample_s
+        self.gauges = (
+            metrics.Gauge("posefleet_cluster_nodes", "alive Ray nodes", tag_keys=("node_type",)),
+            metrics.Gauge("posefleet_serve_replicas", "running replicas", tag_keys=("deployment",)),
+        )
+        threading.Thread(target=self._sample_forever, name="cluster sampler", daemon=True).start()
+
+    def cluster(self) -> dict:
+        """Nodes and replicas now, and their recent history (one sample every ``sample_s``)."""
+        return {**(self.history[-1] if self.history else sample()), "history": list(self.history)}
+
+    def _sample_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a controller restarting: the next sample will do
+                now = sample()
+                self.history.append(now)
+                nodes, replicas = self.gauges
+                for kind, count in now["nodes"]["by_type"].items():
+                    nodes.set(count, tags={"node_type": kind})
+                for name, count in now["replicas"].items():
+                    replicas.set(count, tags={"deployment": name})
+            time.sleep(self.sample_s)
 
     def join(self, member: str) -> None:
         self.members.add(member)
@@ -46,7 +81,32 @@ class AppOwner:
         ray.actor.exit_actor()
 
 
+HISTORY = 720  # an hour at one sample every 5 s
+
+
+def node_type(node: dict) -> str:
+    """The autoscaler's node type where Ray labels it, else head / gpu / cpu."""
+    labels, resources = node.get("Labels") or {}, node.get("Resources") or {}
+    if labels.get("ray.io/node-type-name"):
+        return labels["ray.io/node-type-name"]
+    return "head" if "node:__internal_head__" in resources else ("gpu" if resources.get("GPU") else "cpu")
+
+
+def sample() -> dict:
+    """Alive nodes (in all, with GPUs, by type) and running replicas per deployment of this app."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    by_type: dict[str, int] = {}
+    for n in alive:
+        by_type[node_type(n)] = by_type.get(node_type(n), 0) + 1
+    replicas = {}
+    for app in serve.status().applications.values():
+        for name, dep in app.deployments.items():
+            replicas[name] = dep.replica_states.get("RUNNING", 0)
+    gpus = sum(1 for n in alive if (n.get("Resources") or {}).get("GPU"))
+    return {"time": time.time(), "nodes": {"total": len(alive), "gpu": gpus, "by_type": by_type}, "replicas": replicas}
+
+
 def app_owner(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
     return AppOwner.options(  # type: ignore[attr-defined]
-        name=actor_name(deploy_id, "owner"), namespace=namespace, get_if_exists=True, lifetime="detached"
+        name=actor_name(deploy_id, "owner"), namespace=namespace, get_if_exists=True, lifetime="detached", **ON_HEAD
     ).remote(deploy_id, namespace)

@@ -31,7 +31,7 @@ from ray import serve
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet.actors import FAULTS
-from posefleet.actors.owner import actor_name
+from posefleet.actors.owner import ON_HEAD, actor_name
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.config import SourcesConfig
@@ -220,5 +220,5 @@ RegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(SourceRegistry)
 
 def source_registry(deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str) -> ray.actor.ActorHandle:
     return RegistryActor.options(  # type: ignore[attr-defined]
-        name=actor_name(deploy_id, "sources"), namespace=namespace, get_if_exists=True, lifetime="detached",
+        name=actor_name(deploy_id, "sources"), **ON_HEAD, namespace=namespace, get_if_exists=True, lifetime="detached",
     ).remote(deploy_id, namespace, cfg, app_name)  # fmt: skip

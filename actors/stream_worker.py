@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import ray
 from ray.serve.exceptions import BackPressureError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet import metrics
 from posefleet.actors import FAULTS
-from posefleet.actors.owner import actor_name
+from posefleet.actors.owner import ON_HEAD, actor_name
 from posefleet.config import PipelineConfig, ServingConfig
 from posefleet.errors import Unavailable
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -165,7 +164,7 @@ def checkpoint_store(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
     """The deploy's checkpoint actor (get or create)."""
     return CheckpointActor.options(  # type: ignore[attr-defined]
         name=actor_name(deploy_id, "checkpoints"), namespace=namespace, get_if_exists=True, lifetime="detached",
-        num_cpus=0, max_restarts=-1,
+        num_cpus=0, max_restarts=-1, **ON_HEAD,
     ).remote()  # fmt: skip
 
 
@@ -174,14 +173,10 @@ def worker_pool(
 ) -> list[ray.actor.ActorHandle]:
     """Get or create the deploy's named stream workers, so every ingress replica shares the same pool.
 
-    Worker ``i`` prefers the ``i``-th alive node (soft affinity), spreading streams over the cluster.
-    Ray restarts a dead worker (``max_restarts=-1``); it restores its streams from the checkpoint actor.
+    Workers are spread over the nodes with room (Ray's SPREAD; a worker that fits nowhere is a demand
+    the autoscaler sees). Ray restarts a dead worker (``max_restarts=-1``), on another node if its own
+    is gone; it restores its streams from the checkpoint actor on the head.
     """
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
-
-    def placement(i: int) -> NodeAffinitySchedulingStrategy | str:
-        return NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) if nodes else "DEFAULT"
-
     store = checkpoint_store(deploy_id, serving.namespace)
     return [
         StreamWorkerActor.options(  # type: ignore[attr-defined]
@@ -193,7 +188,7 @@ def worker_pool(
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=1000,
-            scheduling_strategy=placement(i),
+            scheduling_strategy="SPREAD",
         ).remote(cfg, serving, store, models, i)
         for i in range(serving.workers)
     ]

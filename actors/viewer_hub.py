@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from posefleet.actors import FAULTS
-from posefleet.actors.owner import actor_name
+from posefleet.actors.owner import ON_HEAD, actor_name
 
 
 @dataclass
@@ -214,5 +214,5 @@ def viewer_hub(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
     """The deploy's hub (get or create), shared by its ingress replicas."""
     return HubActor.options(  # type: ignore[attr-defined]
         name=actor_name(deploy_id, "viewer-hub"), namespace=namespace, get_if_exists=True, lifetime="detached",
-        num_cpus=0, max_restarts=-1, max_concurrency=1000,
+        num_cpus=0, max_restarts=-1, max_concurrency=1000, **ON_HEAD,
     ).remote()  # fmt: skip

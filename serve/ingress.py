@@ -649,6 +649,7 @@ class Ingress:
                                "ray_calls": self.frames.ray_calls(), "workers": workers, "held": held}  # fmt: skip
         if self.frames.webhook is not None:
             out["webhook"] = self.frames.webhook.snapshot()
+        out["cluster"] = await self.owner.cluster.remote()
         if self.detector is not None:
             models = {"detector": self.detector, "pose": self.pose}
             for name, handle in models.items():
