@@ -101,6 +101,7 @@ class StreamWorker:
             s = self._add(stream_id, StreamState.from_state(cfg, state), state.get("client", ""))
             s.state.force_detect = s.state_recovered = True
             s.frames = state.get("frames", 0)
+            s.created = state.get("created", s.created)
         self.sweeper: asyncio.Task | None = None
         self.last_eviction = float("-inf")
 
@@ -161,7 +162,7 @@ class StreamWorker:
         stream.gate.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
         stream.gate.leave()
         if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
-            extra = {"client": stream.client, "frames": stream.frames}
+            extra = {"client": stream.client, "frames": stream.frames, "created": stream.created}
             await self.checkpoints.put(stream_id, stream.state.state_dict() | extra)
         return Served(result, await self._thumbnail(stream, image))
 
