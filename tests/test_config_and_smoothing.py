@@ -111,3 +111,28 @@ def test_batches_must_be_able_to_fill() -> None:
 
     with pytest.raises(ValidationError, match="batches never fill"):
         ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})
+
+
+def test_the_local_cluster_is_the_twin_of_cluster_yaml() -> None:
+    """configs/cluster-local.yaml (Ray's fake provider) declares cluster.yaml's node types: the same
+    worker types with the same bounds, the resources of their instance types, the head's CPUs."""
+    from pathlib import Path
+
+    import yaml
+
+    from posefleet.config import CONFIG_DIR
+
+    real = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+    twin = yaml.safe_load((CONFIG_DIR / "cluster-local.yaml").read_text())
+    assert twin["provider"]["type"] == "fake_multinode"
+    real_workers = {k: v for k, v in real["available_node_types"].items() if k != real["head_node_type"]}
+    twin_workers = {k: v for k, v in twin["available_node_types"].items() if k != twin["head_node_type"]}
+    assert set(twin_workers) == set(real_workers)
+    for name, node in real_workers.items():
+        assert twin_workers[name]["min_workers"] == node["min_workers"]
+        assert twin_workers[name]["max_workers"] <= node["max_workers"]
+    # g5.xlarge: 1 GPU, 4 vCPU; m6i.2xlarge: 8 vCPU
+    assert twin_workers["gpu_worker"]["resources"] == {"CPU": 4, "GPU": 1}
+    assert real_workers["gpu_worker"]["node_config"]["InstanceType"] == "g5.xlarge"
+    assert twin["available_node_types"][twin["head_node_type"]]["resources"] == {"CPU": 8}
+    assert real["available_node_types"][real["head_node_type"]]["node_config"]["InstanceType"] == "m6i.2xlarge"
