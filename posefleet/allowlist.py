@@ -68,6 +68,10 @@ def check_source_url(url: str, cfg: SourcesConfig) -> str:
         return str(path)
     if not parts.hostname:
         raise InvalidRequest(f"{redact(url)}: no host")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when asked)
+    except ValueError as exc:
+        raise InvalidRequest(f"{redact(url)}: {exc}") from None
     if not _host_allowed(parts.hostname, cfg.allow_hosts):
         raise Forbidden(f"host {parts.hostname!r} is not allowed (serving.sources.allow_hosts)")
     return url

@@ -81,13 +81,19 @@ class CameraReader:
                     self.status.state = "failed"
                     return
             else:
-                ever_connected, failed_connects, delay = True, 0, self.cfg.reconnect_min_s
-                self.status.state = "running"
-                why = self._read_until_dropped(cap)
+                why, read = self._read_until_dropped(cap)
                 cap.release()
                 if self._stop.is_set():
                     break
                 self.status.last_error = why
+                if read:  # a camera only once it gave a frame: a web page that FFmpeg opens is none
+                    ever_connected, failed_connects, delay = True, 0, self.cfg.reconnect_min_s
+                else:
+                    failed_connects += 1
+                    self.status.last_error = f"{redact(self.url)} opened but gave no frame ({why})"
+                    if not ever_connected and failed_connects >= self.cfg.max_failed_connects:
+                        self.status.state = "failed"
+                        return
             self.status.state = "reconnecting" if ever_connected else "connecting"
             self.status.reconnects += ever_connected
             if self._stop.wait(delay):
@@ -95,8 +101,9 @@ class CameraReader:
             delay = min(delay * 2, self.cfg.reconnect_max_s)
         self.status.state = "stopped"
 
-    def _read_until_dropped(self, cap: cv2.VideoCapture) -> str:
-        """Hand frames on until the camera drops, stalls (no frame for ``stall_s``) or we stop; why it ended."""
+    def _read_until_dropped(self, cap: cv2.VideoCapture) -> tuple[str, int]:
+        """Hand frames on until the camera drops, stalls (no frame for ``stall_s``) or we stop; why it ended,
+        and how many frames were read."""
         period = 1.0 / self.max_fps
         last_sent = 0.0
         source_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
@@ -108,8 +115,10 @@ class CameraReader:
             ok, image = cap.read()
             now = time.monotonic()
             if not ok or image is None:
-                return "end of file" if is_file else f"no frame for {self.cfg.stall_s:g} s or the camera closed"
+                why = "end of file" if is_file else f"no frame for {self.cfg.stall_s:g} s or the camera closed"
+                return why, read
             read += 1
+            self.status.state = "running"
             if file_period:  # a file plays at its own frame rate, like a camera
                 wait = started + read * file_period - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
@@ -121,7 +130,7 @@ class CameraReader:
             index, self.next_index = self.next_index, self.next_index + 1
             self._count(time.time())
             self.on_frame(image, index, time.time())
-        return "stopped"
+        return "stopped", read
 
     def _count(self, t: float) -> None:
         self.status.frames += 1

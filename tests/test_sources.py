@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from conftest import DATA
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.config import SinkConfig, SourcesConfig
-from posefleet.errors import Forbidden
+from posefleet.errors import Forbidden, InvalidRequest
 from posefleet.serve.app import port_in_use
 from posefleet.sink import JsonlSink
 
@@ -40,6 +41,9 @@ def test_only_what_the_allowlist_names_is_accepted(tmp_path: Path) -> None:
             check_source_url(url, cfg)
     with pytest.raises(ValueError, match="no host"):
         check_source_url("rtsp:///nohost", cfg)
+    for malformed in ("rtsp://127.0.0.1:99999/cam", "rtsp://[::1/cam", "http://127.0.0.1:port/x"):
+        with pytest.raises(InvalidRequest):  # 422, before anything is started
+            check_source_url(malformed, cfg)
     with pytest.raises(Forbidden):  # the default allows no host at all
         check_source_url("rtsp://10.1.2.3/x", SourcesConfig())
 
@@ -176,3 +180,48 @@ def test_a_groups_cameras_are_aligned_by_capture_time() -> None:
     assert by["cam-b"]["result"]["timestamp"] == pytest.approx(10.3) and by["cam-b"]["skew_ms"] == 0
     assert by["cam-a"]["result"]["timestamp"] == pytest.approx(10.3)  # its frame of that moment, not its newest
     assert hub.group("court-9") is None
+
+
+def wait_failed(reader: CameraReader, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while reader.status.state != "failed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_a_server_that_is_no_camera_ends_failed_with_the_reason(tmp_path: Path) -> None:
+    """A URL that answers, but not with video: a web page (a .txt would not do: FFmpeg renders text files
+    as video)."""
+    (tmp_path / "index.html").write_text("<html><body>" + "not a camera " * 200 + "</body></html>")
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert wait_until(lambda: port_in_use("127.0.0.1", port), 20)
+        cfg = SourcesConfig(**(FAST | {"max_failed_connects": 2}))
+        reader = CameraReader(f"http://127.0.0.1:{port}/index.html", cfg, lambda *a: None)
+        reader.start()
+        try:
+            wait_failed(reader)
+            assert reader.status.state == "failed" and reader.status.frames == 0, reader.status
+            assert reader.status.last_error
+        finally:
+            reader.stop()
+    finally:
+        web.kill()
+
+
+@needs_rtsp
+def test_a_wrong_path_on_a_live_rtsp_server_ends_failed() -> None:
+    port = free_port()
+    server = camera_server(port, "rtsp")
+    try:
+        reader = CameraReader(f"rtsp://127.0.0.1:{port}/no-such-camera",
+                              SourcesConfig(**(FAST | {"max_failed_connects": 2})), lambda *a: None)  # fmt: skip
+        reader.start()
+        try:
+            wait_failed(reader)
+            assert reader.status.state == "failed" and reader.status.frames == 0
+        finally:
+            reader.stop()
+    finally:
+        server.kill()
