@@ -249,7 +249,7 @@ def test_load_adds_replicas_and_a_node_and_idleness_releases_them(cluster: FakeC
     # quick to react, and one replica a GPU, so replicas beyond the free GPUs need new GPU nodes
     serving["detector"] |= {"num_gpus": 1, "autoscaling": {
         "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1, "upscale_delay_s": 1,
-        "downscale_delay_s": 5, "look_back_period_s": 2}}  # fmt: skip
+        "downscale_delay_s": 5, "look_back_period_s": 11}}  # fmt: skip
     serving["workers"] = 2
     serving["ingress"] = {"num_cpus": 1, "max_ongoing_requests": 1000, "num_replicas": 1}
     config = tmp_path / "serve-scaling.yaml"
