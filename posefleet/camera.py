@@ -73,27 +73,24 @@ class CameraReader:
     def _run(self) -> None:
         delay, failed_connects, ever_connected = self.cfg.reconnect_min_s, 0, False
         while not self._stop.is_set():
-            cap = self._open()
+            cap, read = self._open(), 0
             if cap is None:
-                failed_connects += 1
-                self.status.last_error = f"cannot open {redact(self.url)}"
-                if not ever_connected and failed_connects >= self.cfg.max_failed_connects:
-                    self.status.state = "failed"
-                    return
+                why = f"cannot open {redact(self.url)}"
             else:
                 why, read = self._read_until_dropped(cap)
                 cap.release()
                 if self._stop.is_set():
                     break
-                self.status.last_error = why
-                if read:  # a camera only once it gave a frame: a web page that FFmpeg opens is none
-                    ever_connected, failed_connects, delay = True, 0, self.cfg.reconnect_min_s
-                else:
-                    failed_connects += 1
-                    self.status.last_error = f"{redact(self.url)} opened but gave no frame ({why})"
-                    if not ever_connected and failed_connects >= self.cfg.max_failed_connects:
-                        self.status.state = "failed"
-                        return
+                if not read:  # a camera only once it gave a frame: a web page that FFmpeg opens is none
+                    why = f"{redact(self.url)} opened but gave no frame ({why})"
+            self.status.last_error = why
+            if read:
+                ever_connected, failed_connects, delay = True, 0, self.cfg.reconnect_min_s
+            else:
+                failed_connects += 1
+                if not ever_connected and failed_connects >= self.cfg.max_failed_connects:
+                    self.status.state = "failed"
+                    return
             self.status.state = "reconnecting" if ever_connected else "connecting"
             self.status.reconnects += ever_connected
             if self._stop.wait(delay):
