@@ -265,10 +265,15 @@ def test_load_adds_replicas_and_a_node_and_idleness_releases_them(cluster: FakeC
         assert wait_for(lambda: len(detectors()) >= 2, 180), streams.errors  # Serve added replicas...
         assert wait_for(lambda: len(cluster.gpu_nodes()) > base, 240), cluster.gpu_nodes()  # ...Ray a node
         assert wait_for(lambda: any(n not in before for n in detectors()), 120)  # a replica on the new node
-        peak = len(detectors())
-    assert peak >= 2
+        peak = len(cluster.gpu_nodes())
     assert wait_for(lambda: len(detectors()) == 1, 120), detectors()  # load gone: replicas, then nodes go
-    assert wait_for(lambda: len(cluster.gpu_nodes()) <= base, 240), cluster.gpu_nodes()  # idle_timeout_minutes
+    # the nodes that only the stopped replicas held are released after idle_timeout_minutes (which replica
+    # Serve keeps is its choice, so the count need not go back to the one before)
+    assert wait_for(lambda: len(cluster.gpu_nodes()) < peak and not idle_gpu_nodes(cluster), 240), (
+        peak,
+        cluster.gpu_nodes(),
+        idle_gpu_nodes(cluster),
+    )
 
 
 def idle_gpu_nodes(cluster: FakeCluster) -> set[str]:
