@@ -84,6 +84,7 @@ async def _frames(spec: str, max_frames: int | None, quality: int, cycle: bool):
 
 
 Transport = Literal["ws", "http", "batch"]
+BUSY_RETRIES, BUSY_BACKOFF_S = 5, 0.5  # --max-rate: a frame refused 503 (server busy) is sent again, waiting longer
 Answer = tuple[int, str]  # HTTP status (0: no answer) and the JSON text of a result or an error
 
 
@@ -280,6 +281,11 @@ async def submit_stream(
         try:
             t0 = time.perf_counter()
             status, text = await sender.send(stream, index, timestamp, data)
+            for attempt in range(BUSY_RETRIES if max_rate else 0):  # every frame wanted: a busy server is waited for
+                if status != 503:
+                    break
+                await asyncio.sleep(BUSY_BACKOFF_S * (attempt + 1))
+                status, text = await sender.send(stream, index, timestamp, data)
             if status != 200:  # 0: no answer
                 report.errors[status] = report.errors.get(status, 0) + 1
                 return
