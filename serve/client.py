@@ -139,7 +139,7 @@ class SocketSender:
             if sock is None:
                 ws = await websockets.connect(
                     f"{self.url}/v1/streams/{stream}/ws{self.query}", additional_headers=self.headers, max_size=2**24,
-                    open_timeout=self.timeout_s,
+                    open_timeout=self.timeout_s, compression=None,  # JPEG does not deflate: zlib both ends for nothing
                 )  # fmt: skip
                 sock = self.sockets[stream] = _Socket(ws)
                 sock.reader = asyncio.create_task(self._read(stream, sock))
