@@ -525,6 +525,9 @@ class Ingress:
         async def queue(answer: Awaitable[str]) -> bool:
             """Line an answer up behind the earlier ones (waiting while ws_max_inflight are unanswered);
             False once the sender has stopped (the client went away), so nothing waits forever."""
+            if not answers.full():  # the usual case: no task, no wait
+                answers.put_nowait(answer)
+                return True
             put = asyncio.ensure_future(answers.put(answer))
             done, _ = await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
             if put not in done:
@@ -536,8 +539,9 @@ class Ingress:
         try:
             while not sender.done():
                 try:
-                    message = await asyncio.wait_for(websocket.receive(), idle_s)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(idle_s):  # no task a message, unlike wait_for
+                        message = await websocket.receive()
+                except TimeoutError:
                     await websocket.close(code=1001, reason=f"no frame for {idle_s:g} s (limits.socket_idle_s)")
                     break
                 if message["type"] == "websocket.disconnect":

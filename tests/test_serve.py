@@ -67,6 +67,8 @@ def test_concurrent_streams_keep_separate_stable_ids_and_batches_form(server: di
         assert [p.track_id for p in ra.people] == [p.track_id for p in rb.people]
     stats = httpx.get(f"{server['url']}/v1/stats").json()
     assert stats["models"] == "local" and len(stats["workers"]) == 1  # the ingress replica's own
+    cluster = stats["cluster"]  # sampled by the deploy's owner: this one node and its one replica
+    assert cluster["nodes"]["total"] == 1 and cluster["replicas"] == {"Ingress": 1}, cluster
     assert sum(stats["ray_calls"].values()) < 0.1 * 160  # no Ray call per frame: a few flushes at most
     detector = [w["detector"] for w in stats["workers"]]
     assert max(d["max_requests"] for d in detector) > 1, detector  # frames of several streams in one inference
