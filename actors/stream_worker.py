@@ -118,8 +118,8 @@ class WorkerHost:
                                    serving.checkpoints, serving.viewer, serving.limits)  # fmt: skip
 
     async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                      policy: str | None, client: str = "") -> Served:  # fmt: skip
-        return await self.worker.process(stream_id, body, index, ts, policy, client)  # type: ignore[arg-type]
+                      policy: str | None, client: str = "", thumbnail: bool = True) -> Served:  # fmt: skip
+        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail)  # type: ignore[arg-type]
 
     def describe(self, stream_id: str) -> dict[str, Any] | None:
         return self.worker.describe(stream_id)

@@ -2,8 +2,9 @@
 
 Ingress replicas collect their results in a ``HubFeed`` and send them to one named hub actor in
 one call every ``viewer.flush_s`` (results only; a downscaled JPEG at most every
-``viewer.thumbnail_interval_s`` per stream), not one call per frame; viewers long-poll the hub for a new
-version. Streams not heard from for ``stale_after_s`` leave the snapshot.
+``viewer.thumbnail_interval_s`` per stream, and only while a viewer watched in the last 15 s: a picture
+costs ~1.4 CPU-ms, more than a frame's Ray hop), not one call per frame; viewers long-poll the hub for a
+new version. Streams not heard from for ``stale_after_s`` leave the snapshot.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ class ViewerHub:
         return {"group": group, "time": reference, "cameras": cameras}
 
     def thumbnail(self, stream_id: str) -> bytes | None:
+        """The stream's picture; asking counts as watching (pictures are made only while someone watches)."""
+        self.last_viewer = time.monotonic()
         v = self.views.get(stream_id)
         return None if v is None else v.thumbnail
 

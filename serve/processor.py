@@ -83,11 +83,12 @@ class FrameRouter:
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
         The bytes are not looked at here: the stream's holder checks them off its event loop."""
         start = time.perf_counter()
+        thumbnail = self.feed is not None and self.feed.watched  # a picture only while a viewer may look
         try:
             if self.local is not None:
-                served = await self.local.process(stream_id, body, index, ts, policy, client)
+                served = await self.local.process(stream_id, body, index, ts, policy, client, thumbnail)
             else:
-                served = await self._remote_process(stream_id, body, index, ts, policy, client)
+                served = await self._remote_process(stream_id, body, index, ts, policy, client, thumbnail)
         except PosefleetError as exc:
             self.metrics.frame_errors.inc(tags={"reason": exc.reason})
             raise
@@ -112,12 +113,12 @@ class FrameRouter:
         return result
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                              policy: str | None, client: str) -> Served:  # fmt: skip
+                              policy: str | None, client: str, thumbnail: bool) -> Served:  # fmt: skip
         worker = self.worker(stream_id)
         self.frame_calls += 1
         try:
             return await with_retry(
-                lambda: worker.process.remote(stream_id, body, index, ts, policy, client), "stream worker",
+                lambda: worker.process.remote(stream_id, body, index, ts, policy, client, thumbnail), "stream worker",
                 self.serving.fault_retry_s,
             )  # fmt: skip
         except ray.exceptions.RayTaskError as exc:

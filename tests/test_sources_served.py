@@ -67,10 +67,14 @@ def test_serve_with_an_rtsp_source_shows_the_camera_and_writes_its_results(tmp_p
         assert [r["frame_index"] for r in lines] == list(range(len(lines))) and any(r["people"] for r in lines)
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/sources", timeout=30).json()["sources"]
         assert [(s["stream_id"], s["state"]) for s in listed] == [("cam", "running")]
-        # the viewer: its feed carries the camera with people, and its picture
+        # the viewer: its feed carries the camera with people, and its picture (made once a viewer watches)
         with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/events", timeout=30) as events:
-            snap = next(json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:"))
-        cam = next(v for v in snap["streams"] if v["stream_id"] == "cam")
+            deadline = time.monotonic() + 30
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    cam = next(v for v in json.loads(line[5:])["streams"] if v["stream_id"] == "cam")
+                    if cam["thumb_version"] >= 1 or time.monotonic() > deadline:
+                        break
         assert cam["people"] and cam["width"] == 426 and cam["thumb_version"] >= 1
         thumb = httpx.get(f"http://127.0.0.1:{port}/v1/streams/cam/thumbnail.jpg", timeout=30)
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"

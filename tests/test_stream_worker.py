@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from conftest import video_frames
-from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, load_pipeline_config
+from posefleet.actors.viewer_hub import ViewerHub
+from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
@@ -186,6 +187,29 @@ def test_list_reset_and_delete(engine: LocalModels, jpegs: list) -> None:
         assert await w.delete("a") and w.describe("a") is None and not await w.delete("a")
 
     asyncio.run(scenario())
+
+
+def test_a_picture_for_the_viewer_only_when_asked_for(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> list[bool]:
+        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(), SlowModels(engine),
+                         thumbnails=ViewerConfig(thumbnail_interval_s=1e-6))  # fmt: skip
+        made = []
+        for i, wanted in enumerate([False, True, False, True]):
+            served = await w.process("v", jpegs[i], i, thumbnail=wanted)
+            made.append(served.thumbnail is not None and served.thumbnail.startswith(b"\xff\xd8"))
+        return made
+
+    assert asyncio.run(scenario()) == [False, True, False, True]  # nobody watching: no ~1.4 CPU-ms picture
+
+
+def test_asking_for_a_picture_counts_as_watching() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        hub = ViewerHub()
+        before = hub.watched()
+        hub.thumbnail("cam")
+        return before, hub.watched()
+
+    assert asyncio.run(scenario()) == (False, True)
 
 
 def test_shard_of_is_stable_and_spreads() -> None:

@@ -114,8 +114,10 @@ class StreamWorker:
         timestamp: float | None = None,
         policy: Policy | None = None,
         client: str = "",
+        thumbnail: bool = True,
     ) -> Served:
         """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
+        ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches).
 
         Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
         stream's state changes only for a frame that was admitted and decoded.
@@ -164,7 +166,7 @@ class StreamWorker:
         if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
             extra = {"client": stream.client, "frames": stream.frames, "created": stream.created}
             await self.checkpoints.put(stream_id, stream.state.state_dict() | extra)
-        return Served(result, await self._thumbnail(stream, image))
+        return Served(result, await self._thumbnail(stream, image) if thumbnail else None)
 
     def _still_held(self, stream: _Stream, index: int) -> None:
         """After a model call: if the frame was abandoned meanwhile, stop before it touches the stream's
