@@ -91,10 +91,11 @@ def client_of(app_: FastAPI, given: str | None, address: str | None) -> str:
     return client_key(given if app_.state.auth_tokens else None, address)
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> str:
-    """Check the bearer token; returns the client's name (its token's digest, or its address with auth off)."""
+    """Check the bearer token; returns the client's name (its token's digest, or its address with auth off).
+    ``async`` though it never waits: FastAPI runs a plain ``def`` dependency on a thread, a hop per request."""
     given = credentials.credentials if credentials is not None else None
     if not token_ok(request.app, given):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
