@@ -260,7 +260,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if stream in annotate:
             _annotate_from_results(spec, report.results, annotate[stream])
             print(f"annotated: {annotate[stream]}", file=sys.stderr)
-    return 0 if all(r.frames for r in reports) else 1
+    return submit_status(reports, args.max_rate)
+
+
+def submit_status(reports: list, max_rate: bool) -> int:
+    """The exit status of a submission: 1 when a stream got no results, or, with ``--max-rate`` (every frame
+    promised), when any frame was refused or lost after its retries; the counts are printed per stream."""
+    return 0 if all(r.complete(max_rate) for r in reports) else 1
 
 
 def _source_line(s: dict[str, Any]) -> str:
@@ -400,6 +406,8 @@ def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: A
         if args.annotate:
             _annotate_from_results(args.submit[0], reports[0].results, Path(args.annotate))
             print(f"annotated: {args.annotate}", file=sys.stderr)
+        if args.once:
+            return submit_status(reports, args.max_rate)
     if args.once:
         return 0
     print("Ctrl-C (or SIGTERM) stops the server", file=sys.stderr)

@@ -49,6 +49,11 @@ class StreamReport:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
+    def complete(self, max_rate: bool) -> bool:
+        """Whether the stream got what was asked: some results, and with ``max_rate`` (every frame wanted)
+        an answer with results for every frame it sent."""
+        return self.frames > 0 and not (max_rate and (self.errors or self.dropped))
+
     def line(self) -> str:
         errs = ", ".join(f"{n}x{code or 'no answer'}" for code, n in sorted(self.errors.items())) or "none"
         return (

@@ -105,3 +105,14 @@ def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path: Path) -> Non
     (tmp_path / "bad.yaml").write_text("pipeline:\n  detector: {input_size: 250}\n")
     proc = posefleet("run", clip, "--config", str(tmp_path / "bad.yaml"), cwd=tmp_path)
     assert proc.returncode == 2 and "detector: movenet input_size must be a multiple of 32" in proc.stderr
+
+
+def test_submit_exit_status_says_when_a_promised_frame_was_lost() -> None:
+    from posefleet.cli import submit_status
+    from posefleet.serve.client import StreamReport
+
+    whole, refused = StreamReport("a", frames=5), StreamReport("b", frames=4, errors={503: 1})
+    assert submit_status([whole], max_rate=True) == 0
+    assert submit_status([whole, refused], max_rate=True) == 1  # --max-rate promises every frame
+    assert submit_status([whole, refused], max_rate=False) == 0  # real time: refusals are counted, not fatal
+    assert submit_status([whole, StreamReport("c")], max_rate=False) == 1  # a stream with no result at all
