@@ -111,8 +111,24 @@ def rtsp_camera(port: int, clip: Path) -> subprocess.Popen:
     to every client, listening when this returns."""
     proc = subprocess.Popen([SYSTEM_PYTHON, str(RTSP_CAMERA), str(looped(clip)), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+    return _listening(proc, port)
+
+
+def mjpeg_camera(port: int, clip: Path) -> subprocess.Popen:
+    """A live MJPEG-over-HTTP camera at ``http://127.0.0.1:{port}/cam.mjpg`` (Debian's ffmpeg, ``clip`` in a
+    loop at its own rate, one client), listening when this returns."""
+    proc = subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-q:v", "5", "-f", "mpjpeg",
+         "-listen", "1", f"http://127.0.0.1:{port}/cam.mjpg"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return _listening(proc, port)
+
+
+def _listening(proc: subprocess.Popen, port: int, timeout_s: float = 20.0) -> subprocess.Popen:
+    """``proc`` once its port takes connections (or ``timeout_s`` passed, or it died)."""
+    deadline = time.monotonic() + timeout_s
+    while not port_in_use("127.0.0.1", port) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.local import free_port, rtsp_available, rtsp_camera
+from bench.local import free_port, mjpeg_camera, rtsp_available, rtsp_camera
 from conftest import DATA
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
@@ -94,17 +94,7 @@ def camera_server(port: int, kind: str = "mjpeg") -> subprocess.Popen:
     """A real network camera playing the clip at its own rate, listening on ``port`` when this returns:
     ``mjpeg``, Debian's ffmpeg serving MJPEG over HTTP in a loop to one client (``/cam.mjpg``), or ``rtsp``,
     GStreamer's RTSP server (``scripts/rtsp_camera.py``) sending the clip's H.264 unchanged (``/cam``)."""
-    if kind == "rtsp":
-        return rtsp_camera(port, CLIP)
-    proc = subprocess.Popen(
-        ["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(CLIP), "-q:v", "5", "-f", "mpjpeg",
-         "-listen", "1", f"http://127.0.0.1:{port}/cam.mjpg"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not port_in_use("127.0.0.1", port) and time.monotonic() < deadline:  # listening yet?
-        time.sleep(0.05)
-    return proc
+    return rtsp_camera(port, CLIP) if kind == "rtsp" else mjpeg_camera(port, CLIP)
 
 
 def camera_url(port: int, kind: str) -> str:
