@@ -108,12 +108,16 @@ def section_served(video: str, frames: int, streams: list[int], quick: bool, bar
     return rows
 
 
-def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4),
+                    proxy_location: str = "EveryNode") -> dict[str, Any]:  # fmt: skip
     """The same app and load (4 WebSocket streams per node) on 1, 2 and 4 Ray nodes of 1 CPU each.
 
     Each node's processes are pinned to a core (they inherit the affinity the node was started with), so
     "1 CPU" is a physical core, not just a scheduling label; this machine has two, so 4 nodes share them
-    two to a core and that point is bounded by the machine (its CPU use says how much).
+    two to a core and that point is bounded by the machine (its CPU use says how much). Every node runs
+    an HTTP proxy, as ``serve-gpu.yaml`` deploys on a cluster: they share one port (Serve sets SO_REUSEPORT)
+    and the kernel spreads the streams' connections over them, as a load balancer would over the nodes;
+    ``HeadOnly`` sends everything through the head's proxy instead.
     """
     from ray.cluster_utils import Cluster
 
@@ -129,7 +133,8 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
                         "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
         }  # fmt: skip
-        os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+        if proxy_location == "HeadOnly":  # one proxy must spread requests over every node's ingress
+            os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
         try:
             os.sched_setaffinity(0, {cpus[0]})
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -140,7 +145,7 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             os.sched_setaffinity(0, set(cpus))
         cluster.wait_for_nodes()
         try:
-            with local_app(args, address=cluster.address) as url:
+            with local_app(args, address=cluster.address, proxy_location=proxy_location) as url:
                 row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
         finally:
             cluster.shutdown()
@@ -492,7 +497,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             "",
             "Scaling: Ray nodes of 1 CPU each (pinned to a core), 4 WebSocket streams a node, stream workers "
-            "spread over the nodes (`scaling.png`):",
+            "spread over the nodes, an HTTP proxy on every node sharing the port (`scaling.png`):",
             "",
             "| nodes | streams | FPS | p99 ms | x one node | efficiency | machine CPU busy |",
             "|---|---|---|---|---|---|---|",

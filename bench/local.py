@@ -50,13 +50,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_proxy() -> int:
-    """Start Serve's HTTP proxy on a free loopback port, trying another port if the bind fails."""
+def _start_proxy(proxy_location: str = "HeadOnly") -> int:
+    """Start Serve's HTTP proxy on a free loopback port, trying another port if the bind fails.
+    ``EveryNode`` on several nodes of one machine: every node's proxy binds the same port (Serve sets
+    SO_REUSEPORT) and the kernel spreads connections over them, as a load balancer in front of a cluster
+    spreads them over its nodes."""
     for attempt in range(1, _BIND_ATTEMPTS + 1):
         port = free_port()
         try:
             serve.start(
-                proxy_location="HeadOnly",
+                proxy_location=proxy_location,
                 http_options={"host": "127.0.0.1", "port": port},
                 logging_config={"enable_access_log": False},
             )
@@ -75,6 +78,7 @@ def local_app(
     num_cpus: int = 2,
     address: str | None = None,
     metrics_port: int | None = None,
+    proxy_location: str = "HeadOnly",
 ) -> Iterator[str]:
     """Ray (local with ``num_cpus``, or the cluster at ``address``) serving the app on a free
     loopback port through one HTTP proxy; yields the base URL and shuts everything down after.
@@ -85,7 +89,7 @@ def local_app(
         set_embedded_ray_env()  # as ``posefleet serve`` starts its Ray
         ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
-        port = _start_proxy()
+        port = _start_proxy(proxy_location)
         serve.run(build_app(args), name="posefleet", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
