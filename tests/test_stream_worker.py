@@ -76,7 +76,9 @@ def test_streams_in_flight_together_share_one_inference(engine: LocalModels, jpe
         return models.queue.stats["detector"].summary()
 
     stats = asyncio.run(scenario())
-    assert stats["max_requests"] >= 3  # frames of several streams in one detector call
+    # frames of several streams in one detector call (each stream has one frame in flight); how many
+    # depends on when their decodes end: the first frame finds the model idle and runs alone (no timer)
+    assert stats["max_requests"] >= 2
 
 
 @pytest.mark.parametrize(("policy", "late_error"), [("drop_oldest", None), ("wait", FrameOrderError)])
