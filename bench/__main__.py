@@ -108,16 +108,14 @@ def section_served(video: str, frames: int, streams: list[int], quick: bool, bar
     return rows
 
 
-def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4),
-                    proxy_location: str = "EveryNode") -> dict[str, Any]:  # fmt: skip
+def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
     """The same app and load (4 WebSocket streams per node) on 1, 2 and 4 Ray nodes of 1 CPU each.
 
     Each node's processes are pinned to a core (they inherit the affinity the node was started with), so
     "1 CPU" is a physical core, not just a scheduling label; this machine has two, so 4 nodes share them
     two to a core and that point is bounded by the machine (its CPU use says how much). Every node runs
     an HTTP proxy, as ``serve-gpu.yaml`` deploys on a cluster: they share one port (Serve sets SO_REUSEPORT)
-    and the kernel spreads the streams' connections over them, as a load balancer would over the nodes;
-    ``HeadOnly`` sends everything through the head's proxy instead.
+    and the kernel spreads the streams' connections over them, as a load balancer would over the nodes.
     """
     from ray.cluster_utils import Cluster
 
@@ -133,8 +131,6 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
                         "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
         }  # fmt: skip
-        if proxy_location == "HeadOnly":  # one proxy must spread requests over every node's ingress
-            os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
         try:
             os.sched_setaffinity(0, {cpus[0]})
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -145,11 +141,10 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             os.sched_setaffinity(0, set(cpus))
         cluster.wait_for_nodes()
         try:
-            with local_app(args, address=cluster.address, proxy_location=proxy_location) as url:
+            with local_app(args, address=cluster.address, proxy_location="EveryNode") as url:
                 row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
         finally:
             cluster.shutdown()
-            os.environ.pop("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", None)
         busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
         rows.append({"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
                      "machine_cpu": busy / len(cpus)})  # fmt: skip

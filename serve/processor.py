@@ -81,7 +81,7 @@ class FrameRouter:
         client: str = "", group: str | None = None,
     ) -> FrameResult:  # fmt: skip
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
-        The bytes are not looked at here: the stream's holder checks them off its event loop."""
+        The bytes are not looked at here: the stream's holder checks them before they touch its state."""
         start = time.perf_counter()
         thumbnail = self.feed is not None and self.feed.watched  # a picture only while a viewer may look
         try:
