@@ -108,23 +108,29 @@ def section_served(video: str, frames: int, streams: list[int], quick: bool, bar
     return rows
 
 
-def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
-    """The same app and load (4 WebSocket streams per node) on 1, 2 and 4 Ray nodes of 1 CPU each.
+def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] = (1, 2, 4),
+                    rounds: int = 2) -> dict[str, Any]:  # fmt: skip
+    """The same app and load (4 WebSocket streams per node) on 1, 2 and 4 Ray nodes of 1 CPU each,
+    ``rounds`` times in turn (1 2 4, 1 2 4): each point's best round, as the in-process section does.
 
     Each node's processes are pinned to a core (they inherit the affinity the node was started with), so
     "1 CPU" is a physical core, not just a scheduling label; this machine has two, so 4 nodes share them
-    two to a core and that point is bounded by the machine (its CPU use says how much). Every node runs
-    an HTTP proxy, as ``serve-gpu.yaml`` deploys on a cluster: they share one port (Serve sets SO_REUSEPORT)
-    and the kernel spreads the streams' connections over them, as a load balancer would over the nodes.
+    two to a core and that point is bounded by the machine (its CPU use says how much). The head's
+    GCS and Serve controller share the first core. Ray starts with the environment cluster.yaml gives
+    every node. Every node runs an HTTP proxy, as ``serve-gpu.yaml`` deploys on a cluster: they share one
+    port (Serve sets SO_REUSEPORT) and the kernel spreads the streams' connections over them, as a load
+    balancer would over the nodes.
     """
     from ray.cluster_utils import Cluster
 
     from bench.local import local_app
     from bench.served import run_transport
+    from posefleet.serve.app import set_ray_env
 
-    rows = []
+    set_ray_env()
+    best: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
-    for nodes in counts:
+    for nodes in [n for _ in range(rounds) for n in counts]:
         args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
             "preset": "balanced",
             "pipeline": {"detector": {"ort": ONE_THREAD}},
@@ -146,14 +152,19 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         finally:
             cluster.shutdown()
         busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
-        rows.append({"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
-                     "machine_cpu": busy / len(cpus)})  # fmt: skip
+        point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
+                 "machine_cpu": busy / len(cpus)}  # fmt: skip
+        seen = best.get(nodes, {}).get("rounds_fps", [])
+        if point["fps"] > best.get(nodes, {}).get("fps", 0.0):
+            best[nodes] = point
+        best[nodes]["rounds_fps"] = [*seen, row["fps"]]
         bar.update(1)
+    rows = [best[n] for n in counts]
     one = rows[0]["fps"]
     for r in rows:
         r["speedup"] = r["fps"] / one
         r["efficiency"] = r["speedup"] / r["nodes"]
-    return {"rows": rows}
+    return {"rows": rows, "rounds": rounds}
 
 
 def plot_scaling(scaling: dict[str, Any], path: Path) -> None:
@@ -492,13 +503,16 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             "",
             "Scaling: Ray nodes of 1 CPU each (pinned to a core), 4 WebSocket streams a node, stream workers "
-            "spread over the nodes, an HTTP proxy on every node sharing the port (`scaling.png`):",
+            "spread over the nodes, an HTTP proxy on every node sharing the port (`scaling.png`); each point the "
+            f"best of {res['scaling'].get('rounds', 1)} rounds run in turn:",
             "",
-            "| nodes | streams | FPS | p99 ms | x one node | efficiency | machine CPU busy |",
-            "|---|---|---|---|---|---|---|",
+            "| nodes | streams | FPS | FPS of each round | p99 ms | x one node | efficiency | machine CPU busy |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | {r['p99_ms']:.0f} | {r['speedup']:.2f} | "
-                  f"{r['efficiency']:.2f} | {r['machine_cpu']:.0%} |" for r in res["scaling"]["rows"]]  # fmt: skip
+        lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | "
+                  f"{' / '.join(f'{x:.1f}' for x in r.get('rounds_fps', [r['fps']]))} | {r['p99_ms']:.0f} | "
+                  f"{r['speedup']:.2f} | {r['efficiency']:.2f} | {r['machine_cpu']:.0%} |"
+                  for r in res["scaling"]["rows"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -523,7 +537,7 @@ def main() -> None:
     rounds = 1 if quick else 2
     steps = rounds * (len(streams) + 3) + 5 + (2 if quick else len(SOURCES))
     steps += (2 if quick else 7) * SHARED_MOT.is_dir() + (1 if quick else 7) + (1 if quick else 3)
-    steps += 3 if scaling else 0
+    steps += 6 if scaling else 0
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:

@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from posefleet.config import AppConfig
-from posefleet.serve.app import build_app, port_in_use, set_embedded_ray_env
+from posefleet.serve.app import build_app, port_in_use, set_ray_env
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def local_app(
     if address:
         ray.init(address=address)
     else:
-        set_embedded_ray_env()  # as ``posefleet serve`` starts its Ray
+        set_ray_env()  # as ``posefleet serve`` starts its Ray
         ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
         port = _start_proxy(proxy_location)

@@ -91,6 +91,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
         lat: list[float] = []
         errors: dict[int, int] = {}
         counts = {"served": 0, "dropped": 0, "skipped": 0}
+        ends: list[float] = []  # when each stream's last answer came, from the start
         start = time.perf_counter()
 
         async def one(name: str) -> None:
@@ -106,6 +107,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
                     await busy
             if busy is not None:
                 await busy
+            ends.append(time.perf_counter() - start)
 
         async def send(name: str, i: int, data: bytes) -> None:
             t0 = time.perf_counter()
@@ -122,7 +124,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
             await asyncio.gather(*(one(n) for n in names))
         finally:
             await sender.close()
-        return {"wall": time.perf_counter() - start, "latencies": lat, "errors": errors} | counts
+        return {"wall": time.perf_counter() - start, "latencies": lat, "errors": errors, "ends": ends} | counts
 
 
 def _stats_row(stats: dict, frames: int) -> dict[str, Any]:

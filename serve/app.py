@@ -29,18 +29,19 @@ from posefleet.serve.ingress import Ingress
 # cluster sets them where ``ray start`` runs (cluster.yaml).
 PROXY_HEALTH_ENV = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"}
 
-# Background work of a one-machine Ray that competes with the models for the same cores (bench.served,
-# 8 WebSocket streams, 2 cores): Serve's controller loop every 0.1 s costs ~30 CPU-ms a second, 0.5 s
-# brings it to ~12 (deploys and autoscaling decide in 0.5 s steps instead); Ray's per-handler event stats
-# (debug figures in its logs) cost the GCS, raylet and every worker on each RPC, ~10 CPU-ms a second of
-# the GCS alone. Set, like the proxy's health check, before Ray starts (``posefleet serve``, the bench).
-EMBEDDED_RAY_ENV = PROXY_HEALTH_ENV | {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_event_stats": "0"}
+# Background work of Ray that competes with the models for the same cores (bench.served, 8 WebSocket
+# streams, 2 cores): Serve's controller loop every 0.1 s costs ~30 CPU-ms a second, 0.5 s brings it to
+# ~12 (deploys and autoscaling decide in 0.5 s steps instead); Ray's per-handler event stats (debug
+# figures in its logs) cost the GCS, raylet and every worker on each RPC, ~10 CPU-ms a second of the GCS
+# alone. Set, like the proxy's health check, before Ray starts: ``posefleet serve`` and the bench do it
+# for the Ray they start, cluster.yaml on the ``ray start`` of every node (a test holds them equal).
+RAY_ENV = PROXY_HEALTH_ENV | {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_event_stats": "0"}
 
 
-def set_embedded_ray_env() -> None:
+def set_ray_env() -> None:
     """The environment of a Ray this process starts itself (its raylet and workers inherit it); what the
     user has set already wins."""
-    for key, value in EMBEDDED_RAY_ENV.items():
+    for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
 
 

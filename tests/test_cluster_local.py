@@ -34,15 +34,15 @@ from ray.util.state import list_actors, list_nodes
 from bench.local import free_port
 from conftest import video_frames
 from posefleet.image_io import encode_jpeg
+from posefleet.serve.app import RAY_ENV
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 URL = "http://127.0.0.1:8000"  # serve-gpu.yaml's HTTP port
-# node loss seen within ~3 s (Ray's defaults: 5 missed checks 3 s apart); as in cluster.yaml
-FAST_FAILURE = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-                "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1"}  # fmt: skip
+# node loss seen within ~3 s (Ray's defaults: 5 missed checks 3 s apart), Serve's own settings: as cluster.yaml
+CLUSTER_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"} | RAY_ENV
 
 
 def wait_for(check: Callable[[], object], timeout_s: float, every_s: float = 0.5) -> bool:
@@ -80,7 +80,7 @@ class FakeCluster:
         key, value = self.marker.split("=")
         # token auth off for this twin: Ray reads RAY_AUTH_MODE once, at import, and this test process
         # imported Ray long before (the README's commands keep Ray's default, token auth on)
-        self.env = {**os.environ, **FAST_FAILURE, "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", key: value}
+        self.env = {**os.environ, **CLUSTER_ENV, "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", key: value}
         self.head_cpus = config["available_node_types"]["ray.head.default"]["resources"]["CPU"]
 
     def start(self) -> None:

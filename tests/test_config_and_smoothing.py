@@ -113,6 +113,20 @@ def test_batches_must_be_able_to_fill() -> None:
         ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})
 
 
+def test_cluster_yaml_starts_ray_as_posefleet_serve_does() -> None:
+    """Every node of cluster.yaml starts Ray with the environment ``posefleet serve`` gives its own Ray."""
+    from pathlib import Path
+
+    import yaml
+
+    from posefleet.serve.app import RAY_ENV
+
+    real = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in real[key] if "ray start" in c).split()
+        assert {f"{k}={v}" for k, v in RAY_ENV.items()} <= set(start), key
+
+
 def test_the_local_cluster_is_the_twin_of_cluster_yaml() -> None:
     """configs/cluster-local.yaml (Ray's fake provider) declares cluster.yaml's node types: the same
     worker types with the same bounds, the resources of their instance types, the head's CPUs."""
