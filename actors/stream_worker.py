@@ -1,8 +1,9 @@
 """Stream workers: a fixed pool of Ray actors, each holding the state of many streams and applying
 their frames (:class:`~posefleet.pipeline.worker.StreamWorker`); and the checkpoint actor.
 
-A stream always maps to the same worker (a stable hash of its id), so a frame reaches its stream's
-state in one Ray call, carrying its encoded bytes; decoding and the rest of its CPU work run there.
+A stream stays on the worker the checkpoint actor placed it on (the one holding the fewest streams when
+it began; ingress replicas remember where), so a frame reaches its stream's state in one Ray call,
+carrying its encoded bytes; decoding and the rest of its CPU work run there.
 Models run inside the worker (``serving.models: local``, ONNX Runtime, concurrent frames of its
 streams batched into one inference) or in the Serve model deployments (``deployments``, for GPU
 nodes: ``@serve.batch`` across every worker's frames).
@@ -64,15 +65,17 @@ class DeploymentModels:
 
 
 class _RemoteCheckpoints:
-    """Checkpoints over a :class:`CheckpointStore` actor handle: states gathered here and sent together
-    in one fire-and-forget call every ``flush_s``, so checkpoints cost a few Ray calls a second in all,
-    not one per stream (a worker lost between flushes loses at most ``flush_s`` of its streams' states)."""
+    """Checkpoints over a :class:`CheckpointStore` actor handle for worker ``shard`` of ``shards``: states
+    gathered here and sent together in one fire-and-forget call every ``flush_s``, so checkpoints cost a
+    few Ray calls a second in all, not one per stream (a worker lost between flushes loses at most
+    ``flush_s`` of its streams' states); a new stream's claim is one call (none with a single holder)."""
 
-    def __init__(self, handle: ray.actor.ActorHandle, flush_s: float):
-        self.handle, self.flush_s = handle, flush_s
+    def __init__(self, handle: ray.actor.ActorHandle, flush_s: float, shard: int = 0, shards: int = 1):
+        self.handle, self.flush_s, self.shard, self.shards = handle, flush_s, shard, shards
         self.pending: dict[str, dict[str, Any] | None] = {}  # None: delete the stream's
         self.flusher: asyncio.Task | None = None
         self.puts = 0  # Ray calls made
+        self.claims = 0
 
     async def put(self, stream_id: str, state: dict[str, Any] | None) -> None:
         self.pending[stream_id] = state
@@ -81,10 +84,22 @@ class _RemoteCheckpoints:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.flush_s)
+        self._send()
+
+    def _send(self) -> None:
         states, self.pending = self.pending, {}
         if states:
-            self.handle.put_many.remote(states)  # fire and forget: never slows a frame
+            self.handle.put_many.remote(states, self.shard)  # fire and forget: never slows a frame
             self.puts += 1
+
+    async def claim(self, stream_id: str) -> int:
+        """The stream's holder, which is this worker unless the store says otherwise; what is pending goes
+        first (Ray runs one caller's calls in order), so a stream forgotten here just now is free again."""
+        if self.shards == 1:
+            return 0
+        self._send()
+        self.claims += 1
+        return await self.handle.claim.remote(stream_id, self.shard, self.shards)
 
     async def delete(self, stream_id: str) -> None:
         await self.put(stream_id, None)  # with the next flush: evicting many streams costs one call
@@ -101,8 +116,10 @@ class WorkerHost:
         store: ray.actor.ActorHandle | None,
         models: tuple[Any, Any] | None = None,
         restored: dict[str, dict[str, Any]] | None = None,
+        shard: int = 0,
     ):
-        """``restored``: the states of this holder's streams after a restart (None: a first start)."""
+        """``restored``: the states of this holder's streams after a restart (None: a first start);
+        ``shard``: which of ``serving.workers`` this is."""
         if models is None:
             batch_size = metrics.get().batch_size
             self.queued: QueuedModels | None = QueuedModels(
@@ -113,9 +130,12 @@ class WorkerHost:
             self.models: Any = self.queued
         else:
             self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
-        self.checkpoints = _RemoteCheckpoints(store, serving.checkpoints.flush_s) if store is not None else None
+        self.checkpoints = (
+            _RemoteCheckpoints(store, serving.checkpoints.flush_s, shard, max(serving.workers, 1))
+            if store is not None else None
+        )  # fmt: skip
         self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restored,
-                                   serving.checkpoints, serving.viewer, serving.limits)  # fmt: skip
+                                   serving.checkpoints, serving.viewer, serving.limits, shard)  # fmt: skip
 
     async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                       policy: str | None, client: str = "", thumbnail: bool = True) -> Served:  # fmt: skip
@@ -136,7 +156,8 @@ class WorkerHost:
     def batch_stats(self, reset: bool = False) -> dict[str, Any]:
         """Frames and items per inference of this worker's local models (none: models are deployments),
         and the Ray calls it made."""
-        calls = {"checkpoint": self.checkpoints.puts if self.checkpoints is not None else 0}
+        cp = self.checkpoints
+        calls = {"checkpoint": cp.puts if cp is not None else 0, "placement": cp.claims if cp is not None else 0}
         if isinstance(self.models, DeploymentModels):
             calls |= self.models.calls
         models = {} if self.queued is None else {name: s.summary(reset) for name, s in self.queued.stats.items()}
@@ -154,7 +175,7 @@ class StreamWorkerActor(WorkerHost):
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         restored = ray.get(store.share.remote(shard, serving.workers)) if restarted and store is not None else None
-        super().__init__(cfg, serving, store, models, restored)
+        super().__init__(cfg, serving, store, models, restored, shard)
 
 
 CheckpointActor = ray.remote(CheckpointStore)

@@ -109,6 +109,15 @@ class FrameDropped(PosefleetError):
     status, reason = 200, "dropped"
 
 
+class HeldElsewhere(Exception):
+    """Not an answer: a stream worker got a frame of a stream another worker holds (the ingress's idea of
+    where it is was stale); the ingress sends the frame on to worker ``holder``."""
+
+    def __init__(self, holder: int) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
 def cause(exc: BaseException) -> BaseException:
     """The original exception of one raised inside a Ray actor (Ray wraps it as ``cause``)."""
     return getattr(exc, "cause", None) or exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,9 @@ from posefleet import metrics
 from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, with_retry, worker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
-from posefleet.errors import PosefleetError, cause
+from posefleet.errors import HeldElsewhere, PosefleetError, Unavailable, cause
 from posefleet.pipeline.schema import FrameResult
-from posefleet.pipeline.worker import Served, shard_of
+from posefleet.pipeline.worker import Served
 from posefleet.sink import JsonlSink
 from posefleet.webhook import WebhookSink
 
@@ -36,12 +37,17 @@ class FrameRouter:
         self.cfg = app_cfg.pipeline_config()
         self.local: WorkerHost | None = None
         self.workers: list[Any] = []
+        self.store = checkpoint_store(deploy_id, s.namespace)
         if s.workers == 0:  # this replica holds the streams itself: no Ray call per frame
-            store = checkpoint_store(deploy_id, s.namespace)
-            restored = ray.get(store.share.remote(0, 1))  # the streams of a replica before this one
-            self.local = WorkerHost(self.cfg, s, store, models, restored=restored or None)
+            restored = ray.get(self.store.share.remote(0, 1))  # the streams of a replica before this one
+            self.local = WorkerHost(self.cfg, s, self.store, models, restored=restored or None)
         else:
             self.workers = worker_pool(self.cfg, s, deploy_id, models)
+        # where streams are held, as the checkpoint store said (a stale entry costs one hop: the worker
+        # that no longer holds the stream names the one that does); as many as the workers may hold
+        self.holders: OrderedDict[str, int] = OrderedDict()
+        self.max_holders = s.limits.max_streams * max(s.workers, 1)
+        self.placement_calls = 0
         self.metrics = metrics.get()
         self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
@@ -51,7 +57,8 @@ class FrameRouter:
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this replica made for frames: to the workers, and to the viewer hub."""
-        return {"worker": self.frame_calls, "viewer_hub": self.feed.calls if self.feed is not None else 0}
+        return {"worker": self.frame_calls, "placement": self.placement_calls,
+                "viewer_hub": self.feed.calls if self.feed is not None else 0}  # fmt: skip
 
     def close(self) -> None:
         """The replica stops: what the webhook still holds is sent (bounded), the sink's files closed."""
@@ -60,8 +67,22 @@ class FrameRouter:
         if self.sink is not None:
             self.sink.close()
 
-    def worker(self, stream_id: str) -> ray.actor.ActorHandle:
-        return self.workers[shard_of(stream_id, len(self.workers))]
+    async def worker(self, stream_id: str, fresh: bool = False) -> ray.actor.ActorHandle:
+        """The stream's worker: as remembered, else (or ``fresh``) as the checkpoint store says, which for a
+        new stream is the worker holding the fewest."""
+        held = None if fresh else self.holders.get(stream_id)
+        if held is None:
+            self.placement_calls += 1
+            held = await with_retry(lambda: self.store.holder.remote(stream_id, len(self.workers)),
+                                    "checkpoint store", self.serving.fault_retry_s)  # fmt: skip
+            self._remember(stream_id, held)
+        return self.workers[held]
+
+    def _remember(self, stream_id: str, worker: int) -> None:
+        self.holders[stream_id] = worker
+        self.holders.move_to_end(stream_id)
+        if len(self.holders) > self.max_holders:
+            self.holders.popitem(last=False)
 
     async def call(self, stream_id: str | None, method: str, *args: Any) -> Any:
         """A management call on a stream's worker (or, with no stream, on every worker)."""
@@ -69,7 +90,8 @@ class FrameRouter:
             result = getattr(self.local, method)(*args)
             result = await result if asyncio.iscoroutine(result) else result
             return [result] if stream_id is None else result
-        targets = self.workers if stream_id is None else [self.worker(stream_id)]
+        # a management call asks the store where the stream is (a remembered place may be stale)
+        targets = self.workers if stream_id is None else [await self.worker(stream_id, fresh=True)]
         retry_s = self.serving.fault_retry_s
         results = await asyncio.gather(
             *(with_retry(lambda w=w: getattr(w, method).remote(*args), "stream worker", retry_s) for w in targets)
@@ -114,12 +136,17 @@ class FrameRouter:
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                               policy: str | None, client: str, thumbnail: bool) -> Served:  # fmt: skip
-        worker = self.worker(stream_id)
-        self.frame_calls += 1
-        try:
-            return await with_retry(
-                lambda: worker.process.remote(stream_id, body, index, ts, policy, client, thumbnail), "stream worker",
-                self.serving.fault_retry_s,
-            )  # fmt: skip
-        except ray.exceptions.RayTaskError as exc:
-            raise cause(exc) from None
+        for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
+            worker = await self.worker(stream_id)
+            self.frame_calls += 1
+            try:
+                return await with_retry(
+                    lambda w=worker: w.process.remote(stream_id, body, index, ts, policy, client, thumbnail),
+                    "stream worker", self.serving.fault_retry_s,
+                )  # fmt: skip
+            except ray.exceptions.RayTaskError as exc:
+                error = cause(exc)
+                if not isinstance(error, HeldElsewhere):
+                    raise error from None
+                self._remember(stream_id, error.holder)
+        raise Unavailable("the stream moved between workers while this frame looked for it; send it again")

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from bench.local import local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig
+from posefleet.errors import HeldElsewhere
 from posefleet.image_io import encode_jpeg
-from posefleet.pipeline.worker import shard_of
 from posefleet.serve.client import submit
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
@@ -131,8 +131,7 @@ def _actor(name_part: str, suffix: str = "") -> ray.actor.ActorHandle:  # one of
 
 
 def test_killed_stream_workers_restore_their_streams_and_streams_continue(server: str) -> None:
-    names = [f"fault-{i}" for i in range(40)]
-    jobs = [(n, CLIP) for k in (0, 1) for n in [n for n in names if shard_of(n, 2) == k][:2]]
+    jobs = [(f"fault-{i}", CLIP) for i in range(4)]  # placed two and two: the workers hold the fewest first
 
     def killer() -> None:  # each worker holds two of the streams; Ray restarts a killed one
         time.sleep(3)
@@ -172,13 +171,22 @@ def test_killed_stream_workers_restore_their_streams_and_streams_continue(server
     assert {s["stream_id"] for s in listed} >= {name for name, _ in jobs}
 
 
+def held_by(server: str, stream_id: str) -> int:
+    return httpx.get(f"{server}/v1/streams/{stream_id}", headers=AUTH, timeout=60).json()["worker"]
+
+
 def test_a_restarted_worker_lists_its_streams_before_they_send_again(server: str) -> None:
-    names = [n for n in (f"quiet-{i}" for i in range(40)) if shard_of(n, 2) == 0][:2]
-    data = frame_bytes()
-    for name in names:  # one frame each: fewer than checkpoints.every, the first frame's checkpoint holds
+    # new streams until worker 0 holds two (each goes to the worker holding the fewest); one frame each:
+    # fewer than checkpoints.every, so the first frame's checkpoint is what the restart finds
+    data, names = frame_bytes(), []
+    for name in (f"quiet-{i}" for i in range(12)):
         resp = httpx.post(f"{server}/v1/streams/{name}/frames", content=data, timeout=60,
                           headers={"content-type": "image/jpeg", **AUTH})  # fmt: skip
         assert resp.status_code == 200
+        names += [name] if held_by(server, name) == 0 else []
+        if len(names) == 2:
+            break
+    assert len(names) == 2
     time.sleep(1.5)  # the worker's checkpoint flush (every 0.5 s)
     ray.kill(_actor("-worker-", "-0"), no_restart=False)
     deadline, quiet = time.monotonic() + 60, {}
@@ -190,6 +198,24 @@ def test_a_restarted_worker_lists_its_streams_before_they_send_again(server: str
         time.sleep(0.5)
     assert sorted(quiet) == sorted(names)  # listed at once, not only once they send again
     assert all(s["restored"] and s["frames"] == 1 for s in quiet.values()), quiet
+
+
+def test_a_frame_sent_where_its_stream_is_not_held_goes_on_to_its_worker(server: str) -> None:
+    """The ingress remembers where a stream is; a stale memory costs one more hop, not an error."""
+    data, headers = frame_bytes(), {"content-type": "image/jpeg", **AUTH}
+    url = f"{server}/v1/streams/moved/frames"
+    assert httpx.post(url, content=data, headers=headers, timeout=60).status_code == 200
+    first = held_by(server, "moved")  # the ingress remembers this worker
+    assert httpx.delete(f"{server}/v1/streams/moved", headers=AUTH, timeout=60).status_code == 204
+    time.sleep(1.5)  # the deletion reaches the checkpoint actor (flushed every 0.5 s): the stream is free
+    store = _actor("-checkpoints")
+    ray.get(store.put_many.remote({"moved": {"last_index": -1}}, 1 - first))  # the other worker holds it now
+    resp = httpx.post(url, content=data, headers=headers, timeout=60)
+    assert resp.status_code == 200 and resp.json()["frame_index"] == 0, resp.text
+    assert held_by(server, "moved") == 1 - first
+    with pytest.raises(ray.exceptions.RayTaskError) as raised:  # a worker never takes another's stream
+        ray.get(_actor("-worker-", f"-{first}").process.remote("moved", data, 1, None, None))
+    assert isinstance(raised.value.cause, HeldElsewhere) and raised.value.cause.holder == 1 - first
 
 
 def test_overload_sheds_and_keeps_state(server: str) -> None:

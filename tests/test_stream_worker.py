@@ -4,6 +4,7 @@ stream, order kept, overload policies, stalls recovered, checkpoints restored, s
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -11,11 +12,11 @@ import pytest
 from conftest import video_frames
 from posefleet.actors.viewer_hub import ViewerHub
 from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig, load_pipeline_config
-from posefleet.errors import FrameAbandoned, FrameOrderError, ImageError, StreamBusy
+from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
-from posefleet.pipeline.worker import CheckpointStore, StreamWorker, shard_of
+from posefleet.pipeline.worker import CheckpointStore, StreamWorker
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +215,67 @@ def test_asking_for_a_picture_counts_as_watching() -> None:
     assert asyncio.run(scenario()) == (False, True)
 
 
-def test_shard_of_is_stable_and_spreads() -> None:
-    assert shard_of("court-1-cam-3", 8) == shard_of("court-1-cam-3", 8)
-    assert len({shard_of(f"cam-{i}", 4) for i in range(40)}) == 4
-    assert {shard_of(f"cam-{i}", 2) for i in range(4)} == {0, 1}  # four cameras, both workers
+def test_new_streams_go_to_the_worker_holding_the_fewest() -> None:
+    async def scenario() -> CheckpointStore:
+        store = CheckpointStore()
+        # 16 cameras, each claimed by the worker its frame reached first (here, always worker 1): a hash
+        # of the names split them 3/5/3/5 over 4 workers
+        for i in range(16):
+            await store.claim(f"cam-{i}", 1, 4)
+        assert await store.claim("cam-0", 3, 4) == store.holder("cam-0", 4)  # a held stream stays put
+        return store
+
+    store = asyncio.run(scenario())
+    assert sorted(Counter(store.holders.values()).values()) == [4, 4, 4, 4]
+    store.put_many({"cam-0": None}, shard=3 if store.holders["cam-0"] != 3 else 2)  # not its worker: no effect
+    assert "cam-0" in store.holders
+    store.put_many({"cam-0": None}, shard=store.holders["cam-0"])  # forgotten by its worker: free again
+    assert "cam-0" not in store.holders
+
+
+def test_checkpoint_share_follows_the_holders() -> None:
+    store = CheckpointStore()
+    for k in range(3):
+        store.put_many({f"cam-{k}-{i}": {"last_index": i} for i in range(5)}, shard=k)
+    shares = [store.share(k, 3) for k in range(3)]
+    assert [sorted(share) for share in shares] == [[f"cam-{k}-{i}" for i in range(5)] for k in range(3)]
+    assert len(store.share(0, 1)) == 15  # a single holder takes every stream
+    store.put_many({"cam-0-0": None}, shard=0)  # evicted
+    assert "cam-0-0" not in store.share(0, 1)
+
+
+class Placed:
+    """Worker ``shard``'s view of a shared :class:`CheckpointStore` (what the actor's checkpoints give over Ray)."""
+
+    def __init__(self, store: CheckpointStore, shard: int, shards: int):
+        self.store, self.shard, self.shards = store, shard, shards
+
+    async def put(self, stream_id: str, state: dict) -> None:
+        self.store.put_many({stream_id: state}, self.shard)
+
+    async def delete(self, stream_id: str) -> None:
+        self.store.put_many({stream_id: None}, self.shard)
+
+    async def claim(self, stream_id: str) -> int:
+        return await self.store.claim(stream_id, self.shard, self.shards)
+
+
+def test_a_worker_takes_only_the_streams_placed_on_it(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> tuple:
+        store, cfg, admission = CheckpointStore(), load_pipeline_config("balanced"), AdmissionConfig()
+        workers = [StreamWorker(cfg, admission, SlowModels(engine), Placed(store, k, 2), shard=k) for k in range(2)]
+        await workers[0].process("a", jpegs[0], 0)
+        with pytest.raises(HeldElsewhere) as moved:  # worker 0 holds one stream, worker 1 none
+            await workers[0].process("b", jpegs[0], 0)
+        b = await workers[moved.value.holder].process("b", jpegs[0], 0)
+        with pytest.raises(HeldElsewhere):  # and it stays there
+            await workers[0].process("b", jpegs[1], 1)
+        return moved.value.holder, b, workers
+
+    holder, b, workers = asyncio.run(scenario())
+    assert holder == 1 and b.result.frame_index == 0
+    assert [[s["stream_id"] for s in w.list_streams()] for w in workers] == [["a"], ["b"]]
+    assert workers[1].describe("b")["worker"] == 1
 
 
 def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpegs: list) -> None:
@@ -247,13 +305,3 @@ def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpe
     assert lost.ids_restarted and not lost.state_recovered
     assert not fresh.ids_restarted and not fresh.state_recovered
     assert not again.state_recovered  # said once
-
-
-def test_checkpoint_share_follows_the_workers_shards() -> None:
-    store = CheckpointStore()
-    store.put_many({f"cam-{i}": {"last_index": i} for i in range(20)})
-    shares = [store.share(k, 3) for k in range(3)]
-    assert sorted(sid for share in shares for sid in share) == sorted(store.states)
-    assert all(shard_of(sid, 3) == k for k, share in enumerate(shares) for sid in share)
-    store.put_many({"cam-0": None})  # evicted
-    assert "cam-0" not in store.share(0, 1)

@@ -50,6 +50,7 @@ class StreamInfo(BaseModel):
     created: float
     last_seen: float
     restored: bool = Field(False, description="restored from a checkpoint after a restart; no frame since")
+    worker: int = Field(0, description="the stream worker holding it (0 where the ingress holds streams itself)")
 
 
 class StreamList(BaseModel):
