@@ -153,7 +153,7 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             cluster.shutdown()
         busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
         point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
-                 "machine_cpu": busy / len(cpus)}  # fmt: skip
+                 "machine_cpu": busy / len(cpus), "end_spread": row["end_spread"]}  # fmt: skip
         seen = best.get(nodes, {}).get("rounds_fps", [])
         if point["fps"] > best.get(nodes, {}).get("fps", 0.0):
             best[nodes] = point
@@ -506,13 +506,14 @@ def markdown(res: dict[str, Any]) -> str:
             "spread over the nodes, an HTTP proxy on every node sharing the port (`scaling.png`); each point the "
             f"best of {res['scaling'].get('rounds', 1)} rounds run in turn:",
             "",
-            "| nodes | streams | FPS | FPS of each round | p99 ms | x one node | efficiency | machine CPU busy |",
-            "|---|---|---|---|---|---|---|---|",
+            "| nodes | streams | FPS | FPS of each round | p99 ms | x one node | efficiency | machine CPU busy "
+            "| first stream done before the last |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | "
                   f"{' / '.join(f'{x:.1f}' for x in r.get('rounds_fps', [r['fps']]))} | {r['p99_ms']:.0f} | "
-                  f"{r['speedup']:.2f} | {r['efficiency']:.2f} | {r['machine_cpu']:.0%} |"
-                  for r in res["scaling"]["rows"]]  # fmt: skip
+                  f"{r['speedup']:.2f} | {r['efficiency']:.2f} | {r['machine_cpu']:.0%} | "
+                  f"{r.get('end_spread', 0.0):.0%} |" for r in res["scaling"]["rows"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -201,6 +201,9 @@ def _row(mode: str, k: int, run: dict, cpu_ms: float, rss: float) -> dict:
         "dropped": run["dropped"],
         "skipped": run["skipped"],
         "errors": run["errors"],
+        # how much earlier the first stream finished than the last (0: all at once; more: some streams'
+        # holders were faster, and the machine ran the tail with fewer streams)
+        "end_spread": 1.0 - min(run["ends"]) / max(run["ends"]) if run["ends"] else 0.0,
         "peak_rss_mb": rss,
     }
 
