@@ -91,7 +91,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
         lat: list[float] = []
         errors: dict[int, int] = {}
         counts = {"served": 0, "dropped": 0, "skipped": 0}
-        ends: list[float] = []  # when each stream's last answer came, from the start
+        ends: dict[str, float] = {}  # when each stream's last answer came, from the start
         start = time.perf_counter()
 
         async def one(name: str) -> None:
@@ -107,7 +107,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
                     await busy
             if busy is not None:
                 await busy
-            ends.append(time.perf_counter() - start)
+            ends[name] = time.perf_counter() - start
 
         async def send(name: str, i: int, data: bytes) -> None:
             t0 = time.perf_counter()
@@ -144,9 +144,18 @@ def _stats_row(stats: dict, frames: int) -> dict[str, Any]:
     }
 
 
+def forget(url: str, names: list[str]) -> None:
+    """Delete streams that are done, as a camera taken down would be: a new stream goes to the stream
+    worker holding the fewest, and one left idle counts until ``limits.stream_idle_s`` forgets it."""
+    for name in names:
+        httpx.delete(f"{url}/v1/streams/{name}", timeout=60)
+
+
 def run_transport(url: str, transport: str, source: str, streams: list[int], frames: int) -> list[dict]:
     encoded = encoded_frames(source, frames)
-    asyncio.run(_drive(url, transport, encoded[:WARM_UP_FRAMES], [f"{transport}-warm-up"], None))
+    warm_up = [f"{transport}-warm-up"]
+    asyncio.run(_drive(url, transport, encoded[:WARM_UP_FRAMES], warm_up, None))
+    forget(url, warm_up)
     rows = []
     for k in streams:
         names = [f"{transport}-{k}-{i}" for i in range(k)]
@@ -157,6 +166,7 @@ def run_transport(url: str, transport: str, source: str, streams: list[int], fra
             run = asyncio.run(_drive(url, transport, encoded, names, None))
             cpu = machine_cpu_ms() - cpu0
         after = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
+        forget(url, names)
         served = run["served"]
         rows.append(_row(f"served-{transport}", k, run, cpu, rss.peak_mb) | _stats_row(_delta(before, after), served))
     return rows
@@ -171,6 +181,7 @@ def run_paced(url: str, transport: str, source: str, streams: int, frames: int, 
     names = [f"paced-{transport}-{i}" for i in range(streams)]
     cpu0 = machine_cpu_ms()
     run = asyncio.run(_drive(url, transport, encoded_frames(source, frames), names, period))
+    forget(url, names)
     row = _row(f"served-{transport} at {load:.0%}", streams, run, machine_cpu_ms() - cpu0, 0.0)
     return row | {"offered_fps": per_stream * streams, "frame_period_ms": period * 1000,
                   "p99_in_periods": row["p99_ms"] / (period * 1000)}  # fmt: skip
@@ -203,7 +214,7 @@ def _row(mode: str, k: int, run: dict, cpu_ms: float, rss: float) -> dict:
         "errors": run["errors"],
         # how much earlier the first stream finished than the last (0: all at once; more: some streams'
         # holders were faster, and the machine ran the tail with fewer streams)
-        "end_spread": 1.0 - min(run["ends"]) / max(run["ends"]) if run["ends"] else 0.0,
+        "end_spread": 1.0 - min(run["ends"].values()) / max(run["ends"].values()) if run["ends"] else 0.0,
         "peak_rss_mb": rss,
     }
 
