@@ -181,12 +181,12 @@ class StreamWorkerActor(WorkerHost):
 CheckpointActor = ray.remote(CheckpointStore)
 
 
-def checkpoint_store(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
+def checkpoint_store(deploy_id: str, serving: ServingConfig) -> ray.actor.ActorHandle:
     """The deploy's checkpoint actor (get or create)."""
     return CheckpointActor.options(  # type: ignore[attr-defined]
-        name=actor_name(deploy_id, "checkpoints"), namespace=namespace, get_if_exists=True, lifetime="detached",
-        num_cpus=0, max_restarts=-1, **ON_HEAD,
-    ).remote()  # fmt: skip
+        name=actor_name(deploy_id, "checkpoints"), namespace=serving.namespace, get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_restarts=-1, **ON_HEAD,
+    ).remote(serving.checkpoints.active_s)  # fmt: skip
 
 
 def worker_pool(
@@ -198,7 +198,7 @@ def worker_pool(
     the autoscaler sees). Ray restarts a dead worker (``max_restarts=-1``), on another node if its own
     is gone; it restores its streams from the checkpoint actor on the head.
     """
-    store = checkpoint_store(deploy_id, serving.namespace)
+    store = checkpoint_store(deploy_id, serving)
     return [
         StreamWorkerActor.options(  # type: ignore[attr-defined]
             name=actor_name(deploy_id, f"worker-{i}"),

@@ -146,7 +146,7 @@ def _stats_row(stats: dict, frames: int) -> dict[str, Any]:
 
 def forget(url: str, names: list[str]) -> None:
     """Delete streams that are done, as a camera taken down would be: a new stream goes to the stream
-    worker holding the fewest, and one left idle counts until ``limits.stream_idle_s`` forgets it."""
+    worker holding the fewest active streams, and one left idle counts for ``checkpoints.active_s``."""
     for name in names:
         httpx.delete(f"{url}/v1/streams/{name}", timeout=60)
 

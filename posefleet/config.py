@@ -283,6 +283,10 @@ class CheckpointConfig(_Strict):
     flush_s: float = Field(
         0.5, gt=0.0, le=10.0, description="how often a worker sends its streams' checkpoints, all in one call"
     )
+    active_s: float = Field(
+        60.0, gt=0.0, description="a stream checkpointed within this counts where new streams are placed "
+        "(one sending under every/active_s frames a second, or none, leaves its worker's count)",
+    )  # fmt: skip
 
 
 class LimitsConfig(_Strict):

@@ -37,7 +37,7 @@ class FrameRouter:
         self.cfg = app_cfg.pipeline_config()
         self.local: WorkerHost | None = None
         self.workers: list[Any] = []
-        self.store = checkpoint_store(deploy_id, s.namespace)
+        self.store = checkpoint_store(deploy_id, s)
         if s.workers == 0:  # this replica holds the streams itself: no Ray call per frame
             restored = ray.get(self.store.share.remote(0, 1))  # the streams of a replica before this one
             self.local = WorkerHost(self.cfg, s, self.store, models, restored=restored or None)

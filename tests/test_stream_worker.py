@@ -4,6 +4,7 @@ stream, order kept, overload policies, stalls recovered, checkpoints restored, s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -231,6 +232,16 @@ def test_new_streams_go_to_the_worker_holding_the_fewest() -> None:
     assert "cam-0" in store.holders
     store.put_many({"cam-0": None}, shard=store.holders["cam-0"])  # forgotten by its worker: free again
     assert "cam-0" not in store.holders
+
+
+def test_idle_streams_leave_their_workers_count() -> None:
+    store = CheckpointStore(active_s=0.3)
+    store.put_many({"idle-1": {"last_index": 9}, "idle-2": {"last_index": 9}}, shard=0)
+    assert store.holder("new", 2) == 1  # worker 0 holds two active streams
+    time.sleep(0.4)  # no checkpoint from them since: idle
+    store.put_many({"live": {"last_index": 9}}, shard=1)
+    assert store.holder("new", 2) == 0
+    assert store.holder("idle-1", 2) == 0  # still held there until forgotten
 
 
 def test_checkpoint_share_follows_the_holders() -> None:

@@ -311,11 +311,14 @@ class StreamWorker:
 
 class CheckpointStore:
     """Latest state of every stream, and the worker holding it, kept apart from the workers so both
-    outlive them."""
+    outlive them. A new stream goes to the worker holding the fewest active streams: those claimed or
+    checkpointed within ``active_s`` (a stream checkpoints every few frames; an idle one no longer counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, active_s: float = 60.0) -> None:
         self.states: dict[str, dict[str, Any]] = {}
         self.holders: dict[str, int] = {}  # stream -> the worker holding it (with several workers)
+        self.touched: dict[str, float] = {}  # stream -> when it was last claimed or checkpointed
+        self.active_s = active_s
 
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
         self.put_many({stream_id: state})
@@ -323,24 +326,27 @@ class CheckpointStore:
     def put_many(self, states: dict[str, dict[str, Any] | None], shard: int = 0) -> None:
         """Several streams' states in one call (workers send theirs together, once a flush period); None
         deletes a stream's, and frees its place at ``shard``, the worker sending them."""
+        now = time.monotonic()
         for stream_id, state in states.items():
             if state is None:
                 self.states.pop(stream_id, None)
                 if self.holders.get(stream_id) == shard:
                     del self.holders[stream_id]
+                    self.touched.pop(stream_id, None)
             else:
                 self.states[stream_id] = state
                 self.holders.setdefault(stream_id, shard)  # held, though the store lost its place (restarted)
+                self.touched[stream_id] = now
 
     def holder(self, stream_id: str, shards: int, prefer: int | None = None) -> int:
-        """The worker holding the stream; for a new one the worker holding the fewest streams (``prefer``
-        among equals, else the first)."""
+        """The worker holding the stream; for a new one the worker holding the fewest active streams
+        (``prefer`` among equals, else the first)."""
         held = self.holders.get(stream_id)
         if held is not None and held < shards:
             return held
-        load = [0] * shards
-        for worker in self.holders.values():
-            if worker < shards:
+        load, since = [0] * shards, time.monotonic() - self.active_s
+        for sid, worker in self.holders.items():
+            if worker < shards and self.touched.get(sid, since) > since:
                 load[worker] += 1
         least = min(load)
         return prefer if prefer is not None and prefer < shards and load[prefer] == least else load.index(least)
@@ -349,6 +355,7 @@ class CheckpointStore:
         """Worker ``shard`` is about to create the stream: its holder from now on (this worker, unless the
         stream is held elsewhere or another worker holds fewer streams)."""
         holder = self.holders[stream_id] = self.holder(stream_id, shards, prefer=shard)
+        self.touched[stream_id] = time.monotonic()
         return holder
 
     def share(self, shard: int, shards: int) -> dict[str, dict[str, Any]]:
@@ -358,3 +365,4 @@ class CheckpointStore:
     async def delete(self, stream_id: str) -> None:
         self.states.pop(stream_id, None)
         self.holders.pop(stream_id, None)
+        self.touched.pop(stream_id, None)
