@@ -59,16 +59,22 @@ def inprocess(mode: str, video: str, frames: int, streams: int, **extra: float |
         return json.loads(Path(out.name).read_text())
 
 
+def keep_best(best: dict, key: Any, row: dict) -> None:
+    """The fastest round of a measurement under ``key``, with every round's FPS beside it: each section
+    runs its modes ``rounds`` times in turn (A B C, A B C); on a shared machine the best of each mode's
+    rounds is the one least disturbed by others, and the turns spread any slow spell over all."""
+    seen = best[key]["rounds_fps"] if key in best else []
+    if key not in best or row["fps"] > best[key]["fps"]:
+        best[key] = dict(row)
+    best[key]["rounds_fps"] = [*seen, row["fps"]]
+
+
 def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm) -> list[dict]:
-    """Every mode, ``rounds`` times in turn (A B C, A B C): on a shared machine the best of each
-    mode's rounds is the one least disturbed by others, and the turns spread any slow spell over all.
-    """
+    """Every mode, ``rounds`` times in turn, each mode's best round (``keep_best``)."""
     best: dict[tuple[str, int], dict] = {}
 
     def keep(row: dict) -> None:
-        key = (row["mode"], row["streams"])
-        if key not in best or row["fps"] > best[key]["fps"]:
-            best[key] = row | {"rounds": rounds}
+        keep_best(best, (row["mode"], row["streams"]), row)
 
     for _ in range(rounds):
         for k in streams:
@@ -82,20 +88,24 @@ def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, 
     return list(best.values())
 
 
-def section_served(video: str, frames: int, streams: list[int], quick: bool, bar: tqdm) -> list[dict]:
-    """The embedded default over each transport, at 80% of its WebSocket capacity, then the
-    stream-worker layout (2 worker actors, one Ray call a frame) on the same machine."""
+def section_served(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm) -> list[dict]:
+    """The embedded default over each transport (``rounds`` times in turn, each row's best round, as
+    in-process), at 80% of its WebSocket capacity, then the stream-worker layout (2 worker actors, one
+    Ray call a frame) on the same machine."""
     from bench.local import local_app
     from bench.served import run_paced, run_transport
     from posefleet.config import deep_merge
     from posefleet.serve.app import load_serve_config
 
     app_args = load_serve_config()["applications"][0]["args"]
-    rows: list[dict] = []
+    best: dict[tuple[str, int], dict] = {}
     with local_app(app_args) as url:
-        for transport in ("ws", "batch", "http"):
-            rows += run_transport(url, transport, video, streams, frames)
-            bar.update(1)
+        for _ in range(rounds):
+            for transport in ("ws", "batch", "http"):
+                for row in run_transport(url, transport, video, streams, frames):
+                    keep_best(best, (row["mode"], row["streams"]), row)
+                bar.update(1)
+        rows = list(best.values())
         capacity = max(r["fps"] for r in rows if r["mode"] == "served-ws")
         rows.append(run_paced(url, "ws", video, streams[-1], frames, capacity))
         bar.update(1)
@@ -154,10 +164,7 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
         point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
                  "machine_cpu": busy / len(cpus), "end_spread": row["end_spread"]}  # fmt: skip
-        seen = best.get(nodes, {}).get("rounds_fps", [])
-        if point["fps"] > best.get(nodes, {}).get("fps", 0.0):
-            best[nodes] = point
-        best[nodes]["rounds_fps"] = [*seen, row["fps"]]
+        keep_best(best, nodes, point)
         bar.update(1)
     rows = [best[n] for n in counts]
     one = rows[0]["fps"]
@@ -443,13 +450,15 @@ def _f(value: Any, fmt: str) -> str:
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured {res['date']} on {res['machine']}; video `{Path(res['video']).name}`; "
              f"{res['frames']} frames per stream{' (quick)' if res['quick'] else ''}.", ""]  # fmt: skip
-    head = ["mode", "streams", "FPS", "p50 ms", "p99 ms", "CPU ms/frame", "Ray calls/frame", "frames/model call (max)",
+    head = ["mode", "streams", "FPS", "FPS of each round", "p50 ms", "p99 ms", "CPU ms/frame", "Ray calls/frame",
+            "frames/model call (max)",
             "decode", "detect", "track", "pose", "peak RSS MB"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res["inprocess"] + res["served"]:
         st = r.get("stages_ms", {})
         fpc = r.get("frames_per_model_call")
-        cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+        rounds = " / ".join(f"{x:.1f}" for x in r.get("rounds_fps", [r["fps"]]))
+        cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", rounds, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
                  _f(r.get("cpu_ms_per_frame"), ".1f"), _f(r.get("ray_calls_per_frame"), ".2f"),
                  f"{fpc:.2f} ({r['max_frames_per_model_call']})" if fpc else "",
                  *(f"{st[k]:.1f}" if k in st else "" for k in ("decode", "detect", "track", "pose")),
@@ -536,14 +545,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     scaling = not (quick or args.no_scaling)
     rounds = 1 if quick else 2
-    steps = rounds * (len(streams) + 3) + 5 + (2 if quick else len(SOURCES))
+    steps = rounds * (len(streams) + 3) + 3 * rounds + 2 + (2 if quick else len(SOURCES))
     steps += (2 if quick else 7) * SHARED_MOT.is_dir() + (1 if quick else 7) + (1 if quick else 3)
     steps += 6 if scaling else 0
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
         res["inprocess"] = section_inprocess(args.video, frames, streams, rounds, bar)
-        res["served"] = section_served(args.video, max(4, frames // 2), streams, quick, bar)
+        res["served"] = section_served(args.video, max(4, frames // 2), streams, rounds, bar)
         res["accuracy"] = section_accuracy(args.video, frames, quick, bar)
         res["crowd"] = section_crowd(quick, bar)
         res["variants"] = section_variants(args.video, coco, quick, out, bar)
