@@ -7,8 +7,9 @@ small picture for the viewer. So a frame reaches its stream's state in one hop a
 where the state is.
 
 With several workers, the checkpoint store also says which worker holds each stream: a new stream goes
-to the worker holding the fewest (a hash of its id split 16 streams 3/5/3/5 over 4 workers), claimed by
-that worker before its first frame touches any state, and stays there until it is forgotten.
+to the worker holding the fewest active streams (a hash of its id split 16 streams 3/5/3/5 over 4
+workers), claimed by that worker before its first frame touches any state, and stays there until it is
+forgotten.
 
 A stream's state is checkpointed on its first frame and every ``checkpoints.every`` frames; a
 restarted worker restores every stream of its share at start (listed at once, ids kept, next frame
