@@ -344,7 +344,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging_cfg = serve_cfg.get("logging_config") or {"enable_access_log": False}
     if not args.address and port_in_use(http["host"], http["port"]):
         raise CliError(f"{http['host']}:{http['port']} is already in use: stop what holds it, or pass --port")
-    signal.signal(signal.SIGTERM, _stop_on_signal)  # SIGTERM, like Ctrl-C, stops Serve and Ray below
+    _stop_on(signal.SIGTERM, signal.SIGINT)  # either stops Serve and Ray below
     try:
         if args.address:
             ray.init(address=args.address)
@@ -353,7 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 _ray_on_loopback()
             set_ray_env()  # read by Ray and Serve's controller when they start
             ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
-        signal.signal(signal.SIGTERM, _stop_on_signal)  # again: Ray's core worker installs its own (it aborts)
+        _stop_on(signal.SIGTERM, signal.SIGINT)  # again: Ray's core worker installs its own (it aborts)
         return _serve(args, serve_cfg, app_spec, app_cfg, application, http, logging_cfg)
     except KeyboardInterrupt:
         print("posefleet: stopping", file=sys.stderr)
@@ -379,6 +379,13 @@ def _ray_on_loopback() -> None:
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_on(*signals: signal.Signals) -> None:
+    """These signals stop the server, SIGINT too where it was ignored when this process started (a shell
+    starts its background jobs so, and Python then leaves Ctrl-C's signal ignored)."""
+    for sig in signals:
+        signal.signal(sig, _stop_on_signal)
 
 
 def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: Any, application: Any,
