@@ -447,6 +447,11 @@ def _f(value: Any, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
 
 
+def _rounds(row: dict) -> str:
+    """The FPS of each round of a row (``keep_best``), in the order they ran."""
+    return " / ".join(f"{x:.1f}" for x in row.get("rounds_fps", [row["fps"]]))
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured {res['date']} on {res['machine']}; video `{Path(res['video']).name}`; "
              f"{res['frames']} frames per stream{' (quick)' if res['quick'] else ''}.", ""]  # fmt: skip
@@ -457,8 +462,7 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["inprocess"] + res["served"]:
         st = r.get("stages_ms", {})
         fpc = r.get("frames_per_model_call")
-        rounds = " / ".join(f"{x:.1f}" for x in r.get("rounds_fps", [r["fps"]]))
-        cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", rounds, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+        cells = [r["mode"], r["streams"], f"{r['fps']:.1f}", _rounds(r), f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
                  _f(r.get("cpu_ms_per_frame"), ".1f"), _f(r.get("ray_calls_per_frame"), ".2f"),
                  f"{fpc:.2f} ({r['max_frames_per_model_call']})" if fpc else "",
                  *(f"{st[k]:.1f}" if k in st else "" for k in ("decode", "detect", "track", "pose")),
@@ -519,8 +523,7 @@ def markdown(res: dict[str, Any]) -> str:
             "| first stream done before the last |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | "
-                  f"{' / '.join(f'{x:.1f}' for x in r.get('rounds_fps', [r['fps']]))} | {r['p99_ms']:.0f} | "
+        lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | {_rounds(r)} | {r['p99_ms']:.0f} | "
                   f"{r['speedup']:.2f} | {r['efficiency']:.2f} | {r['machine_cpu']:.0%} | "
                   f"{r.get('end_spread', 0.0):.0%} |" for r in res["scaling"]["rows"]]  # fmt: skip
     return "\n".join(lines) + "\n"
