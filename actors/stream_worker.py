@@ -28,6 +28,7 @@ from posefleet.config import PipelineConfig, ServingConfig
 from posefleet.errors import Unavailable
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
+from posefleet.pipeline.ordering import Sent
 from posefleet.pipeline.worker import CheckpointStore, Served, StreamWorker
 
 log = logging.getLogger("posefleet.worker")
@@ -138,8 +139,9 @@ class WorkerHost:
                                    serving.checkpoints, serving.viewer, serving.limits, shard)  # fmt: skip
 
     async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                      policy: str | None, client: str = "", thumbnail: bool = True) -> Served:  # fmt: skip
-        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail)  # type: ignore[arg-type]
+                      policy: str | None, client: str = "", thumbnail: bool = True, sent: Sent | None = None,
+                      ) -> Served:  # fmt: skip
+        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail, sent)  # type: ignore[arg-type]
 
     def describe(self, stream_id: str) -> dict[str, Any] | None:
         return self.worker.describe(stream_id)

@@ -269,6 +269,13 @@ class AdmissionConfig(_Strict):
     max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
     frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
     max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
+    order_wait_s: float = Field(
+        1.0, gt=0.0, le=10.0,
+        description=(
+            "a frame reaching its stream's worker before the frame its ingress sent just before it waits for "
+            "that one at most this long (Ray runs an async actor's calls in any order)"
+        ),
+    )  # fmt: skip
     max_decoding_pixels: int = Field(
         4 * 4096 * 2160, ge=1,
         description=(

@@ -172,6 +172,8 @@ class SocketSender:
             header = json.dumps({"frame_index": index, "timestamp": round(timestamp, 6)}).encode() + b"\n"
             await sock.ws.send(header + data)
             text = await asyncio.wait_for(fut, self.timeout_s)
+        except websockets.InvalidStatus as exc:  # the handshake refused: a busy server (503) is sent again
+            return exc.response.status_code, exc.response.body.decode(errors="replace") if exc.response.body else ""
         except (OSError, TimeoutError, websockets.WebSocketException):
             return 0, ""
         if text is None:

@@ -55,6 +55,8 @@ from posefleet.errors import (
     cause,
 )
 from posefleet.image_io import check_header, sniff
+from posefleet.pipeline.admission import Budget
+from posefleet.pipeline.ordering import Lineup
 from posefleet.pipeline.schema import FrameResult, Health, StreamInfo, StreamList
 from posefleet.serve.capacity import Caps, client_key
 from posefleet.serve.multipart import frame_parts
@@ -294,7 +296,8 @@ class Ingress:
         self.frames = FrameRouter(app_cfg, deploy_id, (detector, pose) if detector is not None else None)
         self.detector, self.pose, self.hub = detector, pose, self.frames.hub
         self.metrics = self.frames.metrics
-        self.inflight = 0
+        self.slots = Budget(s.admission.max_inflight_frames, s.admission.frame_timeout_s, "frames")
+        self.lineup = Lineup()
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_tokens = s.security.api_tokens()
         app.state.retry_after = s.retry_after_s
@@ -325,22 +328,25 @@ class Ingress:
             ray.get(self.owner.leave.remote(self.member), timeout=10)
 
     @contextlib.asynccontextmanager
-    async def _frame_slot(self) -> AsyncIterator[None]:
+    async def _frame_slot(self, policy: str | None) -> AsyncIterator[None]:
         """Each ingress replica takes at most ``admission.max_inflight_frames`` frames at once, whatever the
-        transport."""
-        if self.inflight >= self.serving.admission.max_inflight_frames:
-            self.metrics.frame_errors.inc(tags={"reason": "overload"})
-            raise Unavailable(f"{self.inflight} frames in flight on this replica")
-        self.inflight += 1
+        transport: beyond, a frame is refused (503), but one sent under the ``wait`` policy waits its turn
+        (in arrival order, at most ``frame_timeout_s``): refused while a later frame of its stream, sent
+        behind it on a socket or in a batch, got in, it could never be applied in order."""
+        admitted = False
         try:
-            yield
-        finally:
-            self.inflight -= 1
+            async with self.slots.hold(1, wait=policy == "wait"):
+                admitted = True
+                yield
+        except Unavailable:
+            if not admitted:
+                self.metrics.frame_errors.inc(tags={"reason": "overload"})
+            raise
 
     async def _frame(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                      policy: str | None, client: str, group: str | None = None) -> FrameResult:  # fmt: skip
-        async with self._frame_slot():
-            return await self.frames.process(stream_id, body, index, ts, policy, client, group)
+        async with self.lineup.turn(stream_id) as went, self._frame_slot(policy):  # a stream's frames in order
+            return await self.frames.process(stream_id, body, index, ts, policy, client, group, went)
 
     async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
@@ -650,7 +656,7 @@ class Ingress:
         worker with ``serving.models: local``, per deployment (one replica each) with ``deployments``."""
         workers = await self.frames.call(None, "batch_stats", reset)
         held = {c.kind: c.stats() for c in (self.viewers, self.sockets, self.uploads)}
-        out: dict[str, Any] = {"inflight_frames": self.inflight, "models": self.serving.models,
+        out: dict[str, Any] = {"inflight_frames": self.slots.used, "models": self.serving.models,
                                "ray_calls": self.frames.ray_calls(), "workers": workers, "held": held}  # fmt: skip
         if self.frames.webhook is not None:
             out["webhook"] = self.frames.webhook.snapshot()

@@ -5,8 +5,11 @@ viewer feed and metrics. The ingress maps the errors to HTTP answers; the bench 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,7 @@ from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, with_re
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
 from posefleet.errors import HeldElsewhere, PosefleetError, Unavailable, cause
+from posefleet.pipeline.ordering import Sent
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.worker import Served
 from posefleet.sink import JsonlSink
@@ -48,10 +52,13 @@ class FrameRouter:
         self.holders: OrderedDict[str, int] = OrderedDict()
         self.max_holders = s.limits.max_streams * max(s.workers, 1)
         self.placement_calls = 0
+        self.looking: dict[str, asyncio.Future] = {}  # placement lookups in flight, by stream
         self.metrics = metrics.get()
         self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
+        self.sender, self.numbers = uuid.uuid4().hex, itertools.count()  # frames numbered as sent (CallOrder)
+        self.unanswered: dict[str, int] = {}  # stream -> its frame call still out, the latest sent
         self.sink = JsonlSink(s.sink) if s.sink.directory else None
         self.webhook = WebhookSink(s.sink.webhook) if s.sink.webhook.url else None
 
@@ -68,15 +75,27 @@ class FrameRouter:
             self.sink.close()
 
     async def worker(self, stream_id: str, fresh: bool = False) -> ray.actor.ActorHandle:
-        """The stream's worker: as remembered, else (or ``fresh``) as the checkpoint store says, which for a
-        new stream is the worker holding the fewest."""
-        held = None if fresh else self.holders.get(stream_id)
-        if held is None:
-            self.placement_calls += 1
-            held = await with_retry(lambda: self.store.holder.remote(stream_id, len(self.workers)),
-                                    "checkpoint store", self.serving.fault_retry_s)  # fmt: skip
-            self._remember(stream_id, held)
+        """The stream's worker for a frame: as remembered, else as the checkpoint store places it (a new
+        stream on the worker holding the fewest). ``fresh``: ask the store, place nothing, remember nothing
+        (a management call: an unknown id stays unknown)."""
+        if fresh:
+            return self.workers[await self._ask(stream_id, place=False)]
+        held = self.holders.get(stream_id)
+        if held is None:  # one lookup per stream: its frames waiting here go on in arrival order
+            lookup = self.looking.get(stream_id)
+            if lookup is None:
+                lookup = self.looking[stream_id] = asyncio.ensure_future(self._ask(stream_id, place=True))
+                lookup.add_done_callback(lambda _: self.looking.pop(stream_id, None))
+            held = await asyncio.shield(lookup)
         return self.workers[held]
+
+    async def _ask(self, stream_id: str, place: bool) -> int:
+        self.placement_calls += 1
+        held = await with_retry(lambda: self.store.holder.remote(stream_id, len(self.workers), place),
+                                "checkpoint store", self.serving.fault_retry_s)  # fmt: skip
+        if place:
+            self._remember(stream_id, held)
+        return held
 
     def _remember(self, stream_id: str, worker: int) -> None:
         self.holders[stream_id] = worker
@@ -100,17 +119,20 @@ class FrameRouter:
 
     async def process(
         self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,
-        client: str = "", group: str | None = None,
+        client: str = "", group: str | None = None, went: Callable[[], None] | None = None,
     ) -> FrameResult:  # fmt: skip
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
-        The bytes are not looked at here: the stream's holder checks them before they touch its state."""
+        The bytes are not looked at here: the stream's holder checks them before they touch its state.
+        ``went``: called once the frame is on its way to its stream's turnstile (its :class:`Lineup` turn)."""
+        went = went or (lambda: None)
         start = time.perf_counter()
         thumbnail = self.feed is not None and self.feed.watched  # a picture only while a viewer may look
         try:
-            if self.local is not None:
+            if self.local is not None:  # the turnstile is reached without awaiting anything: the next frame after
+                went()
                 served = await self.local.process(stream_id, body, index, ts, policy, client, thumbnail)
             else:
-                served = await self._remote_process(stream_id, body, index, ts, policy, client, thumbnail)
+                served = await self._remote_process(stream_id, body, index, ts, policy, client, thumbnail, went)
         except PosefleetError as exc:
             self.metrics.frame_errors.inc(tags={"reason": exc.reason})
             raise
@@ -135,18 +157,30 @@ class FrameRouter:
         return result
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                              policy: str | None, client: str, thumbnail: bool) -> Served:  # fmt: skip
-        for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
-            worker = await self.worker(stream_id)
-            self.frame_calls += 1
-            try:
-                return await with_retry(
-                    lambda w=worker: w.process.remote(stream_id, body, index, ts, policy, client, thumbnail),
-                    "stream worker", self.serving.fault_retry_s,
-                )  # fmt: skip
-            except ray.exceptions.RayTaskError as exc:
-                error = cause(exc)
-                if not isinstance(error, HeldElsewhere):
-                    raise error from None
-                self._remember(stream_id, error.holder)
-        raise Unavailable("the stream moved between workers while this frame looked for it; send it again")
+                              policy: str | None, client: str, thumbnail: bool,
+                              went: Callable[[], None]) -> Served:  # fmt: skip
+        # numbered as sent, after this stream's frame still out if any: Ray may run the calls in any order
+        sent = Sent(self.sender, next(self.numbers), self.unanswered.get(stream_id))
+        self.unanswered[stream_id] = sent.number
+        args = (stream_id, body, index, ts, policy, client, thumbnail, sent)
+        try:
+            for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
+                worker = await self.worker(stream_id)
+
+                def call(w: ray.actor.ActorHandle = worker) -> Any:
+                    self.frame_calls += 1
+                    ref = w.process.remote(*args)
+                    went()
+                    return ref
+
+                try:
+                    return await with_retry(call, "stream worker", self.serving.fault_retry_s)
+                except ray.exceptions.RayTaskError as exc:
+                    error = cause(exc)
+                    if not isinstance(error, HeldElsewhere):
+                        raise error from None
+                    self._remember(stream_id, error.holder)
+            raise Unavailable("the stream moved between workers while this frame looked for it; send it again")
+        finally:
+            if self.unanswered.get(stream_id) == sent.number:
+                del self.unanswered[stream_id]

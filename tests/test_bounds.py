@@ -15,7 +15,7 @@ from conftest import video_frames
 from posefleet.config import AdmissionConfig, LimitsConfig, ServingConfig, load_pipeline_config
 from posefleet.errors import FrameOrderError, ImageError, OverCap, Unavailable
 from posefleet.image_io import check_image, encode_jpeg
-from posefleet.pipeline.admission import PixelBudget
+from posefleet.pipeline.admission import Budget
 from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.worker import CheckpointStore, StreamWorker
@@ -59,9 +59,9 @@ def test_a_late_frame_within_the_gap_is_still_late(engine: LocalModels, jpegs: l
     assert asyncio.run(scenario())
 
 
-def test_pixel_budget_waits_in_order_then_refuses() -> None:
+def test_budget_waits_in_order_then_refuses_what_may_not_wait() -> None:
     async def scenario() -> list:
-        budget = PixelBudget(limit=100, timeout_s=0.3)
+        budget = Budget(limit=100, timeout_s=0.3)
         order: list[str] = []
 
         async def frame(name: str, pixels: int, hold_s: float) -> None:
@@ -78,6 +78,12 @@ def test_pixel_budget_waits_in_order_then_refuses() -> None:
             with pytest.raises(Unavailable, match="decoded pixels"):
                 await frame("d", 1, 0.0)  # no room within the timeout
         assert budget.used == 0 and not budget.waiting
+        async with budget.hold(60):
+            with pytest.raises(Unavailable, match="in flight here"):  # one that may not wait: refused at once
+                async with budget.hold(50, wait=False):
+                    pass
+            async with budget.hold(40, wait=False):  # what fits is taken
+                assert budget.used == 100
         return order
 
     assert asyncio.run(scenario()) == ["a", "b", "c"]

@@ -218,6 +218,22 @@ def test_a_frame_sent_where_its_stream_is_not_held_goes_on_to_its_worker(server:
     assert isinstance(raised.value.cause, HeldElsewhere) and raised.value.cause.holder == 1 - first
 
 
+def test_streams_started_together_keep_their_frames_in_order(server: str) -> None:
+    """Eight new streams at once, three frames of each in flight over its socket, every frame wanted (the
+    wait policy): more frames than the ingress takes at once (16). Each stream's frames reach its worker as
+    sent: those beyond the ingress's bound wait their turn there (a refused frame, sent again after the one
+    behind it got in, would be out of order), and the first frames of a stream meet at the worker placed
+    for it, in order, though Ray runs the calls in any order."""
+    jobs = [(f"together-{i}", CLIP) for i in range(8)]
+    reports = asyncio.run(submit(server, jobs, max_rate=True, max_inflight=3, max_frames=6, progress=False,
+                                 token=TOKEN, transport="ws"))  # fmt: skip
+    assert [(r.frames, r.errors) for r in reports] == [(6, {})] * 8, [r.line() for r in reports]
+    workers = {held_by(server, stream) for stream, _ in jobs}
+    assert workers == {0, 1}  # spread over both workers
+    for stream, _ in jobs:
+        assert httpx.delete(f"{server}/v1/streams/{stream}", headers=AUTH, timeout=60).status_code == 204
+
+
 def test_overload_sheds_and_keeps_state(server: str) -> None:
     # one stream answered in turn reaches about half of what the server sustains with many streams;
     # offer 4x that (about 2x capacity) from 8 camera-like streams

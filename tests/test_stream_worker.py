@@ -17,6 +17,7 @@ from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, Ima
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
+from posefleet.pipeline.ordering import Sent
 from posefleet.pipeline.worker import CheckpointStore, StreamWorker
 
 
@@ -67,6 +68,25 @@ def test_concurrent_frames_of_a_stream_are_applied_one_after_another(engine: Loc
     assert most == 1  # never two frames of the stream in the models at once
     ids = [{p.track_id for p in s.result.people} for s in served]
     assert ids[0] and all(i == ids[0] for i in ids)
+
+
+def test_frames_reaching_the_worker_out_of_order_are_let_in_as_sent(engine: LocalModels, jpegs: list) -> None:
+    """Ray runs an async actor's calls in any order: five pipelined frames of a new stream, sent 0..4,
+    arrive 4..0; numbered as sent, each waits for the one sent before it."""
+
+    async def scenario() -> tuple[list, float]:
+        w = worker(engine, overload_policy="wait", max_waiting_per_stream=8)
+        sent = [Sent("ingress-a", 10 + i, 10 + i - 1 if i else None) for i in range(5)]
+        arrivals = [w.process("s", jpegs[i], i, sent=sent[i]) for i in reversed(range(5))]
+        served = await asyncio.gather(*arrivals)
+        t0 = time.monotonic()  # a frame whose predecessor never comes goes on after order_wait_s
+        lone = await w.process("s", jpegs[5], 5, sent=Sent("ingress-a", 20, 19))
+        assert lone.result.frame_index == 5
+        return sorted(s.result.frame_index for s in served), time.monotonic() - t0
+
+    indices, waited = asyncio.run(scenario())
+    assert indices == [0, 1, 2, 3, 4]  # none refused as out of order
+    assert AdmissionConfig().order_wait_s <= waited < AdmissionConfig().order_wait_s + 2
 
 
 def test_streams_in_flight_together_share_one_inference(engine: LocalModels, jpegs: list) -> None:
@@ -244,6 +264,26 @@ def test_idle_streams_leave_their_workers_count() -> None:
     assert store.holder("idle-1", 2) == 0  # still held there until forgotten
 
 
+def test_a_new_stream_stays_where_it_was_placed_while_the_load_moves() -> None:
+    """The ingress looks a new stream up for each of its first frames (two are in flight over a socket);
+    they must all reach the worker the first lookup chose, or they arrive out of order."""
+    store = CheckpointStore()
+    placed = [store.holder("new", 2, place=True), store.holder("other", 2, place=True)]
+    assert placed == [0, 1]  # a placed stream counts before its first frame arrives
+    store.put_many({f"busy-{i}": {"last_index": 0} for i in range(3)}, shard=0)  # worker 0 is busiest now
+    assert store.holder("new", 2, place=True) == 0  # the second frame's lookup
+    assert asyncio.run(store.claim("new", 0, 2)) == 0  # and the worker's claim find it where it was placed
+    assert "new" not in store.placed and store.holders["new"] == 0
+
+
+def test_a_placement_no_frame_claims_lapses() -> None:
+    store = CheckpointStore(active_s=0.3)
+    assert store.holder("refused-on-the-way", 2, place=True) == 0
+    assert store.holder("next", 2) == 1
+    time.sleep(0.4)
+    assert store.holder("next", 2) == 0 and not store.placed
+
+
 def test_checkpoint_share_follows_the_holders() -> None:
     store = CheckpointStore()
     for k in range(3):
@@ -287,6 +327,30 @@ def test_a_worker_takes_only_the_streams_placed_on_it(engine: LocalModels, jpegs
     assert holder == 1 and b.result.frame_index == 0
     assert [[s["stream_id"] for s in w.list_streams()] for w in workers] == [["a"], ["b"]]
     assert workers[1].describe("b")["worker"] == 1
+
+
+class SlowFirstClaim(Placed):
+    """The first claim's answer comes back late (Ray calls' answers come back in any order)."""
+
+    claims = 0
+
+    async def claim(self, stream_id: str) -> int:
+        self.claims += 1
+        await asyncio.sleep(0.05 if self.claims == 1 else 0.0)
+        return await super().claim(stream_id)
+
+
+def test_a_new_streams_frames_wait_for_its_first_frames_claim(engine: LocalModels, jpegs: list) -> None:
+    async def scenario() -> tuple[list, int]:
+        checkpoints = SlowFirstClaim(CheckpointStore(), 0, 2)
+        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(overload_policy="wait"), SlowModels(engine),
+                         checkpoints, shard=0)  # fmt: skip
+        served = await asyncio.gather(*(w.process("s", jpegs[i], i, sent=Sent("a", i, i - 1 if i else None))
+                                        for i in range(3)))  # fmt: skip
+        return [x.result.frame_index for x in served], checkpoints.claims
+
+    indices, claims = asyncio.run(scenario())
+    assert indices == [0, 1, 2] and claims == 1  # one claim, made by the first frame; the others after it
 
 
 def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpegs: list) -> None:

@@ -131,46 +131,48 @@ class Turnstile:
                 fut.set_exception(FrameDropped(f"frame dropped: {why}"))
 
 
-class PixelBudget:
-    """Decoded pixels in flight in one process: a frame waits (in arrival order, at most ``timeout_s``,
-    then Unavailable) until its pixels fit, so memory stays bounded whatever mix of sizes arrives."""
+class Budget:
+    """Units in flight in one process (decoded pixels, frames): a frame waits (in arrival order, at most
+    ``timeout_s``, then Unavailable) until its share fits, so what is held stays bounded whatever arrives;
+    one that may not wait is refused at once when it does not fit."""
 
-    def __init__(self, limit: int, timeout_s: float):
-        self.limit, self.timeout_s = limit, timeout_s
+    def __init__(self, limit: int, timeout_s: float, unit: str = "decoded pixels"):
+        self.limit, self.timeout_s, self.unit = limit, timeout_s, unit
         self.used = 0
         self.waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
 
     @contextlib.asynccontextmanager
-    async def hold(self, pixels: int) -> AsyncIterator[None]:
-        pixels = min(pixels, self.limit)  # one frame alone always fits
-        if self.waiting or self.used + pixels > self.limit:
+    async def hold(self, amount: int, wait: bool = True) -> AsyncIterator[None]:
+        amount = min(amount, self.limit)  # one frame alone always fits
+        if self.waiting or self.used + amount > self.limit:
+            if not wait:
+                raise Unavailable(f"{self.used} {self.unit} are in flight here (limit {self.limit})")
             fut = asyncio.get_running_loop().create_future()
-            self.waiting.append((pixels, fut))
+            self.waiting.append((amount, fut))
             try:
                 await asyncio.wait_for(asyncio.shield(fut), self.timeout_s)
             except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-                if fut.done():  # granted just as it gave up: give the pixels back
-                    self.used -= pixels
+                if fut.done():  # granted just as it gave up: give it back
+                    self.used -= amount
                 else:
                     fut.cancel()
-                    self.waiting.remove((pixels, fut))
+                    self.waiting.remove((amount, fut))
                 self._wake()  # a frame behind may fit now
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                raise Unavailable(
-                    f"{self.used} decoded pixels are in flight (limit {self.limit}); no room within {self.timeout_s} s"
-                ) from None
+                full = f"{self.used} {self.unit} are in flight here (limit {self.limit})"
+                raise Unavailable(f"{full}; no room within {self.timeout_s} s") from None
         else:
-            self.used += pixels
+            self.used += amount
         try:
             yield
         finally:
-            self.used -= pixels
+            self.used -= amount
             self._wake()
 
     def _wake(self) -> None:
         while self.waiting and self.used + self.waiting[0][0] <= self.limit:
-            pixels, fut = self.waiting.popleft()
+            amount, fut = self.waiting.popleft()
             if not fut.done():
-                self.used += pixels
+                self.used += amount
                 fut.set_result(None)

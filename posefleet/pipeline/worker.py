@@ -34,8 +34,9 @@ import numpy as np
 from posefleet.config import AdmissionConfig, CheckpointConfig, LimitsConfig, PipelineConfig, ViewerConfig
 from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, OverCap
 from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
-from posefleet.pipeline.admission import PixelBudget, Policy, Turnstile
+from posefleet.pipeline.admission import Budget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
+from posefleet.pipeline.ordering import CallOrder, Sent
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
 
@@ -102,9 +103,11 @@ class StreamWorker:
         self.pipeline = FramePipeline(cfg)
         self.checkpoints = checkpoints
         self.restarted = restored is not None
-        self.pixels = PixelBudget(admission.max_decoding_pixels, admission.frame_timeout_s)
+        self.pixels = Budget(admission.max_decoding_pixels, admission.frame_timeout_s)
+        self.order = CallOrder(admission.order_wait_s, 4 * self.limits.max_streams)
         self.streams: dict[str, _Stream] = {}
         self.per_client: dict[str, int] = {}
+        self.creating: dict[str, asyncio.Future] = {}  # streams whose first frame is creating them
         for stream_id, state in (restored or {}).items():
             s = self._add(stream_id, StreamState.from_state(cfg, state), state.get("client", ""))
             s.state.force_detect = s.state_recovered = True
@@ -123,9 +126,11 @@ class StreamWorker:
         policy: Policy | None = None,
         client: str = "",
         thumbnail: bool = True,
+        sent: Sent | None = None,
     ) -> Served:
         """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
-        ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches).
+        ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches); ``sent``: how
+        the ingress sent it, so frames of a stream in flight together are let in in the order sent.
 
         Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
         stream's state changes only for a frame that was admitted and decoded.
@@ -140,6 +145,7 @@ class StreamWorker:
             decoded = None
             fmt, width, height = check_image(body, *limits)
         self._start_sweeper()
+        await self.order.turn(stream_id, sent)  # then straight on to the turnstile, awaiting nothing before it
         try:
             stream, index = await self.admit(stream_id, frame_index, policy, client)
         except FrameDropped as exc:  # by the stream's policy: an answer, not an error
@@ -217,7 +223,21 @@ class StreamWorker:
         return s
 
     async def _new_stream(self, stream_id: str, frame_index: int | None, client: str) -> _Stream:
-        """A stream's first frame creates it, within the caps (idle streams make room first)."""
+        """A stream's first frame creates it, within the caps (idle streams make room first). Frames of the
+        stream arriving meanwhile wait, in arrival order, and then enter its turnstile behind the first
+        (the claim is a Ray call: their own claims could come back in any order)."""
+        while (creating := self.creating.get(stream_id)) is not None:
+            await asyncio.wait({creating})
+            if (s := self.streams.get(stream_id)) is not None:
+                return s
+        done = self.creating[stream_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._create(stream_id, frame_index, client)
+        finally:  # the frames waiting wake after the first has entered the turnstile (it does not wait there)
+            del self.creating[stream_id]
+            done.set_result(None)
+
+    async def _create(self, stream_id: str, frame_index: int | None, client: str) -> _Stream:
         caps = self.limits
         at_cap = len(self.streams) >= caps.max_streams or self.per_client.get(client, 0) >= caps.max_streams_per_client
         if at_cap and time.monotonic() - self.last_eviction > 1.0:  # a flood of new ids scans at most once a second
@@ -230,8 +250,6 @@ class StreamWorker:
             holder = await self.checkpoints.claim(stream_id)
             if holder != self.shard:
                 raise HeldElsewhere(holder)
-            if (held := self.streams.get(stream_id)) is not None:
-                return held  # another frame of the stream created it while this one waited for the claim
         s = self._add(stream_id, StreamState(self.cfg), client)
         s.ids_restarted = self.restarted and bool(frame_index)  # frames came before, but their tracks are gone
         return s
@@ -313,12 +331,16 @@ class StreamWorker:
 class CheckpointStore:
     """Latest state of every stream, and the worker holding it, kept apart from the workers so both
     outlive them. A new stream goes to the worker holding the fewest active streams: those claimed or
-    checkpointed within ``active_s`` (a stream checkpoints every few frames; an idle one no longer counts)."""
+    checkpointed within ``active_s`` (a stream checkpoints every few frames; an idle one no longer counts),
+    and those placed there whose first frame is on its way."""
 
     def __init__(self, active_s: float = 60.0) -> None:
         self.states: dict[str, dict[str, Any]] = {}
         self.holders: dict[str, int] = {}  # stream -> the worker holding it (with several workers)
         self.touched: dict[str, float] = {}  # stream -> when it was last claimed or checkpointed
+        # new streams placed for a frame, not yet claimed by their worker: (worker, when); a frame that
+        # never gets there (refused on the way) leaves an entry that lapses after active_s
+        self.placed: dict[str, tuple[int, float]] = {}
         self.active_s = active_s
 
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
@@ -339,24 +361,40 @@ class CheckpointStore:
                 self.holders.setdefault(stream_id, shard)  # held, though the store lost its place (restarted)
                 self.touched[stream_id] = now
 
-    def holder(self, stream_id: str, shards: int, prefer: int | None = None) -> int:
-        """The worker holding the stream; for a new one the worker holding the fewest active streams
-        (``prefer`` among equals, else the first)."""
+    def holder(self, stream_id: str, shards: int, place: bool = False, prefer: int | None = None) -> int:
+        """The worker holding the stream (or where it was placed); for a new stream the worker holding the
+        fewest active streams (``prefer`` among equals, else the first). ``place``: the stream goes there,
+        so the frames of a new stream, looked up one after another while the load moves, meet at one worker
+        (the first frame there may be waiting for its claim when the next arrives, in order)."""
+        now = time.monotonic()
         held = self.holders.get(stream_id)
+        if held is None and stream_id in self.placed:
+            held, since = self.placed[stream_id]
+            if since < now - self.active_s:
+                held = None
         if held is not None and held < shards:
             return held
-        load, since = [0] * shards, time.monotonic() - self.active_s
+        since = now - self.active_s
+        self.placed = {sid: p for sid, p in self.placed.items() if p[1] > since}  # lapsed placements go
+        load = [0] * shards
         for sid, worker in self.holders.items():
             if worker < shards and self.touched.get(sid, since) > since:
                 load[worker] += 1
+        for worker, _ in self.placed.values():
+            if worker < shards:
+                load[worker] += 1
         least = min(load)
-        return prefer if prefer is not None and prefer < shards and load[prefer] == least else load.index(least)
+        held = prefer if prefer is not None and prefer < shards and load[prefer] == least else load.index(least)
+        if place:
+            self.placed[stream_id] = (held, now)
+        return held
 
     async def claim(self, stream_id: str, shard: int = 0, shards: int = 1) -> int:
-        """Worker ``shard`` is about to create the stream: its holder from now on (this worker, unless the
-        stream is held elsewhere or another worker holds fewer streams)."""
+        """Worker ``shard`` is about to create the stream: its holder from now on (where it was placed, else
+        this worker unless another holds fewer streams)."""
         holder = self.holders[stream_id] = self.holder(stream_id, shards, prefer=shard)
         self.touched[stream_id] = time.monotonic()
+        self.placed.pop(stream_id, None)
         return holder
 
     def share(self, shard: int, shards: int) -> dict[str, dict[str, Any]]:
@@ -367,3 +405,4 @@ class CheckpointStore:
         self.states.pop(stream_id, None)
         self.holders.pop(stream_id, None)
         self.touched.pop(stream_id, None)
+        self.placed.pop(stream_id, None)
