@@ -52,7 +52,6 @@ class FrameRouter:
         self.holders: OrderedDict[str, int] = OrderedDict()
         self.max_holders = s.limits.max_streams * max(s.workers, 1)
         self.placement_calls = 0
-        self.looking: dict[str, asyncio.Future] = {}  # placement lookups in flight, by stream
         self.metrics = metrics.get()
         self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
@@ -80,14 +79,8 @@ class FrameRouter:
         (a management call: an unknown id stays unknown)."""
         if fresh:
             return self.workers[await self._ask(stream_id, place=False)]
-        held = self.holders.get(stream_id)
-        if held is None:  # one lookup per stream: its frames waiting here go on in arrival order
-            lookup = self.looking.get(stream_id)
-            if lookup is None:
-                lookup = self.looking[stream_id] = asyncio.ensure_future(self._ask(stream_id, place=True))
-                lookup.add_done_callback(lambda _: self.looking.pop(stream_id, None))
-            held = await asyncio.shield(lookup)
-        return self.workers[held]
+        held = self.holders.get(stream_id)  # (the ingress's Lineup lets a stream's frames here one at a time)
+        return self.workers[held if held is not None else await self._ask(stream_id, place=True)]
 
     async def _ask(self, stream_id: str, place: bool) -> int:
         self.placement_calls += 1

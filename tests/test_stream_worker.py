@@ -353,6 +353,36 @@ def test_a_new_streams_frames_wait_for_its_first_frames_claim(engine: LocalModel
     assert indices == [0, 1, 2] and claims == 1  # one claim, made by the first frame; the others after it
 
 
+class ClaimAfterSecondFrame(Placed):
+    """A claim whose answer comes back right after the stream's second frame arrived (a Ray answer
+    arriving just then)."""
+
+    worker: StreamWorker
+
+    async def claim(self, stream_id: str) -> int:
+        order = self.worker.order
+        while order.passed.get((stream_id, "a"), -1) < 1 and (stream_id, "a", 0) not in order.waiting:
+            await asyncio.sleep(0)
+        return await super().claim(stream_id)
+
+
+def test_a_new_streams_frames_reach_its_turnstile_as_sent_whatever_order_they_arrive(
+    engine: LocalModels, jpegs: list
+) -> None:
+    async def scenario() -> list:
+        checkpoints = ClaimAfterSecondFrame(CheckpointStore(), 0, 2)
+        w = checkpoints.worker = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(overload_policy="wait"),
+                                              SlowModels(engine), checkpoints, shard=0)  # fmt: skip
+        sent = [Sent("a", i, i - 1 if i else None) for i in range(3)]
+        tasks = {}
+        for i in (2, 0, 1):  # frame 2 arrives first, then 0 (its claim pends), then 1
+            tasks[i] = asyncio.create_task(w.process("s", jpegs[i], i, sent=sent[i]))
+            await asyncio.sleep(0.01)
+        return [(await tasks[i]).result.frame_index for i in range(3)]
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+
+
 def test_restarted_worker_restores_checkpointed_streams(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> tuple:
         store = CheckpointStore()

@@ -69,20 +69,24 @@ class CallOrder:
         self.passed: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self.waiting: dict[tuple[str, str, int], asyncio.Future] = {}
 
-    async def turn(self, stream_id: str, sent: Sent | None) -> None:
-        """Return once the frame sent before this one (if any is still out) has had its turn; the caller then
-        goes on to the turnstile without awaiting anything, so the next frame's wake-up finds it there."""
+    async def wait(self, stream_id: str, sent: Sent | None) -> None:
+        """Return once the frame sent before this one (if any is still out) has reached the turnstile."""
+        if sent is None or sent.after is None or self.passed.get((stream_id, sent.sender), -1) >= sent.after:
+            return
+        wanted = (stream_id, sent.sender, sent.after)
+        fut = self.waiting[wanted] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({fut}, timeout=self.wait_s)
+        finally:
+            if self.waiting.get(wanted) is fut:
+                del self.waiting[wanted]
+
+    def went(self, stream_id: str, sent: Sent | None) -> None:
+        """The frame is at its turnstile (or refused before it): the frame sent after it may go. Call it
+        right before entering the turnstile, awaiting nothing between, so that frame's wake-up comes after."""
         if sent is None:
             return
         key = (stream_id, sent.sender)
-        if sent.after is not None and self.passed.get(key, -1) < sent.after:
-            wanted = (stream_id, sent.sender, sent.after)
-            fut = self.waiting[wanted] = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait({fut}, timeout=self.wait_s)
-            finally:
-                if self.waiting.get(wanted) is fut:
-                    del self.waiting[wanted]
         if self.passed.get(key, -1) < sent.number:
             self.passed[key] = sent.number
             self.passed.move_to_end(key)

@@ -136,18 +136,22 @@ class StreamWorker:
         stream's state changes only for a frame that was admitted and decoded.
         """
         limits = (self.cfg.max_image_pixels, self.cfg.max_image_side)
-        if isinstance(body, np.ndarray):  # decoded already, where a camera source read it
-            decoded: np.ndarray | None = as_bgr(body)
-            height, width = decoded.shape[:2]
-            check_size(width, height, *limits)
-            fmt = "array"
-        else:  # before the frame touches its stream; a bounded header walk (~5 us), so on the event loop
-            decoded = None
-            fmt, width, height = check_image(body, *limits)
-        self._start_sweeper()
-        await self.order.turn(stream_id, sent)  # then straight on to the turnstile, awaiting nothing before it
+        await self.order.wait(stream_id, sent)  # the frame sent before this one first
         try:
-            stream, index = await self.admit(stream_id, frame_index, policy, client)
+            if isinstance(body, np.ndarray):  # decoded already, where a camera source read it
+                decoded: np.ndarray | None = as_bgr(body)
+                height, width = decoded.shape[:2]
+                check_size(width, height, *limits)
+                fmt = "array"
+            else:  # before the frame touches its stream; a bounded header walk (~5 us), so on the event loop
+                decoded = None
+                fmt, width, height = check_image(body, *limits)
+        except BaseException:
+            self.order.went(stream_id, sent)  # refused: the frame sent after it need not wait for it
+            raise
+        self._start_sweeper()
+        try:
+            stream, index = await self.admit(stream_id, frame_index, policy, client, sent)
         except FrameDropped as exc:  # by the stream's policy: an answer, not an error
             dropped = FrameResult(
                 stream_id=stream_id, frame_index=frame_index if frame_index is not None else -1, timestamp=timestamp,
@@ -255,12 +259,16 @@ class StreamWorker:
         return s
 
     async def admit(
-        self, stream_id: str, frame_index: int | None, policy: Policy | None, client: str = ""
-    ) -> tuple[_Stream, int]:
+        self, stream_id: str, frame_index: int | None, policy: Policy | None, client: str = "",
+        sent: Sent | None = None,
+    ) -> tuple[_Stream, int]:  # fmt: skip
         """Wait for the stream's turn and check the frame's order; the frame is then the stream's one in
         flight. Raises FrameDropped when the policy drops it, FrameOrderError, StreamBusy or OverCap."""
-        s = self.streams.get(stream_id) or await self._new_stream(stream_id, frame_index, client)
-        index = await s.gate.enter(frame_index, s.state, policy)
+        try:
+            s = self.streams.get(stream_id) or await self._new_stream(stream_id, frame_index, client)
+        finally:  # the frame sent after this one goes on once this one is in line (or refused)
+            self.order.went(stream_id, sent)
+        index = await s.gate.enter(frame_index, s.state, policy)  # in line at once: enter awaits after that
         s.last_seen = time.time()
         return s, index
 
