@@ -375,15 +375,11 @@ class CheckpointStore:
         so the frames of a new stream, looked up one after another while the load moves, meet at one worker
         (the first frame there may be waiting for its claim when the next arrives, in order)."""
         now = time.monotonic()
-        held = self.holders.get(stream_id)
-        if held is None and stream_id in self.placed:
-            held, since = self.placed[stream_id]
-            if since < now - self.active_s:
-                held = None
+        since = now - self.active_s  # before this, a placement has lapsed and a stream counts as idle
+        self.placed = {sid: p for sid, p in self.placed.items() if p[1] > since}
+        held = self.holders.get(stream_id, self.placed.get(stream_id, (None, now))[0])
         if held is not None and held < shards:
             return held
-        since = now - self.active_s
-        self.placed = {sid: p for sid, p in self.placed.items() if p[1] > since}  # lapsed placements go
         load = [0] * shards
         for sid, worker in self.holders.items():
             if worker < shards and self.touched.get(sid, since) > since:
