@@ -133,11 +133,10 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     """
     from ray.cluster_utils import Cluster
 
-    from bench.local import local_app
+    from bench.local import environment, local_app
     from bench.served import run_transport
-    from posefleet.serve.app import set_ray_env
+    from posefleet.serve.app import HAPROXY_ENABLE, RAY_ENV
 
-    set_ray_env()
     best: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
     for nodes in [n for _ in range(rounds) for n in counts]:
@@ -149,10 +148,11 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         }  # fmt: skip
         try:
             os.sched_setaffinity(0, {cpus[0]})
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-            for i in range(1, nodes):
-                os.sched_setaffinity(0, {cpus[i % len(cpus)]})
-                cluster.add_node(num_cpus=1)
+            with environment(RAY_ENV | {HAPROXY_ENABLE: "0"}):  # Serve's proxies: nodes share this machine's ports
+                cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+                for i in range(1, nodes):
+                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                    cluster.add_node(num_cpus=1)
         finally:
             os.sched_setaffinity(0, set(cpus))
         cluster.wait_for_nodes()

@@ -289,7 +289,9 @@ async def quitters(url: str, n: int, frame: bytes, token: str | None = None) -> 
 # -- fuzz ----------------------------------------------------------------------------------------------
 INTS = [0, 1, -1, 2**31 - 1, 2**31, 2**53 - 1, 2**53, 2**63, -(2**63), int("1" + "0" * 40)]
 FLOATS = ["0", "-0", "1e12", "-1e12", "1.0000001e12", "1e300", "-1e300", "nan", "inf", "-inf", "1e-320", "x", ""]
-STRINGS = ["a", "A" * 64, "A" * 65, "", ".", "-a", "a b", "%00", "ü", "../x", "a" * 10_000, "*", "{}"]
+# the longest string keeps a request's head (a path and three query values of it) under the front proxy's
+# buffer (HAProxy 16 KB, nginx 8 KB), which refuses a longer head before any handler (a test checks that)
+STRINGS = ["a", "A" * 64, "A" * 65, "", ".", "-a", "a b", "%00", "ü", "../x", "a" * 1_500, "*", "{}"]
 
 
 def fuzz_requests(n: int, frame: bytes, seed: int = 0) -> list[tuple[str, str, dict]]:

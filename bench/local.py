@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import socket
@@ -70,6 +71,21 @@ def _start_proxy(proxy_location: str = "HeadOnly") -> int:
             log.warning("port %d was taken before the proxy bound it; trying another", port)
             serve.shutdown()
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment (so in the Ray processes started meanwhile), then back."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextmanager

@@ -6,7 +6,6 @@ and Pose deployments) with the top-down preset, so that path is served end to en
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import httpx
@@ -15,10 +14,11 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from bench.local import free_port, local_app
+from bench.local import environment, free_port, local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
+from posefleet.serve.app import HAPROXY_ENABLE
 from posefleet.serve.client import submit
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
@@ -29,14 +29,16 @@ ONE_THREAD = {"intra_op_num_threads": 1}
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[dict]:
-    # One machine means one HTTP port, so one proxy (HeadOnly); it would keep requests on its own node's
-    # ingress replica, so local-node preference is turned off for this cluster (set before it starts).
-    os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+    # One machine means one HTTP port, so one proxy (HeadOnly, Serve's own: nodes on one machine cannot each
+    # run an HAProxy); it would keep requests on its own node's ingress replica, so local-node preference
+    # is turned off for this cluster (set before it starts).
+    env = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", HAPROXY_ENABLE: "0"}
     # the dashboard serves the state API (list_actors) used to see where actors run
     head = {"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    with environment(env):
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
     spread = {"num_replicas": 2, "max_replicas_per_node": 1, "num_cpus": 0.25}
     cfg = AppConfig.model_validate(
         {
@@ -57,7 +59,6 @@ def two_nodes() -> Iterator[dict]:
             yield {"url": url, "nodes": {n["NodeID"] for n in ray.nodes() if n["Alive"]}}
     finally:
         cluster.shutdown()
-        os.environ.pop("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", None)
 
 
 def nodes_of(class_fragment: str) -> set[str]:

@@ -34,7 +34,7 @@ from ray.util.state import list_actors, list_nodes
 from bench.local import free_port
 from conftest import video_frames
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import RAY_ENV
+from posefleet.serve.app import HAPROXY_ENABLE, RAY_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 URL = "http://127.0.0.1:8000"  # serve-gpu.yaml's HTTP port
 # node loss seen within ~3 s (Ray's defaults: 5 missed checks 3 s apart), Serve's own settings: as cluster.yaml
-CLUSTER_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"} | RAY_ENV
+# Serve's proxies, as cluster.yaml (several nodes on one machine cannot each run an HAProxy; this process
+# may carry set_ray_env's HAProxy from a test before)
+CLUSTER_ENV = (
+    {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"} | RAY_ENV | {HAPROXY_ENABLE: "0"}
+)
 
 
 def wait_for(check: Callable[[], object], timeout_s: float, every_s: float = 0.5) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -201,6 +202,17 @@ def test_sockets_are_capped_and_idle_ones_closed(server: str, frame: bytes) -> N
     (code, reason), idle_s = asyncio.run(scenario())
     assert code == 1013 and "too many sockets" in reason
     assert idle_s < LIMITS["socket_idle_s"] + 5
+
+
+def test_a_request_head_too_long_gets_a_clear_refusal(server: str, frame: bytes) -> None:
+    """A head beyond what the front proxy buffers (a 40 KB path) is refused with a 4xx, then the server
+    answers as before (the fuzz keeps its heads under that bound to reach the handlers)."""
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"GET /v1/streams/{'a' * 40_000} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        status = s.recv(64).split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 4"), status
+    assert httpx.get(f"{server}/healthz").status_code == 200
 
 
 def test_a_fuzz_of_every_parameter_finds_no_server_error(server: str, frame: bytes) -> None:
