@@ -69,9 +69,11 @@ def keep_best(best: dict, key: Any, row: dict) -> None:
     best[key]["rounds_fps"] = [*seen, row["fps"]]
 
 
-def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm) -> list[dict]:
-    """Every mode, ``rounds`` times in turn, each mode's best round (``keep_best``)."""
-    best: dict[tuple[str, int], dict] = {}
+def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm,
+                      best: dict | None = None) -> list[dict]:  # fmt: skip
+    """Every mode, ``rounds`` times in turn, each mode's best round (``keep_best``; kept in ``best`` across
+    calls)."""
+    best = {} if best is None else best
 
     def keep(row: dict) -> None:
         keep_best(best, (row["mode"], row["streams"]), row)
@@ -88,17 +90,18 @@ def section_inprocess(video: str, frames: int, streams: list[int], rounds: int, 
     return list(best.values())
 
 
-def section_served(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm) -> list[dict]:
+def section_served(video: str, frames: int, streams: list[int], rounds: int, bar: tqdm,
+                   best: dict | None = None, last: bool = True) -> list[dict]:  # fmt: skip
     """The embedded default over each transport (``rounds`` times in turn, each row's best round, as
-    in-process), at 80% of its WebSocket capacity, then the stream-worker layout (2 worker actors, one
-    Ray call a frame) on the same machine."""
+    in-process; kept in ``best`` across calls), and with ``last`` at 80% of its WebSocket capacity, then
+    the stream-worker layout (2 worker actors, one Ray call a frame) on the same machine."""
     from bench.local import local_app
     from bench.served import run_paced, run_transport
     from posefleet.config import deep_merge
     from posefleet.serve.app import load_serve_config
 
     app_args = load_serve_config()["applications"][0]["args"]
-    best: dict[tuple[str, int], dict] = {}
+    best = {} if best is None else best
     with local_app(app_args) as url:
         for _ in range(rounds):
             for transport in ("ws", "batch", "http"):
@@ -106,6 +109,8 @@ def section_served(video: str, frames: int, streams: list[int], rounds: int, bar
                     keep_best(best, (row["mode"], row["streams"]), row)
                 bar.update(1)
         rows = list(best.values())
+        if not last:
+            return rows
         capacity = max(r["fps"] for r in rows if r["mode"] == "served-ws")
         rows.append(run_paced(url, "ws", video, streams[-1], frames, capacity))
         bar.update(1)
@@ -554,8 +559,12 @@ def main() -> None:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:
-        res["inprocess"] = section_inprocess(args.video, frames, streams, rounds, bar)
-        res["served"] = section_served(args.video, max(4, frames // 2), streams, rounds, bar)
+        inproc: dict = {}
+        served: dict = {}
+        for r in range(rounds):  # in turn, so a drift of the machine's speed over minutes meets both sides
+            res["inprocess"] = section_inprocess(args.video, frames, streams, 1, bar, inproc)
+            res["served"] = section_served(args.video, max(4, frames // 2), streams, 1, bar, served,
+                                           last=r == rounds - 1)  # fmt: skip
         res["accuracy"] = section_accuracy(args.video, frames, quick, bar)
         res["crowd"] = section_crowd(quick, bar)
         res["variants"] = section_variants(args.video, coco, quick, out, bar)

