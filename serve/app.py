@@ -50,6 +50,7 @@ RAY_ENV = PROXY_HEALTH_ENV | {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_e
 # interface (Ray's choice), and Serve keeps its proxy as HAProxy's fallback (on the HTTP host); each takes
 # a fixed port by default, a free one here, so a second server on the machine starts too.
 HAPROXY_ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500}  # fmt: skip
 
@@ -74,6 +75,10 @@ def set_ray_env() -> None:
     if haproxy_available():
         os.environ.setdefault(HAPROXY_ENABLE, "1")
     if os.environ.get(HAPROXY_ENABLE) == "1":
+        # a stopping ingress replica stays open this long for load balancers to drop it: Serve's 30 s is
+        # for external ones (an ALB); the HAProxy Serve runs here drops it within a second. 30 s made every
+        # stop (Ctrl-C, a redeploy) wait 30 s and warn that the controller did not stop in time
+        os.environ.setdefault(HAPROXY_DRAIN, "2")
         for key, port in HAPROXY_PORTS.items():
             if key not in os.environ or key in _PICKED:  # picked again for each Ray started here
                 os.environ[key] = str(free_port_near(port))
