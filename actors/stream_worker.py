@@ -74,6 +74,7 @@ class _RemoteCheckpoints:
     def __init__(self, handle: ray.actor.ActorHandle, flush_s: float, shard: int = 0, shards: int = 1):
         self.handle, self.flush_s, self.shard, self.shards = handle, flush_s, shard, shards
         self.pending: dict[str, dict[str, Any] | None] = {}  # None: delete the stream's
+        self.sending = False  # a send is due at the event loop's next turn
         self.flusher: asyncio.Task | None = None
         self.puts = 0  # Ray calls made
         self.claims = 0
@@ -88,7 +89,7 @@ class _RemoteCheckpoints:
         self._send()
 
     def _send(self) -> None:
-        states, self.pending = self.pending, {}
+        states, self.pending, self.sending = self.pending, {}, False
         if states:
             self.handle.put_many.remote(states, self.shard)  # fire and forget: never slows a frame
             self.puts += 1
@@ -103,7 +104,14 @@ class _RemoteCheckpoints:
         return await self.handle.claim.remote(stream_id, self.shard, self.shards)
 
     async def delete(self, stream_id: str) -> None:
-        await self.put(stream_id, None)  # with the next flush: evicting many streams costs one call
+        """Sent at once, not with the next flush: until the store hears of it the stream still counts
+        where new streams are placed (a camera deleted and a new one started just after went to the other
+        worker). Deletes made together (an eviction sweep) still go in one call: the send waits for the
+        event loop's next turn."""
+        self.pending[stream_id] = None
+        if not self.sending:
+            self.sending = True
+            asyncio.get_running_loop().call_soon(self._send)
 
 
 class WorkerHost:

@@ -200,6 +200,20 @@ def test_a_restarted_worker_lists_its_streams_before_they_send_again(server: str
     assert all(s["restored"] and s["frames"] == 1 for s in quiet.values()), quiet
 
 
+def test_a_deleted_stream_frees_its_place_at_once(server: str) -> None:
+    # a new stream goes to the worker holding the fewest: one deleted just now must not count there
+    # (it did until the worker's next checkpoint flush, so streams restarted at once piled on one worker)
+    store, data = _actor("checkpoints"), frame_bytes()
+    resp = httpx.post(f"{server}/v1/streams/churn/frames", content=data, timeout=60,
+                      headers={"content-type": "image/jpeg", **AUTH})  # fmt: skip
+    assert resp.status_code == 200
+    worker = held_by(server, "churn")
+    time.sleep(1.5)  # its first checkpoint reaches the store (the worker flushes every 0.5 s)
+    assert "churn" in ray.get(store.share.remote(worker, 2))
+    assert httpx.delete(f"{server}/v1/streams/churn", headers=AUTH, timeout=60).status_code == 204
+    assert "churn" not in ray.get(store.share.remote(worker, 2))
+
+
 def test_a_frame_sent_where_its_stream_is_not_held_goes_on_to_its_worker(server: str) -> None:
     """The ingress remembers where a stream is; a stale memory costs one more hop, not an error."""
     data, headers = frame_bytes(), {"content-type": "image/jpeg", **AUTH}
