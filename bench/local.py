@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,34 +19,11 @@ import ray
 from ray import serve
 
 from posefleet.config import AppConfig
-from posefleet.serve.app import build_app, port_in_use, set_ray_env
+from posefleet.serve.app import build_app, free_port, port_in_use, ray_env
 
 log = logging.getLogger(__name__)
 
-# Ray's worker processes take ports 10002-19999 by default, and every outgoing connection (Ray
-# opens many) takes one from the kernel's ephemeral range. A port picked inside either range can be
-# gone by the time the HTTP proxy binds it, so pick between the two.
-_LOW_PORT = 20000
 _BIND_ATTEMPTS = 4
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default; macOS starts at 49152
-
-
-def free_port() -> int:
-    """A loopback port free right now and outside the ranges Ray and the kernel hand out."""
-    high = max(_ephemeral_low() - 1, _LOW_PORT + 100)
-    for _ in range(200):
-        port = random.randint(_LOW_PORT, high)
-        if not port_in_use("127.0.0.1", port):
-            return port
-    with socket.socket() as s:  # everything busy: let the kernel choose
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_proxy(proxy_location: str = "HeadOnly") -> int:
@@ -99,18 +74,18 @@ def local_app(
     """Ray (local with ``num_cpus``, or the cluster at ``address``) serving the app on a free
     loopback port through one HTTP proxy; yields the base URL and shuts everything down after.
     """
-    if address:
-        ray.init(address=address)
-    else:
-        set_ray_env()  # as ``posefleet serve`` starts its Ray
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
-    try:
-        port = _start_proxy(proxy_location)
-        serve.run(build_app(args), name="posefleet", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with environment({} if address else ray_env()):  # as ``posefleet serve`` starts its Ray
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port)
+        try:
+            port = _start_proxy(proxy_location)
+            serve.run(build_app(args), name="posefleet", route_prefix="/")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def listener(port: int) -> tuple[int, str]:

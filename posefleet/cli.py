@@ -326,7 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from posefleet.config import AppConfig
-    from posefleet.serve.app import build_app, load_serve_config, port_in_use, set_ray_env
+    from posefleet.serve.app import build_app, load_serve_config, port_in_use, ray_env
 
     try:
         serve_cfg = load_serve_config(args.config)
@@ -351,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             if http["host"] in ("127.0.0.1", "localhost", "::1"):
                 _ray_on_loopback()
-            set_ray_env()  # read by Ray and Serve's controller when they start
+            os.environ.update(ray_env())  # read by Ray and Serve's controller when they start
             ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
         _stop_on(signal.SIGTERM, signal.SIGINT)  # again: Ray's core worker installs its own (it aborts)
         return _serve(args, serve_cfg, app_spec, app_cfg, application, http, logging_cfg)

