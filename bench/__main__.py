@@ -131,16 +131,18 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     Each node's processes are pinned to a core (they inherit the affinity the node was started with), so
     "1 CPU" is a physical core, not just a scheduling label; this machine has two, so 4 nodes share them
     two to a core and that point is bounded by the machine (its CPU use says how much). The head's
-    GCS and Serve controller share the first core. Ray starts with the environment cluster.yaml gives
-    every node. Every node runs an HTTP proxy, as ``serve-gpu.yaml`` deploys on a cluster: they share one
-    port (Serve sets SO_REUSEPORT) and the kernel spreads the streams' connections over them, as a load
-    balancer would over the nodes.
+    GCS and Serve controller share the first core. Ray starts with the environment ``posefleet serve``
+    gives its own Ray (cluster.yaml's for every node, and Ray's HAProxy ingress where it is installed).
+    The front: one HAProxy, on the head, spreading the connections over an ingress replica on every node
+    (fake nodes share one machine's ports, so only one of them can run an HAProxy; on a real cluster each
+    node would). Without HAProxy, Serve's proxy on every node: they share one port (Serve sets
+    SO_REUSEPORT) and the kernel spreads the connections over them.
     """
     from ray.cluster_utils import Cluster
 
     from bench.local import environment, local_app
     from bench.served import run_transport
-    from posefleet.serve.app import HAPROXY_ENABLE, RAY_ENV
+    from posefleet.serve.app import HAPROXY_ENABLE, ray_env
 
     best: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
@@ -151,23 +153,25 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
             "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
                         "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
         }  # fmt: skip
-        try:
-            os.sched_setaffinity(0, {cpus[0]})
-            with environment(RAY_ENV | {HAPROXY_ENABLE: "0"}):  # Serve's proxies: nodes share this machine's ports
+        env = ray_env()
+        front = "HeadOnly" if os.environ.get(HAPROXY_ENABLE, env.get(HAPROXY_ENABLE)) == "1" else "EveryNode"
+        with environment(env):
+            try:
+                os.sched_setaffinity(0, {cpus[0]})
                 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
                 for i in range(1, nodes):
                     os.sched_setaffinity(0, {cpus[i % len(cpus)]})
                     cluster.add_node(num_cpus=1)
-        finally:
-            os.sched_setaffinity(0, set(cpus))
-        cluster.wait_for_nodes()
-        try:
-            with local_app(args, address=cluster.address, proxy_location="EveryNode") as url:
-                row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
-        finally:
-            cluster.shutdown()
+            finally:
+                os.sched_setaffinity(0, set(cpus))
+            cluster.wait_for_nodes()
+            try:
+                with local_app(args, address=cluster.address, proxy_location=front) as url:
+                    row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
+            finally:
+                cluster.shutdown()
         busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
-        point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"],
+        point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps"], "p99_ms": row["p99_ms"], "front": front,
                  "machine_cpu": busy / len(cpus), "end_spread": row["end_spread"]}  # fmt: skip
         keep_best(best, nodes, point)
         bar.update(1)
@@ -177,6 +181,12 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         r["speedup"] = r["fps"] / one
         r["efficiency"] = r["speedup"] / r["nodes"]
     return {"rows": rows, "rounds": rounds}
+
+
+def _front(location: str | None) -> str:
+    if location == "HeadOnly":
+        return "one HAProxy on the head spreading the connections over an ingress replica on every node"
+    return "Serve's HTTP proxy on every node sharing the port, in front of an ingress replica on every node"
 
 
 def plot_scaling(scaling: dict[str, Any], path: Path) -> None:
@@ -521,8 +531,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             "",
             "Scaling: Ray nodes of 1 CPU each (pinned to a core), 4 WebSocket streams a node, stream workers "
-            "spread over the nodes, an HTTP proxy on every node sharing the port (`scaling.png`); each point the "
-            f"best of {res['scaling'].get('rounds', 1)} rounds run in turn:",
+            f"spread over the nodes, {_front(res['scaling']['rows'][0].get('front'))} (`scaling.png`); each point "
+            f"the best of {res['scaling'].get('rounds', 1)} rounds run in turn:",
             "",
             "| nodes | streams | FPS | FPS of each round | p99 ms | x one node | efficiency | machine CPU busy "
             "| first stream done before the last |",
