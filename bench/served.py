@@ -92,6 +92,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
         errors: dict[int, int] = {}
         counts = {"served": 0, "dropped": 0, "skipped": 0}
         ends: dict[str, float] = {}  # when each stream's last answer came, from the start
+        done: list[float] = []  # when each served frame's answer came, from the start
         start = time.perf_counter()
 
         async def one(name: str) -> None:
@@ -119,12 +120,14 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
             else:
                 counts["served"] += 1
                 lat.append((time.perf_counter() - t0) * 1000.0)
+                done.append(time.perf_counter() - start)
 
         try:
             await asyncio.gather(*(one(n) for n in names))
         finally:
             await sender.close()
-        return {"wall": time.perf_counter() - start, "latencies": lat, "errors": errors, "ends": ends} | counts
+        return {"wall": time.perf_counter() - start, "latencies": lat, "errors": errors, "ends": ends,
+                "done": done} | counts  # fmt: skip
 
 
 def _stats_row(stats: dict, frames: int) -> dict[str, Any]:
@@ -217,8 +220,18 @@ def _row(mode: str, k: int, run: dict, cpu_ms: float, rss: float) -> dict:
         # how much earlier the first stream finished than the last (0: all at once; more: some streams'
         # holders were faster, and the machine ran the tail with fewer streams)
         "end_spread": 1.0 - min(run["ends"].values()) / max(run["ends"].values()) if run["ends"] else 0.0,
+        # frames/s until the first stream finished: the rate with every stream live, as cameras that never
+        # stop would keep it (the tail after it runs fewer streams than the machine can take)
+        "fps_live": _live_rate(run),
         "peak_rss_mb": rss,
     }
+
+
+def _live_rate(run: dict) -> float | None:
+    if not run.get("ends") or not run.get("done"):
+        return None
+    first_end = min(run["ends"].values())
+    return sum(1 for t in run["done"] if t <= first_end) / first_end
 
 
 def table(rows: list[dict]) -> str:
