@@ -142,7 +142,7 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
 
     from bench.local import environment, local_app
     from bench.served import run_transport
-    from posefleet.serve.app import HAPROXY_ENABLE, ray_env
+    from posefleet.serve.app import haproxy_enabled, ray_env
 
     best: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
@@ -154,7 +154,7 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
                         "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
         }  # fmt: skip
         env = ray_env()
-        front = "HeadOnly" if os.environ.get(HAPROXY_ENABLE, env.get(HAPROXY_ENABLE)) == "1" else "EveryNode"
+        front = "HeadOnly" if haproxy_enabled(env) else "EveryNode"
         with environment(env):
             try:
                 os.sched_setaffinity(0, {cpus[0]})

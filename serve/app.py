@@ -70,15 +70,21 @@ def ray_env() -> dict[str, str]:
     workers inherit it): RAY_ENV, and Ray's HAProxy ingress where the binary is there, with free ports for
     what HAProxy binds besides the HTTP port. What the user has set already is left out (theirs wins); the
     ports are picked anew at each call, so each Ray started here gets its own free ones."""
-    env = {key: value for key, value in RAY_ENV.items() if key not in os.environ}
-    if HAPROXY_ENABLE not in os.environ and haproxy_available():
+    env = dict(RAY_ENV)
+    if haproxy_available():
         env[HAPROXY_ENABLE] = "1"
-    if os.environ.get(HAPROXY_ENABLE, env.get(HAPROXY_ENABLE)) == "1":
+    if haproxy_enabled(env):
         # a stopping ingress replica stays open this long for load balancers to drop it: Serve's 30 s is
         # for external ones (an ALB); the HAProxy Serve runs here drops it within a second. 30 s made every
         # stop (Ctrl-C, a redeploy) wait 30 s and warn that the controller did not stop in time
-        env |= {HAPROXY_DRAIN: "2"} | {key: str(free_port_near(port)) for key, port in HAPROXY_PORTS.items()}
+        env[HAPROXY_DRAIN] = "2"
+        env |= {key: str(free_port_near(port)) for key, port in HAPROXY_PORTS.items() if key not in os.environ}
     return {key: value for key, value in env.items() if key not in os.environ}
+
+
+def haproxy_enabled(env: dict[str, str]) -> bool:
+    """Whether a Ray started with ``env`` added to this process's environment runs Ray's HAProxy ingress."""
+    return {**env, **os.environ}.get(HAPROXY_ENABLE) == "1"  # what the user has set wins
 
 
 # Ray's worker processes take ports 10002-19999 by default, and every outgoing connection (Ray opens
