@@ -137,6 +137,10 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     (fake nodes share one machine's ports, so only one of them can run an HAProxy; on a real cluster each
     node would). Without HAProxy, Serve's proxy on every node: they share one port (Serve sets
     SO_REUSEPORT) and the kernel spreads the connections over them.
+
+    In the same turns, the reference (``inprocess_per_core``): the in-process pipeline with a node's load
+    pinned to one core, then a copy on each core at once. Its ratio is what the cores themselves give (two
+    cores of a shared machine are not twice one); each point is also given as a share of it.
     """
     from ray.cluster_utils import Cluster
 
@@ -145,8 +149,14 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     from posefleet.serve.app import haproxy_enabled, ray_env
 
     best: dict[int, dict] = {}
+    per_core: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
-    for nodes in [n for _ in range(rounds) for n in counts]:
+    jobs = [*counts, *(-k for k in range(1, min(max(counts), len(cpus)) + 1))]  # -k: in-process on k cores
+    for nodes in [n for _ in range(rounds) for n in jobs]:
+        if nodes < 0:
+            keep_best(per_core, -nodes, inprocess_per_core(video, frames, cpus[:-nodes]))
+            bar.update(1)
+            continue
         args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
             "preset": "balanced",
             "pipeline": {"detector": {"ort": ONE_THREAD}},
@@ -179,11 +189,38 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         keep_best(best, nodes, point)
         bar.update(1)
     rows = [best[n] for n in counts]
+    reference = [per_core[k] for k in sorted(per_core)]
+    for r in reference:
+        r["speedup"] = r["fps"] / reference[0]["fps"]
     for r in rows:
         r["speedup"] = r["fps"] / rows[0]["fps"]
         r["speedup_to_last"] = r["fps_to_last"] / rows[0]["fps_to_last"]
         r["efficiency"] = r["speedup"] / r["nodes"]
-    return {"rows": rows, "rounds": rounds}
+        r["of_inprocess"] = r["fps"] / per_core[min(r["nodes"], len(per_core))]["fps"]
+    return {"rows": rows, "rounds": rounds, "inprocess_per_core": reference}
+
+
+def inprocess_per_core(video: str, frames: int, cores: list[int], streams: int = 4) -> dict[str, Any]:
+    """The scaling curve's reference: what this machine's cores give without Ray. The in-process pipeline
+    with a node's load (``streams`` streams, one ONNX Runtime thread) pinned to a core, one copy on each of
+    ``cores`` at once, their measured runs started together; frames/s of them all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, barrier = [Path(tmp) / f"{cpu}.json" for cpu in cores], Path(tmp) / "ready"
+        barrier.mkdir()
+        common = [sys.executable, "-m", "bench.inprocess", "in-process", "--video", video, "--frames", str(frames),
+                  "--streams", str(streams), "--barrier", str(barrier), "--parties", str(len(cores))]  # fmt: skip
+        run = [[*common, "--cpu", str(cpu), "--json", str(path)] for cpu, path in zip(cores, out, strict=True)]
+        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for cmd in run]  # fmt: skip
+        for proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(f"bench.inprocess failed: {err[-2000:]}")
+        copies = [json.loads(path.read_text()) for path in out]
+    starts = [c["started_at"] for c in copies]
+    return {"cores": len(cores), "streams": streams * len(cores), "fps": sum(c["fps"] for c in copies),
+            "fps_of_each": [c["fps"] for c in copies],
+            "start_spread_ms": (max(starts) - min(starts)) * 1000}  # fmt: skip
 
 
 def _front(location: str | None) -> str:
@@ -538,14 +575,22 @@ def markdown(res: dict[str, Any]) -> str:
             f"the best of {res['scaling'].get('rounds', 1)} rounds run in turn:",
             "",
             "| nodes | streams | FPS, every stream live | FPS of each round | x one node | efficiency "
-            "| FPS to the last stream's end | x one node | p99 ms | machine CPU busy "
-            "| first stream done before the last |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| of in-process on as many cores | FPS to the last stream's end | x one node | p99 ms "
+            "| machine CPU busy | first stream done before the last |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {r['nodes']} | {r['streams']} | {r['fps']:.1f} | {_rounds(r)} | {r['speedup']:.2f} | "
-                  f"{r['efficiency']:.2f} | {_f(r.get('fps_to_last'), '.1f')} | "
+                  f"{r['efficiency']:.2f} | {_f(r.get('of_inprocess'), '.2f')} | {_f(r.get('fps_to_last'), '.1f')} | "
                   f"{_f(r.get('speedup_to_last'), '.2f')} | {r['p99_ms']:.0f} | {r['machine_cpu']:.0%} | "
                   f"{r.get('end_spread', 0.0):.0%} |" for r in res["scaling"]["rows"]]  # fmt: skip
+        reference = res["scaling"].get("inprocess_per_core") or []
+        if reference:
+            lines += ["", "The reference, in the same turns: the in-process pipeline with a node's load (4 streams, "
+                      "one ONNX Runtime thread) pinned to a core, one copy on each core at once (no Ray):", "",
+                      "| cores | streams | FPS | FPS of each round | x one core |",
+                      "|---|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {r['cores']} | {r['streams']} | {r['fps']:.1f} | {_rounds(r)} | {r['speedup']:.2f} |"
+                      for r in reference]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -570,7 +615,7 @@ def main() -> None:
     rounds = 1 if quick else 2
     steps = rounds * (len(streams) + 3) + 3 * rounds + 2 + (2 if quick else len(SOURCES))
     steps += (2 if quick else 7) * SHARED_MOT.is_dir() + (1 if quick else 7) + (1 if quick else 3)
-    steps += 9 if scaling else 0
+    steps += 15 if scaling else 0
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "video": args.video,
                            "frames": frames, "quick": quick}  # fmt: skip
     with tqdm(total=steps, desc="bench", unit="step") as bar:

@@ -21,7 +21,7 @@ import json
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -187,11 +187,22 @@ def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
     return summarise("naive", streams, time.perf_counter() - t_start, rows)
 
 
-def run_pipeline(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
+def wait_for_parties(barrier: Path, parties: int) -> None:
+    """Start together with the other copies of this run (``parties`` in all, each ready at its own pace):
+    each leaves a file in ``barrier`` and goes on once every copy has left one."""
+    (barrier / str(os.getpid())).touch()
+    while sum(1 for _ in barrier.iterdir()) < parties:
+        time.sleep(0.005)
+
+
+def run_pipeline(cfg: PipelineConfig, frames: list[bytes], streams: int, ready: Callable[[], None] = lambda: None,
+                 ) -> dict:  # fmt: skip
     """The product's in-process path on ``streams`` copies of the clip: :func:`posefleet.runner.run_sources`
-    (one batched pass a round, frames decoded on the reading thread), ONNX Runtime on every core."""
+    (one batched pass a round, frames decoded on the reading thread), ONNX Runtime on every core (of this
+    process's affinity). ``ready``: called after the warm-up, just before the measured run."""
     pipeline = Pipeline(tuned_for_streams(cfg, streams))
     pipeline.process("warm-up", decode_image(frames[0], **LIMITS), 0)
+    ready()
     rows: list[dict] = []
 
     def source(name: str) -> Iterator[Frame]:
@@ -201,10 +212,10 @@ def run_pipeline(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict
     def keep(_: Frame, result: FrameResult) -> None:
         rows.append(result.timings.model_dump() | {"people": len(result.people)})
 
-    cpu0, t_start = machine_cpu_ms(), time.perf_counter()
+    cpu0, t_start, started_at = machine_cpu_ms(), time.perf_counter(), time.time()
     run_sources(pipeline, {f"s{s}": source(f"s{s}") for s in range(streams)}, keep)
     wall, cpu = time.perf_counter() - t_start, machine_cpu_ms() - cpu0
-    extra = {"detect_fraction": 1.0 / cfg.detect_every,
+    extra = {"detect_fraction": 1.0 / cfg.detect_every, "started_at": started_at,
              "people_per_frame": float(np.mean([r["people"] for r in rows]))}  # fmt: skip
     return summarise("in-process", streams, wall, rows, extra, cpu)
 
@@ -262,16 +273,25 @@ def main() -> None:
     parser.add_argument("--preset", default="balanced")
     parser.add_argument("--people-per-frame", type=float, default=2.0, help="limit: measured workload")
     parser.add_argument("--detect-fraction", type=float, default=0.5, help="limit: measured workload")
+    parser.add_argument("--cpu", type=int, help="run on this core only (its threads too)")
+    parser.add_argument("--barrier", type=Path, help="in-process: start the measured run with the other copies")
+    parser.add_argument("--parties", type=int, default=1, help="how many copies meet at --barrier")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
+    if args.cpu is not None:  # before any model: ONNX Runtime's and OpenCV's threads inherit it
+        os.sched_setaffinity(0, {args.cpu})
     cfg = load_pipeline_config(args.preset)
     frames = load_frames(args.video, args.frames)
     if args.mode == "limit":
         row = run_limit(cfg, frames, args.streams, args.people_per_frame, args.detect_fraction)
     else:
-        row = {"naive": run_naive, "in-process": run_pipeline, "rtmlib": run_rtmlib_style}[args.mode](
-            cfg, frames, args.streams
-        )
+        run = {"naive": run_naive, "rtmlib": run_rtmlib_style}.get(args.mode)
+        if run is not None:
+            row = run(cfg, frames, args.streams)
+        else:
+            barrier, parties = args.barrier, args.parties
+            ready = (lambda: wait_for_parties(barrier, parties)) if barrier else lambda: None
+            row = run_pipeline(cfg, frames, args.streams, ready)
     Path(args.json).write_text(json.dumps(row, indent=2, default=float))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,25 @@ def test_bench_quick_writes_tables_plot_and_ratios(tmp_path: Path) -> None:
         assert res["crowd"] and 0.0 <= res["crowd"][0]["recall"] <= 1.0
         assert 0.0 <= res["accuracy"][0]["mot_recall"] <= 1.0
         assert "MOT17-mini" in (tmp_path / "results.md").read_text()
+
+
+def test_the_scaling_reference_runs_pinned_copies_together() -> None:
+    """The scaling curve's reference: in-process copies pinned one to a core, their measured runs started
+    together (each loads its models at its own pace first), and the table that shows them."""
+    from bench.__main__ import DEFAULT_VIDEO, inprocess_per_core, markdown
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    rows = [inprocess_per_core(str(DEFAULT_VIDEO), 6, cores[:k]) for k in range(1, len(cores) + 1)]
+    for k, row in enumerate(rows, 1):
+        assert row["cores"] == k and row["streams"] == 4 * k and len(row["fps_of_each"]) == k
+        assert row["fps"] == pytest.approx(sum(row["fps_of_each"])) and row["fps"] > 0
+        assert row["start_spread_ms"] < 100  # the barrier: a copy's model loading does not shift its start
+        row |= {"speedup": row["fps"] / rows[0]["fps"], "rounds_fps": [row["fps"]]}
+    point = {"nodes": 1, "streams": 4, "fps": 20.0, "fps_to_last": 19.0, "p99_ms": 100.0, "machine_cpu": 0.5,
+             "speedup": 1.0, "speedup_to_last": 1.0, "efficiency": 1.0, "of_inprocess": 20.0 / rows[0]["fps"],
+             "rounds_fps": [20.0]}  # fmt: skip
+    scaling = {"rows": [point], "rounds": 1, "inprocess_per_core": rows}
+    md = markdown({"date": "d", "machine": "m", "video": "v", "frames": 6, "quick": False, "inprocess": [],
+                   "served": [], "ratios": {}, "scaling": scaling})  # fmt: skip
+    assert "| cores | streams | FPS | FPS of each round | x one core |" in md
+    assert f"| {len(cores)} | {4 * len(cores)} | {rows[-1]['fps']:.1f} |" in md
