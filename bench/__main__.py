@@ -151,10 +151,10 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     best: dict[int, dict] = {}
     per_core: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
-    jobs = [*counts, *(-k for k in range(1, min(max(counts), len(cpus)) + 1))]  # -k: in-process on k cores
-    for nodes in [n for _ in range(rounds) for n in jobs]:
-        if nodes < 0:
-            keep_best(per_core, -nodes, inprocess_per_core(video, frames, cpus[:-nodes]))
+    jobs = [("nodes", n) for n in counts] + [("cores", k) for k in range(1, min(max(counts), len(cpus)) + 1)]
+    for kind, nodes in [job for _ in range(rounds) for job in jobs]:
+        if kind == "cores":
+            keep_best(per_core, nodes, inprocess_per_core(video, frames, cpus[:nodes]))
             bar.update(1)
             continue
         args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
@@ -209,13 +209,12 @@ def inprocess_per_core(video: str, frames: int, cores: list[int], streams: int =
         barrier.mkdir()
         common = [sys.executable, "-m", "bench.inprocess", "in-process", "--video", video, "--frames", str(frames),
                   "--streams", str(streams), "--barrier", str(barrier), "--parties", str(len(cores))]  # fmt: skip
-        run = [[*common, "--cpu", str(cpu), "--json", str(path)] for cpu, path in zip(cores, out, strict=True)]
-        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for cmd in run]  # fmt: skip
-        for proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise RuntimeError(f"bench.inprocess failed: {err[-2000:]}")
+        log = Path(tmp) / "stderr.log"
+        with log.open("w") as err:
+            cmds = [[*common, "--cpu", str(cpu), "--json", str(path)] for cpu, path in zip(cores, out, strict=True)]
+            procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err) for cmd in cmds]
+            if any([proc.wait() for proc in procs]):  # every copy waited for, then its errors
+                raise RuntimeError(f"bench.inprocess failed: {log.read_text()[-2000:]}")
         copies = [json.loads(path.read_text()) for path in out]
     starts = [c["started_at"] for c in copies]
     return {"cores": len(cores), "streams": streams * len(cores), "fps": sum(c["fps"] for c in copies),

@@ -187,11 +187,15 @@ def run_naive(cfg: PipelineConfig, frames: list[bytes], streams: int) -> dict:
     return summarise("naive", streams, time.perf_counter() - t_start, rows)
 
 
-def wait_for_parties(barrier: Path, parties: int) -> None:
+def wait_for_parties(barrier: Path, parties: int, timeout_s: float = 300.0) -> None:
     """Start together with the other copies of this run (``parties`` in all, each ready at its own pace):
-    each leaves a file in ``barrier`` and goes on once every copy has left one."""
+    each leaves a file in ``barrier`` and goes on once every copy has left one (a copy that failed before
+    it never will: then this one fails too, after ``timeout_s``, rather than hang the bench)."""
     (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout_s
     while sum(1 for _ in barrier.iterdir()) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the other copies did not reach {barrier} within {timeout_s:g} s")
         time.sleep(0.005)
 
 
