@@ -184,8 +184,9 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         # a point's rate is the one with every stream live (cameras do not stop); until the last stream
         # ended (the run's length, tail included) beside it
         point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps_live"], "fps_to_last": row["fps"],
-                 "p99_ms": row["p99_ms"], "front": front,
-                 "machine_cpu": busy / len(cpus), "end_spread": row["end_spread"]}  # fmt: skip
+                 "p99_ms": row["p99_ms"], "front": front, "machine_cpu": busy / len(cpus),
+                 "end_spread": row["end_spread"], "frames_per_worker": row["frames_per_worker"],
+                 "cpu_ms_per_frame_by_process": row["cpu_ms_per_frame_by_process"]}  # fmt: skip
         keep_best(best, nodes, point)
         bar.update(1)
     rows = [best[n] for n in counts]

@@ -74,6 +74,30 @@ class RssSampler:
         self._thread.join()
 
 
+def process_cpu_ms() -> dict[str, float]:
+    """CPU time used so far by this machine's processes, summed by what they are: a Ray actor by its class
+    (``ray::StreamWorkerActor``), Ray's own daemons by name, this process as the client; the rest as other."""
+    tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == os.getpid():
+            name = "client"
+        elif cmd.startswith("ray::"):
+            name = cmd.split()[0].split(".")[0]  # ray::ServeController.listen_for_change: the class
+        else:
+            name = next((d for d in ("raylet", "gcs_server", "haproxy", "dashboard", "log_monitor") if d in cmd),
+                        "other")  # fmt: skip
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) * tick_ms
+    return out
+
+
 def encoded_frames(source: str, count: int) -> list[bytes]:
     frames = [encode_jpeg(f.image) for f in open_source(source)]
     return [frames[i % len(frames)] for i in range(count)]
@@ -144,6 +168,7 @@ def _stats_row(stats: dict, frames: int) -> dict[str, Any]:
         "ray_calls_per_frame": calls / frames if frames else None,
         "frames_per_model_call": det.get("mean_requests"),
         "max_frames_per_model_call": det.get("max_requests"),
+        "frames_per_worker": [w.get("frames") for w in workers],  # how evenly the streams were placed
     }
 
 
@@ -167,13 +192,14 @@ def run_transport(url: str, transport: str, source: str, streams: list[int], fra
         httpx.get(f"{url}/v1/stats", params={"reset": True})
         before = httpx.get(f"{url}/v1/stats").json()
         with RssSampler() as rss:
-            cpu0 = machine_cpu_ms()
+            cpu0, by_process = machine_cpu_ms(), process_cpu_ms()
             run = asyncio.run(_drive(url, transport, encoded, names, None))
-            cpu = machine_cpu_ms() - cpu0
+            cpu, by_process = machine_cpu_ms() - cpu0, _per_frame(by_process, process_cpu_ms(), run["served"])
         after = httpx.get(f"{url}/v1/stats", params={"reset": True}).json()
         forget(url, names)
         served = run["served"]
-        rows.append(_row(f"served-{transport}", k, run, cpu, rss.peak_mb) | _stats_row(_delta(before, after), served))
+        rows.append(_row(f"served-{transport}", k, run, cpu, rss.peak_mb) | _stats_row(_delta(before, after), served)
+                    | {"cpu_ms_per_frame_by_process": by_process})  # fmt: skip
     return rows
 
 
@@ -190,6 +216,12 @@ def run_paced(url: str, transport: str, source: str, streams: int, frames: int, 
     row = _row(f"served-{transport} at {load:.0%}", streams, run, machine_cpu_ms() - cpu0, 0.0)
     return row | {"offered_fps": per_stream * streams, "frame_period_ms": period * 1000,
                   "p99_in_periods": row["p99_ms"] / (period * 1000)}  # fmt: skip
+
+
+def _per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float]:
+    """CPU-ms a frame of each kind of process between two :func:`process_cpu_ms`, the largest first."""
+    used = {name: (ms - before.get(name, 0.0)) / max(frames, 1) for name, ms in after.items()}
+    return {name: round(ms, 2) for name, ms in sorted(used.items(), key=lambda kv: -kv[1]) if ms >= 0.05}
 
 
 def _delta(before: dict, after: dict) -> dict:

@@ -26,6 +26,9 @@ def test_bench_quick_writes_tables_plot_and_ratios(tmp_path: Path) -> None:
     assert all(r["fps"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in res["inprocess"] + res["served"])
     served = [r for r in res["served"] if "%" not in r["mode"]]
     assert all(r["cpu_ms_per_frame"] > 0 and r["ray_calls_per_frame"] is not None for r in served)
+    for r in served:  # where the CPU went, and how the streams were placed (the ingress holds them all here)
+        assert r["cpu_ms_per_frame_by_process"]["ray::ServeReplica:posefleet:Ingress"] > 0.1, r
+        assert sum(r["frames_per_worker"]) == r["frames"], r
     assert {"in-process/naive (top-down)", "served-ws 2 streams / in-process 2 streams"} <= set(res["ratios"])
     assert res["accuracy"] and all(r["coco_AP"] >= 0 for r in res["accuracy"])
     assert res["variants"] and all("AP" in v for v in res["variants"])
