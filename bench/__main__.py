@@ -142,52 +142,15 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
     pinned to one core, then a copy on each core at once. Its ratio is what the cores themselves give (two
     cores of a shared machine are not twice one); each point is also given as a share of it.
     """
-    from ray.cluster_utils import Cluster
-
-    from bench.local import environment, local_app
-    from bench.served import run_transport
-    from posefleet.serve.app import haproxy_enabled, ray_env
-
     best: dict[int, dict] = {}
     per_core: dict[int, dict] = {}
     cpus = sorted(os.sched_getaffinity(0))
     jobs = [("nodes", n) for n in counts] + [("cores", k) for k in range(1, min(max(counts), len(cpus)) + 1)]
-    for kind, nodes in [job for _ in range(rounds) for job in jobs]:
+    for kind, n in [job for _ in range(rounds) for job in jobs]:
         if kind == "cores":
-            keep_best(per_core, nodes, inprocess_per_core(video, frames, cpus[:nodes]))
-            bar.update(1)
-            continue
-        args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
-            "preset": "balanced",
-            "pipeline": {"detector": {"ort": ONE_THREAD}},
-            "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
-                        "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
-        }  # fmt: skip
-        env = ray_env()
-        front = "HeadOnly" if haproxy_enabled(env) else "EveryNode"
-        with environment(env):
-            try:
-                os.sched_setaffinity(0, {cpus[0]})
-                cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-                for i in range(1, nodes):
-                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})
-                    cluster.add_node(num_cpus=1)
-            finally:
-                os.sched_setaffinity(0, set(cpus))
-            cluster.wait_for_nodes()
-            try:
-                with local_app(args, address=cluster.address, proxy_location=front) as url:
-                    row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
-            finally:
-                cluster.shutdown()
-        busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
-        # a point's rate is the one with every stream live (cameras do not stop); until the last stream
-        # ended (the run's length, tail included) beside it
-        point = {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps_live"], "fps_to_last": row["fps"],
-                 "p99_ms": row["p99_ms"], "front": front, "machine_cpu": busy / len(cpus),
-                 "end_spread": row["end_spread"], "frames_per_worker": row["frames_per_worker"],
-                 "cpu_ms_per_frame_by_process": row["cpu_ms_per_frame_by_process"]}  # fmt: skip
-        keep_best(best, nodes, point)
+            keep_best(per_core, n, inprocess_per_core(video, frames, cpus[:n]))
+        else:
+            keep_best(best, n, scaling_point(video, frames, n, cpus))
         bar.update(1)
     rows = [best[n] for n in counts]
     reference = [per_core[k] for k in sorted(per_core)]
@@ -199,6 +162,47 @@ def section_scaling(video: str, frames: int, bar: tqdm, counts: tuple[int, ...] 
         r["efficiency"] = r["speedup"] / r["nodes"]
         r["of_inprocess"] = r["fps"] / per_core[min(r["nodes"], len(per_core))]["fps"]
     return {"rows": rows, "rounds": rounds, "inprocess_per_core": reference}
+
+
+def scaling_point(video: str, frames: int, nodes: int, cpus: list[int]) -> dict[str, Any]:
+    """One point of the curve: a fresh ``ray.cluster_utils`` cluster of ``nodes`` 1-CPU nodes, each pinned
+    to a core of ``cpus`` in turn, serving 4 WebSocket streams a node (see :func:`section_scaling`)."""
+    from ray.cluster_utils import Cluster
+
+    from bench.local import environment, local_app
+    from bench.served import run_transport
+    from posefleet.serve.app import haproxy_enabled, ray_env
+
+    args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
+        "preset": "balanced",
+        "pipeline": {"detector": {"ort": ONE_THREAD}},
+        "serving": {"ingress": {"num_cpus": 0.25, "max_replicas_per_node": 1, "num_replicas": nodes},
+                    "workers": nodes, "worker_num_cpus": 0.75, "viewer": {"enabled": False}},
+    }  # fmt: skip
+    env = ray_env()
+    front = "HeadOnly" if haproxy_enabled(env) else "EveryNode"
+    with environment(env):
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            for i in range(1, nodes):
+                os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                cluster.add_node(num_cpus=1)
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+        cluster.wait_for_nodes()
+        try:
+            with local_app(args, address=cluster.address, proxy_location=front) as url:
+                row = run_transport(url, "ws", video, [4 * nodes], frames)[0]
+        finally:
+            cluster.shutdown()
+    busy = row["fps"] * (row["cpu_ms_per_frame"] or 0.0) / 1000.0  # cores busy on average
+    # a point's rate is the one with every stream live (cameras do not stop); until the last stream ended
+    # (the run's length, tail included) beside it
+    return {"nodes": nodes, "streams": 4 * nodes, "fps": row["fps_live"], "fps_to_last": row["fps"],
+            "p99_ms": row["p99_ms"], "front": front, "machine_cpu": busy / len(cpus),
+            "end_spread": row["end_spread"], "frames_per_worker": row["frames_per_worker"],
+            "cpu_ms_per_frame_by_process": row["cpu_ms_per_frame_by_process"]}  # fmt: skip
 
 
 def inprocess_per_core(video: str, frames: int, cores: list[int], streams: int = 4) -> dict[str, Any]:

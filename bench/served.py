@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ WARM_UP_FRAMES = 8  # first calls (sessions, connections) are not what a running
 TRANSPORTS = ("ws", "batch", "http")
 
 
+def processes() -> Iterator[tuple[int, str]]:
+    """This machine's processes, each as (pid, command line); those gone meanwhile left out."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        yield int(pid), cmd.replace(b"\0", b" ").decode(errors="replace")
+
+
 class RssSampler:
     """Peak of the summed resident memory of this process and every Ray worker, sampled."""
 
@@ -46,13 +59,10 @@ class RssSampler:
     @staticmethod
     def current_mb() -> float:
         total = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
+        for pid, cmd in processes():
+            if pid != os.getpid() and not any(k in cmd for k in ("ray::", "raylet", "gcs_server")):
                 continue
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if int(pid) != os.getpid() and not any(k in cmd for k in (b"ray::", b"raylet", b"gcs_server")):
-                    continue
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1])
@@ -79,15 +89,12 @@ def process_cpu_ms() -> dict[str, float]:
     (``ray::StreamWorkerActor``), Ray's own daemons by name, this process as the client; the rest as other."""
     tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid, cmd in processes():
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(pid) == os.getpid():
+        if pid == os.getpid():
             name = "client"
         elif cmd.startswith("ray::"):
             name = cmd.split()[0].split(".")[0]  # ray::ServeController.listen_for_change: the class
