@@ -71,6 +71,61 @@ class TilingConfig(_Strict):
     )  # fmt: skip
 
 
+class ScanConfig(_Strict):
+    """A full scan: tiles over the frame (or the region of interest) sized so that the smallest person is
+    large enough in the model's input, and regions that return as many people as a call can hold split
+    until none is full: no model's output size bounds the people of a frame."""
+
+    adaptive: bool = Field(
+        False, description="tiles sized from the smallest person (the tracks', else person_height); off: `tiling`"
+    )
+    min_person_px: int = Field(48, ge=8, description="the smallest person's height wanted in the model input")
+    person_height: float = Field(
+        0.12, gt=0.0, le=1.0, description="the smallest person expected, a fraction of the frame height, before "
+        "any track is seen",
+    )  # fmt: skip
+    track_margin: float = Field(0.8, gt=0.0, le=1.0, description="scan for people this much smaller than the "
+                                "smallest tracked one")  # fmt: skip
+    max_tiles: int = Field(12, ge=1, description="tiles a scan uses at most (the tiles grow past min_person_px)")
+    overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
+    include_full_frame: bool = Field(True, description="also the whole area at the input size (large people)")
+    split_full: bool = Field(
+        True, description="a region returning the model's most people a call is split in two and looked at again"
+    )
+    max_splits: int = Field(3, ge=0, le=6, description="rounds of splitting at most")
+
+
+class GuidedConfig(_Strict):
+    """Track-guided detection: the detector runs on crops around tracked people, and a full scan is spread over
+    ``scan_frames`` frames (each frame looks at every Nth of the scan's tiles beside the crops), so a frame
+    costs with the people in it, not its pixels, and no frame pays a whole scan. The whole scan runs at once
+    when nobody is tracked (and, with ``scan_on_loss``, after a track was lost); a crop that comes back full
+    is split like any region."""
+
+    enabled: bool = False
+    scan_frames: int = Field(
+        5, ge=1, description="frames a full scan is spread over (1: the whole scan on every frame)"
+    )
+    max_people: int = Field(4, ge=1, description="tracked people a crop holds at most (under the model's cap)")
+    min_person_px: int = Field(80, ge=8, description="the smallest person of a crop, in the model input's pixels")
+    max_upscale: float = Field(1.5, ge=1.0, le=4.0, description="a crop is enlarged at most this much")
+    margin: float = Field(
+        0.3, ge=0.0, le=2.0, description="each tracked box grown by this fraction of its height on every side"
+    )
+    max_input: int = Field(384, ge=32, description="a crop's model input long side at most")
+    call_px: int = Field(
+        96 * 96, ge=0, description="a model call's fixed cost in input pixels: crops merge while that saves pixels"
+    )
+    lost_frames: int = Field(5, ge=0, description="a track lost this few frames ago still gets a crop")
+    warmup_frames: int = Field(
+        5, ge=0, description="a stream's first frames each get the whole scan (a camera just connected)"
+    )
+    scan_on_loss: bool = Field(
+        False, description="a tracked person the crops did not find again asks for a scan on the next frame "
+        "(off: the lost track keeps a crop for lost_frames, the next scan looks everywhere)",
+    )  # fmt: skip
+
+
 class DetectorConfig(_Strict):
     decoder: Literal["movenet", "rtmdet", "yolox"] = "movenet"
     model: str = "movenet_multipose_lightning"
@@ -80,6 +135,8 @@ class DetectorConfig(_Strict):
     nms_iou: float = Field(0.5, gt=0.0, le=1.0)
     max_people: int = Field(64, ge=1)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+    guided: GuidedConfig = Field(default_factory=GuidedConfig)
     ort: OrtConfig = Field(default_factory=OrtConfig)
 
     @model_validator(mode="after")
@@ -143,6 +200,28 @@ class SmoothingConfig(_Strict):
 PoseSource = Literal["single-stage", "top-down", "fused"]
 
 
+class StreamSettings(_Strict):
+    """One stream's (camera's) own settings over the pipeline's: the region of interest, the court polygon."""
+
+    roi: list[tuple[float, float]] | None = Field(
+        None,
+        description=(
+            "the region of interest as a polygon of image points [[x, y], ...] in order round it (3-64 points, not "
+            "self-crossing): scans cover its bounding box, and people standing outside it are not returned"
+        ),
+    )
+    keep_outside_roi: bool = Field(False, description="return people outside the roi too, flagged outside_roi")
+
+    @field_validator("roi")
+    @classmethod
+    def _polygon(cls, roi: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if roi is not None:
+            from posefleet.pipeline.roi import check_polygon  # the pipeline's own check (it imports this module)
+
+            check_polygon(roi)
+        return roi
+
+
 class PipelineConfig(_Strict):
     pose_source: PoseSource = Field(
         "single-stage",
@@ -155,7 +234,16 @@ class PipelineConfig(_Strict):
     pose: PoseConfig = Field(default_factory=PoseConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
-    detect_every: int = Field(1, ge=1, description="run the detector every N frames, carry boxes between")
+    stream: StreamSettings = Field(
+        default_factory=StreamSettings, description="every stream's settings unless its own are given"
+    )
+    detect_every: int = Field(
+        1, ge=1,
+        description=(
+            "run the detector every N frames, the tracker carrying boxes between: a top-down pose model measures "
+            "them there; single-stage, each person's last keypoints move with its predicted box"
+        ),
+    )  # fmt: skip
     index_restart_gap: int = Field(
         900, ge=1,
         description=(
@@ -171,11 +259,6 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _source_fits(self) -> PipelineConfig:
-        if self.pose_source != "top-down" and self.detect_every != 1:
-            raise ValueError(
-                f"pose_source {self.pose_source!r} takes keypoints from the detector on every frame: "
-                "detect_every must be 1 (carrying boxes between detections needs pose_source 'top-down')"
-            )
         if self.pose_source != "top-down" and self.detector.decoder != "movenet":
             raise ValueError(f"pose_source {self.pose_source!r} needs a detector that gives keypoints (movenet)")
         return self
@@ -485,6 +568,9 @@ class AppConfig(_Strict):
 
     preset: str | None = "balanced"
     pipeline: dict[str, Any] = Field(default_factory=dict, description="overrides merged over the preset")
+    streams: dict[str, StreamSettings] = Field(
+        default_factory=dict, description="settings of named streams (cameras) known in advance, by stream id"
+    )
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def pipeline_config(self) -> PipelineConfig:

@@ -47,9 +47,9 @@ def test_presets_differ_where_they_should() -> None:
     assert crowd.cols * crowd.rows > 2
 
 
-def test_single_stage_refuses_carried_frames() -> None:
-    with pytest.raises(ValidationError, match="detect_every must be 1"):
-        load_pipeline_config("balanced", overrides={"detect_every": 2})
+def test_single_stage_needs_a_detector_with_keypoints() -> None:
+    with pytest.raises(ValidationError, match="needs a detector that gives keypoints"):
+        load_pipeline_config("balanced", overrides={"detector": {"decoder": "yolox", "input_size": 64}})
     assert load_pipeline_config("top-down", overrides={"detect_every": 3}).detect_every == 3
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, read
+from posefleet.config import TilingConfig, load_pipeline_config
 from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.geometry import iou_matrix
 from posefleet.pipeline.pose import COCO_KEYPOINTS
@@ -106,7 +107,8 @@ def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
     runs = {}
     for tiled in (False, True):
         det_cfg = cfg.detector.model_copy(deep=True)
-        det_cfg.tiling.enabled = tiled
+        det_cfg.scan.adaptive = False  # the fixed grid of `tiling` (the top-down and crowd presets')
+        det_cfg.tiling = TilingConfig(enabled=tiled, cols=2, rows=1, overlap=0.25, min_aspect=1.6)
         runs[tiled] = Detector(det_cfg)(wide)
     tiled = runs[True]
     centres = (tiled.boxes[:, 0] + tiled.boxes[:, 2]) / 2
@@ -119,6 +121,6 @@ def test_tiling_a_wide_frame_finds_every_person_more_surely(cfg) -> None:
 def test_small_frames_are_not_tiled(cfg) -> None:
     from posefleet.pipeline.detector import make_decoder
 
-    decoder = make_decoder(cfg.detector)
+    decoder = make_decoder(load_pipeline_config("top-down").detector)  # a fixed 2x1 grid
     assert len(decoder.regions(426, 240)) == 1  # tiles would be upscaled
     assert len(decoder.regions(1920, 1080)) == 3  # full frame + 2 tiles

@@ -240,6 +240,20 @@ class ByteTracker:
         self._dedupe()
         return self.active()
 
+    def predicted_boxes(self, lost_frames: int) -> np.ndarray:
+        """Where the tracked people, and those lost at most ``lost_frames`` ago, should be in the next frame
+        ``[N, 4]``: the Kalman prediction :meth:`update` will make, without advancing the tracker."""
+        tracks = self.tracked + [t for t in self.lost if self.frame_id - t.frame_id <= lost_frames]
+        if not tracks:
+            return np.zeros((0, 4), np.float32)
+        mean = np.stack([t.mean for t in tracks]).copy()
+        cov = np.stack([t.cov for t in tracks])
+        moving = np.array([t.state == TrackState.TRACKED and t.is_activated for t in tracks])
+        mean[~moving, 7] = 0.0
+        predicted, _ = _KF.multi_predict(mean, cov)
+        predicted = np.where(np.array([t.is_activated for t in tracks])[:, None], predicted, mean)
+        return np.stack([xyah_to_tlbr(m) for m in predicted]).astype(np.float32)
+
     # -- frames between detections --------------------------------------------------------
     def carry(self) -> list[Track]:
         """Advance one frame on prediction alone; returns tracks to measure this frame.

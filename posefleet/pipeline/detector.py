@@ -8,6 +8,7 @@ frame is (the ingress) while only the input tensors travel to the model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Generator, Hashable
 from dataclasses import dataclass, field
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 
 from posefleet.config import DetectorConfig
 from posefleet.pipeline import geometry
+from posefleet.pipeline.regions import Rect, Region, scan_regions, split
 from posefleet.pipeline.runtime import OnnxModel
 
 
@@ -25,13 +27,20 @@ class Detections:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     keypoints: np.ndarray | None = None  # [N, 17, 3] when the detector gives them
+    capacity: int | None = None  # the most people the model call that made these can return
+    cut: np.ndarray | None = None  # [N] bool: the box touches its region's edge inside the frame (a part person)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, idx: np.ndarray) -> Detections:
         kps = None if self.keypoints is None else self.keypoints[idx]
-        return Detections(self.boxes[idx], self.scores[idx], kps)
+        return Detections(self.boxes[idx], self.scores[idx], kps, cut=None if self.cut is None else self.cut[idx])
+
+    def rank(self) -> np.ndarray:
+        """Scores to order by where regions overlap: a whole person before one cut by a region's edge."""
+        whole = np.ones(len(self.scores), np.float32) if self.cut is None else (~self.cut).astype(np.float32)
+        return self.scores / 2 + whole / 2
 
     @staticmethod
     def concat(parts: list[Detections]) -> Detections:
@@ -41,7 +50,23 @@ class Detections:
         kps = None
         if all(p.keypoints is not None for p in parts):
             kps = np.concatenate([p.keypoints for p in parts])  # type: ignore[misc]
-        return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps)
+        cut = np.concatenate([np.zeros(len(p), bool) if p.cut is None else p.cut for p in parts])
+        return Detections(
+            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps, cut=cut
+        )
+
+
+def mark_cut(dets: Detections, region: Region, w: int, h: int) -> Detections:
+    """Flag detections touching an edge of their region that is not the frame's (people the region cut)."""
+    tol = 0.01 * max(region.x1 - region.x0, region.y1 - region.y0) + 2
+    b = dets.boxes
+    dets.cut = (
+        ((b[:, 0] <= region.x0 + tol) & (region.x0 > 0))
+        | ((b[:, 1] <= region.y0 + tol) & (region.y0 > 0))
+        | ((b[:, 2] >= region.x1 - tol) & (region.x1 < w))
+        | ((b[:, 3] >= region.y1 - tol) & (region.y1 < h))
+    )
+    return dets
 
 
 class DetectorDecoder(ABC):
@@ -51,12 +76,36 @@ class DetectorDecoder(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
-        """One BGR uint8 image region -> ``[1, ...]`` model input and its letterbox."""
+    def prepare_region(self, region: np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, geometry.Letterbox]:
+        """One BGR uint8 image region -> ``[1, ...]`` model input and its letterbox; ``long_side`` is the
+        input's long side where the model takes any size (default ``input_size``)."""
 
     @abstractmethod
     def decode(self, outputs: list[np.ndarray], lb: geometry.Letterbox) -> Detections:
         """One input's outputs -> detections in image pixels (before NMS across tiles)."""
+
+    def full(self, dets: Detections) -> bool:
+        """Whether one call's detections fill its output: more people may be there than it could return."""
+        return dets.capacity is not None and int(np.sum(dets.scores >= self.cfg.score_threshold)) >= dets.capacity
+
+    def scan(self, w: int, h: int, smallest: float | None = None, area: Rect | None = None) -> list[Region]:
+        """The regions of a full scan: sized from the smallest person (``scan.adaptive``) over ``area``, or the
+        fixed ``tiling`` grid over the frame."""
+        if self.cfg.scan.adaptive:
+            return scan_regions(w, h, self.cfg.input_size, self.cfg.scan, smallest, area)
+        size = self.cfg.input_size
+        return [Region(x0, y0, x1, y1, size / max(x1 - x0, y1 - y0, 1)) for x0, y0, x1, y1 in self.regions(w, h)]
+
+    def prepare_regions(
+        self, frame: np.ndarray, regions: list[Region]
+    ) -> tuple[list[np.ndarray], list[geometry.Letterbox]]:
+        """Model inputs for regions of a frame, each with the mapping back to the frame."""
+        tensors, boxes = [], []
+        for r in regions:
+            tensor, lb = self.prepare_region(frame[r.y0 : r.y1, r.x0 : r.x1], r.long_side())
+            tensors.append(tensor)
+            boxes.append(geometry.Letterbox(lb.scale, lb.pad_x, lb.pad_y, lb.in_w, lb.in_h, r.x0, r.y0))
+        return tensors, boxes
 
     def regions(self, w: int, h: int) -> list[tuple[int, int, int, int]]:
         """Image regions to run on: the whole frame, plus overlapping tiles when tiling is on."""
@@ -71,14 +120,9 @@ class DetectorDecoder(ABC):
         return (full if t.include_full_frame else []) + tiles
 
     def prepare(self, frame: np.ndarray) -> tuple[list[np.ndarray], list[geometry.Letterbox]]:
-        """All model inputs for a frame (one per region), each with the mapping back to the frame."""
+        """All model inputs of a frame's first scan (one per region), each with the mapping back to the frame."""
         h, w = frame.shape[:2]
-        tensors, boxes = [], []
-        for x0, y0, x1, y1 in self.regions(w, h):
-            tensor, lb = self.prepare_region(frame[y0:y1, x0:x1])
-            tensors.append(tensor)
-            boxes.append(geometry.Letterbox(lb.scale, lb.pad_x, lb.pad_y, lb.in_w, lb.in_h, x0, y0))
-        return tensors, boxes
+        return self.prepare_regions(frame, self.scan(w, h))
 
     def merge(self, parts: list[Detections], w: int, h: int) -> Detections:
         """Merge per-region detections: threshold, NMS across overlapping tiles, clip to the frame."""
@@ -89,11 +133,11 @@ class DetectorDecoder(ABC):
         dets.boxes = geometry.clip_boxes(dets.boxes, w, h)
         sizes = dets.boxes[:, 2:] - dets.boxes[:, :2]
         dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
-        keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
+        keep = geometry.nms(dets.boxes, dets.rank(), self.cfg.nms_iou, self.cfg.max_people)
         dets = dets.take(keep)
         max_contained = self.cfg.tiling.max_contained
-        if self.cfg.tiling.enabled and max_contained < 1.0 and len(dets) > 1:
-            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, max_contained)))
+        if len(parts) > 1 and max_contained < 1.0 and len(dets) > 1:  # regions overlap: people cut by an edge
+            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.rank(), max_contained)))
         return dets
 
 
@@ -103,9 +147,9 @@ class MoveNetDecoder(DetectorDecoder):
     Each row: 17 x (y, x, score) normalised to the input, box (ymin, xmin, ymax, xmax), score.
     """
 
-    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
+    def prepare_region(self, region: np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, geometry.Letterbox]:
         h, w = region.shape[:2]
-        in_w, in_h = geometry.aspect_input_size(w, h, self.cfg.input_size)
+        in_w, in_h = geometry.aspect_input_size(w, h, long_side or self.cfg.input_size)
         canvas, lb = geometry.letterbox(region, in_w, in_h)
         return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)[None], lb
 
@@ -117,7 +161,7 @@ class MoveNetDecoder(DetectorDecoder):
         keypoints = np.concatenate([kp_xy, kps[:, :, 2:3]], axis=2).astype(np.float32)
         corners = rows[:, [52, 51, 54, 53]].reshape(-1, 2, 2) * size
         boxes = lb.to_image(corners).reshape(-1, 4)
-        return Detections(boxes.astype(np.float32), rows[:, 55].astype(np.float32), keypoints)
+        return Detections(boxes.astype(np.float32), rows[:, 55].astype(np.float32), keypoints, capacity=len(rows))
 
 
 class _MMDetStyleDecoder(DetectorDecoder):
@@ -127,8 +171,8 @@ class _MMDetStyleDecoder(DetectorDecoder):
     std: tuple[float, float, float] | None = None
     person_label = 0
 
-    def prepare_region(self, region: np.ndarray) -> tuple[np.ndarray, geometry.Letterbox]:
-        size = self.cfg.input_size
+    def prepare_region(self, region: np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, geometry.Letterbox]:
+        size = self.cfg.input_size  # a fixed square input
         canvas, lb = geometry.letterbox(region, size, size, center=False, pad_value=114)
         x = canvas.astype(np.float32)
         if self.mean is not None and self.std is not None:
@@ -139,12 +183,14 @@ class _MMDetStyleDecoder(DetectorDecoder):
         if len(outputs) >= 2:  # end2end export: dets [1, N, 5] and labels [1, N]
             dets = outputs[0].reshape(-1, 5)
             labels = outputs[1].reshape(-1)
+            capacity = len(dets)
             dets = dets[labels == self.person_label]
             boxes, scores = dets[:, :4], dets[:, 4]
         else:
             boxes, scores = self.decode_raw(outputs[0])
+            capacity = None  # every anchor: no cap
         boxes = lb.to_image(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
-        return Detections(boxes.astype(np.float32), scores.astype(np.float32))
+        return Detections(boxes.astype(np.float32), scores.astype(np.float32), capacity=capacity)
 
     def decode_raw(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{type(self).__name__} needs an end2end export with 'dets' and 'labels' outputs")
@@ -180,6 +226,33 @@ class YOLOXDecoder(_MMDetStyleDecoder):
         return boxes, scores
 
 
+def detect_regions(
+    decoder: DetectorDecoder, work: dict[Hashable, tuple[np.ndarray, list[Region]]]
+) -> Generator[list[np.ndarray], list, tuple[dict[Hashable, list[Detections]], dict[Hashable, int]]]:
+    """Run the detector on regions of several frames at once (``work``: key -> frame, regions), yielding each
+    round's inputs of every frame for one model call. A region whose call came back full (as many people as
+    the model returns) is split in two and run again, up to ``scan.max_splits`` rounds: no output size bounds
+    a frame's people. Returns each key's detections per region (in frame pixels) and its count of full calls."""
+    scan = decoder.cfg.scan
+    parts: dict[Hashable, list[Detections]] = {k: [] for k in work}
+    full = dict.fromkeys(work, 0)
+    pending = {k: regions for k, (_, regions) in work.items() if regions}
+    while pending:
+        jobs = [(k, r) for k, regions in pending.items() for r in regions]
+        prepared = [decoder.prepare_regions(work[k][0], [r]) for k, r in jobs]
+        outs = yield [t for tensors, _ in prepared for t in tensors]
+        pending = {}
+        for (k, r), (_, lbs), out in zip(jobs, prepared, outs, strict=True):
+            h, w = work[k][0].shape[:2]
+            dets = mark_cut(decoder.decode(out, lbs[0]), r, w, h)
+            parts[k].append(dets)
+            if decoder.full(dets):
+                full[k] += 1
+                if scan.split_full and r.split_depth < scan.max_splits and min(r.x1 - r.x0, r.y1 - r.y0) >= 64:
+                    pending.setdefault(k, []).extend(split(r, scan.overlap))
+    return parts, full
+
+
 DECODERS: dict[str, type[DetectorDecoder]] = {
     "movenet": MoveNetDecoder,
     "rtmdet": RTMDetDecoder,
@@ -204,7 +277,13 @@ class Detector:
         return self.model.run_many(tensors)
 
     def __call__(self, frame: np.ndarray) -> Detections:
-        tensors, lbs = self.decoder.prepare(frame)
-        outs = self.infer(tensors)
+        """One frame's people by a full scan (the frame pipeline's own loop, without a stream)."""
         h, w = frame.shape[:2]
-        return self.decoder.merge([self.decoder.decode(o, lb) for o, lb in zip(outs, lbs, strict=True)], w, h)
+        steps = detect_regions(self.decoder, {0: (frame, self.decoder.scan(w, h))})
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(self.infer(call))
+        except StopIteration as done:
+            parts, _ = done.value
+        return self.decoder.merge(parts[0], w, h)

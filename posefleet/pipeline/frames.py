@@ -21,6 +21,7 @@ import numpy as np
 from posefleet.config import PipelineConfig
 from posefleet.pipeline import detector as detector_mod
 from posefleet.pipeline import pose as pose_mod
+from posefleet.pipeline.regions import Region, crop_regions
 from posefleet.pipeline.schema import FrameResult, StageTimings
 from posefleet.pipeline.tracker import FramePlan, StreamState
 
@@ -92,15 +93,19 @@ class FramePipeline:
         due = [i for i, p in enumerate(plans) if p.detect]
         if due:
             t = time.perf_counter()
-            prepared = [self.detector.prepare(frames[i].image) for i in due]
-            flat = [x for tensors, _ in prepared for x in tensors]
-            outs = yield ModelCall("detector", flat)
-            assoc_ms, k = 0.0, 0
-            for i, (tensors, lbs) in zip(due, prepared, strict=True):
+            work = {i: (frames[i].image, self._regions(frames[i], plans[i])) for i in due}
+            looking = detector_mod.detect_regions(self.detector, work)
+            try:
+                inputs = next(looking)
+                while True:
+                    inputs = looking.send((yield ModelCall("detector", inputs)))
+            except StopIteration as done:
+                parts, full = done.value
+            assoc_ms = 0.0
+            for i in due:
                 h, w = frames[i].image.shape[:2]
-                parts = [self.detector.decode(outs[k + j], lb) for j, lb in enumerate(lbs)]
-                k += len(tensors)
-                dets = self.detector.merge(parts, w, h)
+                dets = self.detector.merge(parts[i], w, h)
+                plans[i].full_calls = full[i]
                 t_assoc = time.perf_counter()
                 plans[i] = frames[i].state.associate(plans[i], dets)
                 assoc_ms += _ms(t_assoc)
@@ -144,6 +149,16 @@ class FramePipeline:
             tm.track_ms = round(track_ms, 3)
             tm.total_ms = round(tm.decode_ms + total, 3)
         return results
+
+    def _regions(self, f: FrameInput, plan: FramePlan) -> list[Region]:
+        """Where the detector looks: the whole scan over the region of interest, or crops around the tracks
+        and a part of the scan."""
+        h, w = f.image.shape[:2]
+        area = f.state.roi.bounds(w, h) if f.state.roi is not None else None
+        scan = self.detector.scan(w, h, f.state.smallest_person(), area)
+        if plan.scan:
+            return scan
+        return crop_regions(plan.crop_boxes, w, h, self.cfg.detector.guided) + scan[plan.scan_part :: plan.scan_parts]
 
     @staticmethod
     def _own_keypoints(plan: FramePlan) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ class Person(BaseModel):
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in image pixels")
     score: float = Field(description="detector score on detection frames, pose presence between them")
     keypoints: list[Keypoint] = Field(description="17 COCO keypoints, each (x, y, score), COCO order")
+    outside_roi: bool = Field(False, description="stands outside the stream's region of interest (kept by setting)")
 
 
 class StageTimings(BaseModel):

@@ -7,7 +7,8 @@ A frame goes through three steps, in this order, for each stream:
 2. :meth:`StreamState.associate` (detection frames only) runs ByteTrack on the detections.
 3. :meth:`StreamState.finish` takes the pose keypoints: between detections they measure the
    carried tracks (the box around the keypoints refines the prediction), a carried person whose
-   pose fails is lost and forces a detection on the next frame.
+   pose fails is lost and forces a detection on the next frame. Single-stage pipelines have no pose
+   model between detections: a carried track's last keypoints move with its predicted box.
 
 The state is plain data (:meth:`StreamState.state_dict`), so a stream can move between actors.
 """
@@ -19,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from posefleet.config import PipelineConfig
+from posefleet.config import PipelineConfig, StreamSettings
 from posefleet.errors import FrameOrderError
 from posefleet.pipeline.bytetrack import ByteTracker, Track
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.geometry import keypoint_box
+from posefleet.pipeline.roi import Roi, ground_points
 from posefleet.pipeline.schema import Person
 from posefleet.pipeline.smoothing import OneEuroFilter
 
@@ -32,6 +34,13 @@ from posefleet.pipeline.smoothing import OneEuroFilter
 class FramePlan:
     frame_index: int
     detect: bool
+    # detection frames: a whole scan, or (track-guided) crops around ``crop_boxes``, the tracks' predictions,
+    # and the scan's tiles number ``scan_part`` modulo ``scan_parts``
+    scan: bool = True
+    scan_part: int = 0
+    scan_parts: int = 1
+    crop_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    full_calls: int = 0  # model calls of this frame that came back full (then split)
     track_ids: list[int] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -54,14 +63,19 @@ _NO_KEYPOINTS = np.zeros((17, 3), np.float32)
 class StreamState:
     """Everything one stream remembers between frames."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, settings: StreamSettings | None = None):
         self.cfg = cfg
         self.tracker = ByteTracker(cfg.tracker)
         self.last_index = -1
         self.frames_since_detect = 0
         self.force_detect = True
+        self.frames_since_scan = 0
+        self.force_scan = True
+        self.settings = settings or cfg.stream
+        self.roi = Roi(self.settings.roi, self.settings.keep_outside_roi) if self.settings.roi else None
         self.smoothers: dict[int, OneEuroFilter] = {}
-        self.keypoints: dict[int, np.ndarray] = {}  # top-down: each live track's latest keypoints [17, 3]
+        self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3] (carried frames)
+        self.keypoint_boxes: dict[int, np.ndarray] = {}  # single-stage: the box each track's keypoints came with
 
     # -- step 1 -------------------------------------------------------------------------------
     def restarts_at(self, frame_index: int) -> bool:
@@ -87,18 +101,65 @@ class StreamState:
         if self.force_detect or due or not self.tracker.active():
             self.frames_since_detect = 0
             self.force_detect = False
-            return FramePlan(frame_index, detect=True)
+            return self._detection_plan(frame_index)
         self.frames_since_detect += 1
         plan = _tracks_to_plan(FramePlan(frame_index, detect=False), self.tracker.carry(), use_det_box=False)
         kept = [self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids]
         plan.keypoints = np.stack(kept) if kept else np.zeros((0, 17, 3), np.float32)
+        if not self.cfg.needs_pose_model:  # single-stage: the last keypoints move with the predicted box
+            plan.keypoints = self._moved_keypoints(plan)
         return plan
+
+    def _moved_keypoints(self, plan: FramePlan) -> np.ndarray:
+        """Each carried track's last keypoints, moved and scaled from the box they came with to its prediction."""
+        out = plan.keypoints.copy()
+        for i, tid in enumerate(plan.track_ids):
+            old = self.keypoint_boxes.get(tid)
+            if old is None:
+                continue
+            new = plan.boxes[i]
+            scale = (new[3] - new[1]) / max(float(old[3] - old[1]), 1.0)
+            out[i, :, :2] = (out[i, :, :2] - (old[:2] + old[2:]) / 2) * scale + (new[:2] + new[2:]) / 2
+        return out
+
+    def _detection_plan(self, frame_index: int) -> FramePlan:
+        """The whole scan on a stream's first frames, when asked for or nobody is tracked (or guided detection
+        is off); else crops and a part of the scan, the next one each frame."""
+        guided = self.cfg.detector.guided
+        warming = self.tracker.frame_id < guided.warmup_frames
+        if not guided.enabled or self.force_scan or warming or not self.tracker.active():
+            self.frames_since_scan = 0
+            self.force_scan = False
+            return FramePlan(frame_index, detect=True, scan=True)
+        self.frames_since_scan += 1
+        boxes = self.tracker.predicted_boxes(guided.lost_frames)
+        part = self.frames_since_scan % guided.scan_frames
+        return FramePlan(frame_index, True, False, part, guided.scan_frames, crop_boxes=boxes)
+
+    def smallest_person(self) -> float | None:
+        """The height a scan should find people at: ``scan.track_margin`` x the smallest tracked person's."""
+        heights = [float(t.box[3] - t.box[1]) for t in self.tracker.active()]
+        return min(heights) * self.cfg.detector.scan.track_margin if heights else None
+
+    def in_roi(self, dets: Detections) -> np.ndarray:
+        """Which detections stand inside the region of interest (all where there is none)."""
+        if self.roi is None or not len(dets):
+            return np.ones(len(dets), bool)
+        return self.roi.contains(ground_points(dets.boxes, dets.keypoints, self.cfg.keypoint_min_score))
 
     # -- step 2 -------------------------------------------------------------------------------
     def associate(self, plan: FramePlan, dets: Detections) -> FramePlan:
-        """Run ByteTrack on a detection frame; the plan then holds the tracks and their det boxes."""
+        """Run ByteTrack on a detection frame; the plan then holds the tracks and their det boxes. People
+        outside the region of interest are left out first (unless kept); with ``guided.scan_on_loss``, a
+        tracked person the crops did not find again asks for the whole scan on the next frame."""
+        if self.roi is not None and not self.roi.keep_outside:
+            dets = dets.take(np.flatnonzero(self.in_roi(dets)))
+        before = {t.track_id for t in self.tracker.active()}
         # every active track was matched to a detection of this frame: pose runs on its det box
         tracks = self.tracker.update(dets.boxes, dets.scores)
+        lost = before - {t.track_id for t in tracks}
+        if not plan.scan and lost and self.cfg.detector.guided.scan_on_loss:
+            self.force_scan = True
         plan = _tracks_to_plan(plan, tracks, use_det_box=True)
         if dets.keypoints is not None:
             plan.keypoints = dets.keypoints[[t.det_index for t in tracks]].reshape(-1, 17, 3)
@@ -112,7 +173,7 @@ class StreamState:
         cfg = self.cfg
         boxes = plan.boxes.copy()
         scores = plan.scores.copy()
-        if not plan.detect and plan.track_ids:
+        if not plan.detect and plan.track_ids and cfg.needs_pose_model:  # carried: the pose measures the tracks
             ok = pose_scores >= cfg.pose.min_person_score
             for i in range(len(boxes)):
                 kp_box = keypoint_box(keypoints[i], cfg.keypoint_min_score, cfg.keypoint_box_padding)
@@ -128,9 +189,10 @@ class StreamState:
             active = self.tracker.active()
         report = {t.track_id for t in active}
         t = timestamp if timestamp is not None else plan.frame_index / cfg.tracker.frame_rate
+        inside = self.in_roi(Detections(boxes, scores, keypoints if len(keypoints) == len(boxes) else None))
         people = []
         for i, tid in enumerate(plan.track_ids):
-            if tid not in report:
+            if tid not in report or not (inside[i] or self.roi is None or self.roi.keep_outside):
                 continue
             kps = self._smooth(tid, keypoints[i], t)
             people.append(
@@ -139,14 +201,20 @@ class StreamState:
                     box=tuple(round(float(v), 2) for v in boxes[i]),
                     score=round(float(scores[i]), 4),
                     keypoints=[(round(float(x), 2), round(float(y), 2), round(float(s), 4)) for x, y, s in kps],
+                    outside_roi=not bool(inside[i]),
                 )
             )
         if self.cfg.pose_source == "top-down":  # the next carried frame aligns its crops by them
             for i, tid in enumerate(plan.track_ids):
                 self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
+        elif cfg.detect_every > 1 and plan.detect:  # single-stage: carried frames move these
+            for i, tid in enumerate(plan.track_ids):
+                self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
+                self.keypoint_boxes[tid] = boxes[i].astype(np.float32)
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
         self.smoothers = {k: v for k, v in self.smoothers.items() if k in live}
         self.keypoints = {k: v for k, v in self.keypoints.items() if k in live}
+        self.keypoint_boxes = {k: v for k, v in self.keypoint_boxes.items() if k in live}
         return people
 
     def _smooth(self, track_id: int, kps: np.ndarray, t: float) -> np.ndarray:
@@ -164,17 +232,25 @@ class StreamState:
             "last_index": self.last_index,
             "frames_since_detect": self.frames_since_detect,
             "force_detect": self.force_detect,
+            "frames_since_scan": self.frames_since_scan,
+            "force_scan": self.force_scan,
+            "settings": self.settings.model_dump(),
             "smoothers": {str(k): v.state_dict() for k, v in self.smoothers.items()},
             "keypoints": {str(k): v.tolist() for k, v in self.keypoints.items()},
+            "keypoint_boxes": {str(k): v.tolist() for k, v in self.keypoint_boxes.items()},
         }
 
     @classmethod
     def from_state(cls, cfg: PipelineConfig, state: dict[str, Any]) -> StreamState:
-        st = cls(cfg)
+        settings = StreamSettings.model_validate(state["settings"]) if "settings" in state else None
+        st = cls(cfg, settings)
         st.tracker = ByteTracker.from_state(state["tracker"])
         st.last_index = state["last_index"]
         st.frames_since_detect = state["frames_since_detect"]
         st.force_detect = state["force_detect"]
+        st.frames_since_scan = state.get("frames_since_scan", 0)
+        st.force_scan = state.get("force_scan", True)
         st.smoothers = {int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()}
         st.keypoints = {int(k): np.array(v, np.float32) for k, v in state.get("keypoints", {}).items()}
+        st.keypoint_boxes = {int(k): np.array(v, np.float32) for k, v in state.get("keypoint_boxes", {}).items()}
         return st
