@@ -47,6 +47,7 @@ class SourceActor:
     def __init__(self, spec: dict[str, Any], cfg: SourcesConfig, app_name: str):
         self.spec = spec
         self.stream_id, self.group = spec["stream_id"], spec.get("group")
+        self.settings: dict[str, Any] | None = spec.get("settings")  # the stream's own, with every frame
         self.handle = serve.get_deployment_handle("Ingress", app_name=app_name)
         self.slot = threading.Condition()
         self.pending: tuple[np.ndarray, float] | None = None
@@ -76,7 +77,7 @@ class SourceActor:
                     return
                 (image, ts), self.pending = self.pending, None  # type: ignore[misc]
             try:  # frame_index None: the stream's next, so a restarted source goes on where the stream was
-                call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group)
+                call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group, self.settings)
                 result = call.result(timeout_s=60)
                 self.latency_ms.append((time.time() - ts) * 1000.0)
                 self.last_result = {"frame_index": result["frame_index"], "people": len(result["people"]),
@@ -172,7 +173,7 @@ class SourceRegistry:
         return node
 
     async def add(self, stream_id: str, url: str, max_fps: float | None = None,
-                  group: str | None = None) -> dict[str, Any]:  # fmt: skip
+                  group: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
         """Start a source; Forbidden / InvalidRequest for a URL the allowlist refuses, Conflict, OverCap."""
         await self._recover()
         if stream_id in self.specs:
@@ -181,7 +182,7 @@ class SourceRegistry:
             raise OverCap(f"{len(self.specs)} sources run (serving.sources.max_sources)")
         resolved = check_source_url(url, self.cfg)  # before anything is fetched
         spec = {"stream_id": stream_id, "url": redact(url), "resolved": resolved, "max_fps": max_fps,
-                "group": group, "created": time.time(), "node": self._place()}  # fmt: skip
+                "group": group, "settings": settings, "created": time.time(), "node": self._place()}  # fmt: skip
         self.specs[stream_id] = spec
         self._save()
         self._actor(stream_id, spec)  # reads from the moment it exists

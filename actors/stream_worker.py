@@ -148,14 +148,20 @@ class WorkerHost:
 
     async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                       policy: str | None, client: str = "", thumbnail: bool = True, sent: Sent | None = None,
-                      ) -> Served:  # fmt: skip
-        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail, sent)  # type: ignore[arg-type]
+                      settings: dict[str, Any] | None = None) -> Served:  # fmt: skip
+        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail, sent, settings)  # type: ignore[arg-type]
 
     def describe(self, stream_id: str) -> dict[str, Any] | None:
         return self.worker.describe(stream_id)
 
     def list_streams(self, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return self.worker.list_streams(after, limit)
+
+    def settings(self, stream_id: str) -> dict[str, Any] | None:
+        return self.worker.settings(stream_id)
+
+    async def configure(self, stream_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.worker.configure(stream_id, settings)
 
     async def reset(self, stream_id: str) -> bool:
         return await self.worker.reset(stream_id)

@@ -32,6 +32,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     overrides: dict[str, Any] = {}
     if getattr(args, "detect_every", None):
         overrides["detect_every"] = args.detect_every
+    if getattr(args, "roi", None):
+        overrides["stream"] = {"roi": _polygon(args.roi), "keep_outside_roi": args.keep_outside_roi}
     try:
         return load_pipeline_config(args.preset, args.config, overrides)
     except ValidationError as exc:  # one line a problem: where, and what
@@ -42,6 +44,17 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         raise CliError(f"bad configuration: {problems}") from exc
     except (ValueError, OSError) as exc:
         raise CliError(f"bad configuration: {exc}") from exc
+
+
+def _polygon(text: str) -> list[list[float]]:
+    """``x,y x,y x,y ...`` (or JSON ``[[x, y], ...]``) -> points; the polygon's own checks come after."""
+    try:
+        points = json.loads(text) if text.lstrip().startswith("[") else [
+            [float(v) for v in pair.split(",")] for pair in text.split()
+        ]  # fmt: skip
+    except ValueError as exc:
+        raise CliError(f"--roi: expected 'x,y x,y x,y ...' image points ({exc})") from exc
+    return points
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -450,6 +463,18 @@ def cmd_evaluate_mot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_boxes(args: argparse.Namespace) -> int:
+    from posefleet.boxes import evaluate_boxes
+    from posefleet.pipeline.engine import Pipeline
+
+    try:
+        result = evaluate_boxes(Pipeline(_pipeline_config(args)), args.sets)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from posefleet.optimize import optimize
 
@@ -479,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--annotate", help="write an annotated .mp4/.avi (or .jpg/.png for one image); "
                      "a folder of <stream>.mp4 for several sources")  # fmt: skip
     run.add_argument("--coco", help="also write COCO keypoint results (image_id = frame index)")
+    run.add_argument("--roi", help="region of interest (the court) as image points 'x,y x,y x,y ...': scans cover "
+                     "it, people standing outside it are not returned")  # fmt: skip
+    run.add_argument("--keep-outside-roi", action="store_true", help="return them too, flagged outside_roi")
     run.add_argument("--stream", action="append", help="stream name, once per source (default: the source's name)")
     run.add_argument("--max-frames", type=int, help="stop after this many frames a stream")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -560,6 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
     mot.add_argument("--config", help="a YAML file merged over the preset")
     mot.add_argument("--detect-every", type=int, help="override: run the detector every N frames")
     mot.set_defaults(func=cmd_evaluate_mot)
+
+    bx = sub.add_parser("evaluate-boxes", help="person recall and precision (IoU >= 0.5) on the Volleyball "
+                        "dataset's annotations.txt or MOT17 sequences, each frame after those before it")  # fmt: skip
+    bx.add_argument("sets", nargs="+", help="a Volleyball annotations.txt (or its folder), MOT17 sequence folders")
+    bx.add_argument("--preset", default="balanced")
+    bx.add_argument("--config", help="a YAML file merged over the preset")
+    bx.add_argument("--roi", help="region of interest for every set, 'x,y x,y x,y ...'")
+    bx.add_argument("--keep-outside-roi", action="store_true", help="count people outside it too")
+    bx.add_argument("--detect-every", type=int, help="override: run the detector every N frames")
+    bx.set_defaults(func=cmd_evaluate_boxes)
 
     op = sub.add_parser("optimize", help="write INT8 (calibrated) and FP16 variants of the models")
     op.add_argument("--out", default="models/optimized")

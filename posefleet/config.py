@@ -81,11 +81,16 @@ class ScanConfig(_Strict):
     )
     min_person_px: int = Field(48, ge=8, description="the smallest person's height wanted in the model input")
     person_height: float = Field(
-        0.12, gt=0.0, le=1.0, description="the smallest person expected, a fraction of the frame height, before "
-        "any track is seen",
+        0.3, gt=0.0, le=1.0, description="the smallest person expected on a stream's first scan, a fraction of the "
+        "frame height; each scan that finds nobody halves it, down to min_person_height",
     )  # fmt: skip
+    min_person_height: float = Field(0.05, gt=0.0, le=1.0, description="the smallest person a scan looks for")
     track_margin: float = Field(0.8, gt=0.0, le=1.0, description="scan for people this much smaller than the "
                                 "smallest tracked one")  # fmt: skip
+    roi_rise: float = Field(
+        0.3, ge=0.0, le=1.0, description="a scan covers this much of the frame height above the region of interest "
+        "before any person is tracked (then 1.2 x the tallest tracked): people stand in it, bodies rise above",
+    )  # fmt: skip
     max_tiles: int = Field(12, ge=1, description="tiles a scan uses at most (the tiles grow past min_person_px)")
     overlap: float = Field(0.25, ge=0.0, lt=0.9, description="fraction of a tile shared with its neighbour")
     include_full_frame: bool = Field(True, description="also the whole area at the input size (large people)")
@@ -237,6 +242,9 @@ class PipelineConfig(_Strict):
     stream: StreamSettings = Field(
         default_factory=StreamSettings, description="every stream's settings unless its own are given"
     )
+    streams: dict[str, StreamSettings] = Field(
+        default_factory=dict, description="the settings of streams (cameras) known in advance, by stream id"
+    )
     detect_every: int = Field(
         1, ge=1,
         description=(
@@ -262,6 +270,10 @@ class PipelineConfig(_Strict):
         if self.pose_source != "top-down" and self.detector.decoder != "movenet":
             raise ValueError(f"pose_source {self.pose_source!r} needs a detector that gives keypoints (movenet)")
         return self
+
+    def settings_for(self, stream_id: str) -> StreamSettings:
+        """A stream's own settings where the config names it, else every stream's."""
+        return self.streams.get(stream_id, self.stream)
 
     @property
     def needs_pose_model(self) -> bool:
@@ -568,9 +580,6 @@ class AppConfig(_Strict):
 
     preset: str | None = "balanced"
     pipeline: dict[str, Any] = Field(default_factory=dict, description="overrides merged over the preset")
-    streams: dict[str, StreamSettings] = Field(
-        default_factory=dict, description="settings of named streams (cameras) known in advance, by stream id"
-    )
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def pipeline_config(self) -> PipelineConfig:

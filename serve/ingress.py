@@ -39,7 +39,7 @@ from posefleet.actors import FAULTS
 from posefleet.actors.owner import app_owner
 from posefleet.actors.source import source_registry
 from posefleet.actors.stream_worker import with_retry
-from posefleet.config import AppConfig
+from posefleet.config import AppConfig, StreamSettings
 from posefleet.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -157,6 +157,7 @@ class SourceRequest(BaseModel):
     url: str = Field(max_length=2048, description="rtsp://, http(s):// (MJPEG/HLS) or a file under an allowed dir")
     max_fps: float | None = Field(None, gt=0, le=240, description="hand on at most this many frames a second")
     group: str | None = Field(None, pattern=STREAM_ID_PATTERN, description="e.g. the court the camera films")
+    settings: StreamSettings | None = Field(None, description="the stream's own settings (its region of interest)")
 
 
 class SourceInfo(BaseModel):
@@ -166,6 +167,7 @@ class SourceInfo(BaseModel):
     url: str
     max_fps: float | None = None
     group: str | None = None
+    settings: StreamSettings | None = None
     created: float
     state: str = Field(description="connecting, running, reconnecting, stopped or failed")
     frames: int = 0
@@ -344,9 +346,10 @@ class Ingress:
             raise
 
     async def _frame(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                     policy: str | None, client: str, group: str | None = None) -> FrameResult:  # fmt: skip
+                     policy: str | None, client: str, group: str | None = None,
+                     settings: dict[str, Any] | None = None) -> FrameResult:  # fmt: skip
         async with self.lineup.turn(stream_id) as went, self._frame_slot(policy):  # a stream's frames in order
-            return await self.frames.process(stream_id, body, index, ts, policy, client, group, went)
+            return await self.frames.process(stream_id, body, index, ts, policy, client, group, went, settings)
 
     async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
@@ -580,10 +583,10 @@ class Ingress:
 
     # -- camera sources ------------------------------------------------------------------------
     async def source_frame(self, stream_id: str, image: np.ndarray, index: int | None, ts: float | None,
-                           group: str | None = None) -> dict:  # fmt: skip
+                           group: str | None = None, settings: dict[str, Any] | None = None) -> dict:  # fmt: skip
         """A frame a source actor read and decoded (a Serve handle call, not a route): the frame path of a
-        POSTed frame from its decoded image on, under the ``drop_oldest`` policy."""
-        result = await self._frame(stream_id, image, index, ts, "drop_oldest", "source", group)
+        POSTed frame from its decoded image on, under the ``drop_oldest`` policy, with the source's settings."""
+        result = await self._frame(stream_id, image, index, ts, "drop_oldest", "source", group, settings)
         return result.model_dump(include={"frame_index", "people", "dropped"})
 
     async def _registry(self, method: str, *args: Any) -> Any:
@@ -598,7 +601,10 @@ class Ingress:
     @app.post("/v1/sources", status_code=201, response_model=SourceInfo, dependencies=AUTH, responses=SOURCE_ERRORS)
     async def add_source(self, request: SourceRequest) -> SourceInfo:
         """Start pulling a camera (rtsp/http(s) URL, or a file under an allowed directory) into a stream."""
-        return SourceInfo(**await self._registry("add", request.stream_id, request.url, request.max_fps, request.group))
+        settings = request.settings.model_dump() if request.settings is not None else None
+        return SourceInfo(
+            **await self._registry("add", request.stream_id, request.url, request.max_fps, request.group, settings)
+        )
 
     @app.get("/v1/sources", response_model=SourceList, dependencies=AUTH)
     async def list_sources(self) -> SourceList:
@@ -641,6 +647,26 @@ class Ingress:
         if not await self.frames.call(stream_id, "reset", stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}")
         return await self.get_stream(stream_id)
+
+    @app.get("/v1/streams/{stream_id}/settings", response_model=StreamSettings, responses={404: {}},
+             dependencies=AUTH)  # fmt: skip
+    async def get_stream_settings(self, stream_id: StreamId) -> StreamSettings:
+        """The stream's own settings: its region of interest (the court polygon)."""
+        settings = await self.frames.call(stream_id, "settings", stream_id)
+        if settings is None:
+            raise UnknownStream(f"unknown stream {stream_id!r}")
+        return StreamSettings(**settings)
+
+    @app.put("/v1/streams/{stream_id}/settings", response_model=StreamSettings, responses={404: {}, 422: {}},
+             dependencies=AUTH)  # fmt: skip
+    async def put_stream_settings(self, stream_id: StreamId, settings: StreamSettings) -> StreamSettings:
+        """Set the stream's region of interest from its next frame on (tracks kept; checkpointed with the
+        stream). A polygon that is malformed, self-crossing or off the stream's frames is refused (422). A
+        stream exists from its first frame; cameras known in advance are named under ``pipeline.streams``."""
+        done = await self.frames.call(stream_id, "configure", stream_id, settings.model_dump())
+        if done is None:
+            raise UnknownStream(f"unknown stream {stream_id!r}: send its first frame, or name it in pipeline.streams")
+        return StreamSettings(**done)
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, responses={404: {}}, dependencies=AUTH)
     async def delete_stream(self, stream_id: StreamId) -> Response:

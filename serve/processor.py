@@ -113,6 +113,7 @@ class FrameRouter:
     async def process(
         self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,
         client: str = "", group: str | None = None, went: Callable[[], None] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> FrameResult:  # fmt: skip
         """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
         The bytes are not looked at here: the stream's holder checks them before they touch its state.
@@ -123,9 +124,11 @@ class FrameRouter:
         try:
             if self.local is not None:  # the turnstile is reached without awaiting anything: the next frame after
                 went()
-                served = await self.local.process(stream_id, body, index, ts, policy, client, thumbnail)
+                served = await self.local.process(stream_id, body, index, ts, policy, client, thumbnail, None, settings)
             else:
-                served = await self._remote_process(stream_id, body, index, ts, policy, client, thumbnail, went)
+                served = await self._remote_process(
+                    stream_id, body, index, ts, policy, client, thumbnail, went, settings
+                )
         except PosefleetError as exc:
             self.metrics.frame_errors.inc(tags={"reason": exc.reason})
             raise
@@ -151,11 +154,11 @@ class FrameRouter:
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                               policy: str | None, client: str, thumbnail: bool,
-                              went: Callable[[], None]) -> Served:  # fmt: skip
+                              went: Callable[[], None], settings: dict[str, Any] | None = None) -> Served:  # fmt: skip
         # numbered as sent, after this stream's frame still out if any: Ray may run the calls in any order
         sent = Sent(self.sender, next(self.numbers), self.unanswered.get(stream_id))
         self.unanswered[stream_id] = sent.number
-        args = (stream_id, body, index, ts, policy, client, thumbnail, sent)
+        args = (stream_id, body, index, ts, policy, client, thumbnail, sent, settings)
         try:
             for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
                 worker = await self.worker(stream_id)

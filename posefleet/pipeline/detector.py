@@ -28,19 +28,13 @@ class Detections:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     keypoints: np.ndarray | None = None  # [N, 17, 3] when the detector gives them
     capacity: int | None = None  # the most people the model call that made these can return
-    cut: np.ndarray | None = None  # [N] bool: the box touches its region's edge inside the frame (a part person)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, idx: np.ndarray) -> Detections:
         kps = None if self.keypoints is None else self.keypoints[idx]
-        return Detections(self.boxes[idx], self.scores[idx], kps, cut=None if self.cut is None else self.cut[idx])
-
-    def rank(self) -> np.ndarray:
-        """Scores to order by where regions overlap: a whole person before one cut by a region's edge."""
-        whole = np.ones(len(self.scores), np.float32) if self.cut is None else (~self.cut).astype(np.float32)
-        return self.scores / 2 + whole / 2
+        return Detections(self.boxes[idx], self.scores[idx], kps)
 
     @staticmethod
     def concat(parts: list[Detections]) -> Detections:
@@ -50,23 +44,7 @@ class Detections:
         kps = None
         if all(p.keypoints is not None for p in parts):
             kps = np.concatenate([p.keypoints for p in parts])  # type: ignore[misc]
-        cut = np.concatenate([np.zeros(len(p), bool) if p.cut is None else p.cut for p in parts])
-        return Detections(
-            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps, cut=cut
-        )
-
-
-def mark_cut(dets: Detections, region: Region, w: int, h: int) -> Detections:
-    """Flag detections touching an edge of their region that is not the frame's (people the region cut)."""
-    tol = 0.01 * max(region.x1 - region.x0, region.y1 - region.y0) + 2
-    b = dets.boxes
-    dets.cut = (
-        ((b[:, 0] <= region.x0 + tol) & (region.x0 > 0))
-        | ((b[:, 1] <= region.y0 + tol) & (region.y0 > 0))
-        | ((b[:, 2] >= region.x1 - tol) & (region.x1 < w))
-        | ((b[:, 3] >= region.y1 - tol) & (region.y1 < h))
-    )
-    return dets
+        return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps)
 
 
 class DetectorDecoder(ABC):
@@ -133,11 +111,11 @@ class DetectorDecoder(ABC):
         dets.boxes = geometry.clip_boxes(dets.boxes, w, h)
         sizes = dets.boxes[:, 2:] - dets.boxes[:, :2]
         dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
-        keep = geometry.nms(dets.boxes, dets.rank(), self.cfg.nms_iou, self.cfg.max_people)
+        keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
         dets = dets.take(keep)
         max_contained = self.cfg.tiling.max_contained
         if len(parts) > 1 and max_contained < 1.0 and len(dets) > 1:  # regions overlap: people cut by an edge
-            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.rank(), max_contained)))
+            dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, max_contained)))
         return dets
 
 
@@ -243,8 +221,7 @@ def detect_regions(
         outs = yield [t for tensors, _ in prepared for t in tensors]
         pending = {}
         for (k, r), (_, lbs), out in zip(jobs, prepared, outs, strict=True):
-            h, w = work[k][0].shape[:2]
-            dets = mark_cut(decoder.decode(out, lbs[0]), r, w, h)
+            dets = decoder.decode(out, lbs[0])
             parts[k].append(dets)
             if decoder.full(dets):
                 full[k] += 1

@@ -29,7 +29,7 @@ class Pipeline:
 
     def stream(self, stream_id: str) -> StreamState:
         if stream_id not in self.streams:
-            self.streams[stream_id] = StreamState(self.cfg)
+            self.streams[stream_id] = StreamState(self.cfg, self.cfg.settings_for(stream_id))
         return self.streams[stream_id]
 
     def forget(self, stream_id: str) -> None:

@@ -85,6 +85,8 @@ class FramePipeline:
         indexes = [f.state.last_index + 1 if f.frame_index is None else f.frame_index for f in frames]
         for f, index in zip(frames, indexes, strict=True):
             f.state.check_order(index)
+        for f in frames:
+            f.state.frame_size = (f.image.shape[1], f.image.shape[0])
         timings = [StageTimings(decode_ms=f.decode_ms) for f in frames]
         t = time.perf_counter()
         plans = [f.state.plan(index) for f, index in zip(frames, indexes, strict=True)]
@@ -154,8 +156,8 @@ class FramePipeline:
         """Where the detector looks: the whole scan over the region of interest, or crops around the tracks
         and a part of the scan."""
         h, w = f.image.shape[:2]
-        area = f.state.roi.bounds(w, h) if f.state.roi is not None else None
-        scan = self.detector.scan(w, h, f.state.smallest_person(), area)
+        area = f.state.scan_area(w, h)
+        scan = self.detector.scan(w, h, f.state.smallest_person(h), area)
         if plan.scan:
             return scan
         return crop_regions(plan.crop_boxes, w, h, self.cfg.detector.guided) + scan[plan.scan_part :: plan.scan_parts]

@@ -25,7 +25,7 @@ from posefleet.errors import FrameOrderError
 from posefleet.pipeline.bytetrack import ByteTracker, Track
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.geometry import keypoint_box
-from posefleet.pipeline.roi import Roi, ground_points
+from posefleet.pipeline.roi import Roi, check_polygon, ground_points
 from posefleet.pipeline.schema import Person
 from posefleet.pipeline.smoothing import OneEuroFilter
 
@@ -71,8 +71,17 @@ class StreamState:
         self.force_detect = True
         self.frames_since_scan = 0
         self.force_scan = True
-        self.settings = settings or cfg.stream
-        self.roi = Roi(self.settings.roi, self.settings.keep_outside_roi) if self.settings.roi else None
+        self.empty_scans = 0  # scans in a row that found nobody
+        self.frame_size: tuple[int, int] | None = None  # width, height of the latest frame
+        self.configure(settings or cfg.stream)
+
+    def configure(self, settings: StreamSettings) -> None:
+        """Apply the stream's own settings (its region of interest); ValueError if its polygon is off the
+        stream's frames (when one was seen). Tracks are kept."""
+        if settings.roi is not None and self.frame_size is not None:
+            check_polygon(settings.roi, self.frame_size)
+        self.settings = settings
+        self.roi = Roi(settings.roi, settings.keep_outside_roi) if settings.roi else None
         self.smoothers: dict[int, OneEuroFilter] = {}
         self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3] (carried frames)
         self.keypoint_boxes: dict[int, np.ndarray] = {}  # single-stage: the box each track's keypoints came with
@@ -136,10 +145,27 @@ class StreamState:
         part = self.frames_since_scan % guided.scan_frames
         return FramePlan(frame_index, True, False, part, guided.scan_frames, crop_boxes=boxes)
 
-    def smallest_person(self) -> float | None:
-        """The height a scan should find people at: ``scan.track_margin`` x the smallest tracked person's."""
+    def smallest_person(self, h: int) -> float:
+        """The height in px a scan looks for people at: ``scan.track_margin`` x the smallest tracked person's;
+        with nobody tracked, ``scan.person_height`` of the frame, halved for each scan in a row that found
+        nobody (a stream's first scan is coarse; it looks finer until somebody is found)."""
+        scan = self.cfg.detector.scan
         heights = [float(t.box[3] - t.box[1]) for t in self.tracker.active()]
-        return min(heights) * self.cfg.detector.scan.track_margin if heights else None
+        if heights:
+            return max(min(heights) * scan.track_margin, scan.min_person_height * h)
+        return max(scan.person_height * 0.5**self.empty_scans, scan.min_person_height) * h
+
+    def scan_area(self, w: int, h: int) -> tuple[int, int, int, int] | None:
+        """What a scan covers: the region of interest's bounding box, raised by the tallest person tracked
+        (``scan.roi_rise`` of the frame before any): people stand in it, their bodies rise above it."""
+        if self.roi is None:
+            return None
+        box = self.roi.bounds(w, h)
+        if box is None:
+            return None
+        heights = [float(t.box[3] - t.box[1]) for t in self.tracker.active()]
+        rise = 1.2 * max(heights) if heights else self.cfg.detector.scan.roi_rise * h
+        return box[0], max(0, int(box[1] - rise)), box[2], box[3]
 
     def in_roi(self, dets: Detections) -> np.ndarray:
         """Which detections stand inside the region of interest (all where there is none)."""
@@ -155,6 +181,8 @@ class StreamState:
         if self.roi is not None and not self.roi.keep_outside:
             dets = dets.take(np.flatnonzero(self.in_roi(dets)))
         before = {t.track_id for t in self.tracker.active()}
+        if plan.scan:
+            self.empty_scans = 0 if len(dets) else self.empty_scans + 1
         # every active track was matched to a detection of this frame: pose runs on its det box
         tracks = self.tracker.update(dets.boxes, dets.scores)
         lost = before - {t.track_id for t in tracks}
@@ -234,7 +262,9 @@ class StreamState:
             "force_detect": self.force_detect,
             "frames_since_scan": self.frames_since_scan,
             "force_scan": self.force_scan,
+            "empty_scans": self.empty_scans,
             "settings": self.settings.model_dump(),
+            "frame_size": self.frame_size,
             "smoothers": {str(k): v.state_dict() for k, v in self.smoothers.items()},
             "keypoints": {str(k): v.tolist() for k, v in self.keypoints.items()},
             "keypoint_boxes": {str(k): v.tolist() for k, v in self.keypoint_boxes.items()},
@@ -249,6 +279,9 @@ class StreamState:
         st.frames_since_detect = state["frames_since_detect"]
         st.force_detect = state["force_detect"]
         st.frames_since_scan = state.get("frames_since_scan", 0)
+        st.empty_scans = state.get("empty_scans", 0)
+        size = state.get("frame_size")
+        st.frame_size = (int(size[0]), int(size[1])) if size else None
         st.force_scan = state.get("force_scan", True)
         st.smoothers = {int(k): OneEuroFilter.from_state(cfg.smoothing, v) for k, v in state["smoothers"].items()}
         st.keypoints = {int(k): np.array(v, np.float32) for k, v in state.get("keypoints", {}).items()}

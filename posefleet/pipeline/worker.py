@@ -31,8 +31,15 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from posefleet.config import AdmissionConfig, CheckpointConfig, LimitsConfig, PipelineConfig, ViewerConfig
-from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, OverCap
+from posefleet.config import (
+    AdmissionConfig,
+    CheckpointConfig,
+    LimitsConfig,
+    PipelineConfig,
+    StreamSettings,
+    ViewerConfig,
+)
+from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, InvalidRequest, OverCap
 from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
 from posefleet.pipeline.admission import Budget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
@@ -127,10 +134,12 @@ class StreamWorker:
         client: str = "",
         thumbnail: bool = True,
         sent: Sent | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> Served:
         """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
         ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches); ``sent``: how
-        the ingress sent it, so frames of a stream in flight together are let in in the order sent.
+        the ingress sent it, so frames of a stream in flight together are let in in the order sent;
+        ``settings``: the stream's own settings as its camera source was given them (applied when they differ).
 
         Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
         stream's state changes only for a frame that was admitted and decoded.
@@ -160,6 +169,8 @@ class StreamWorker:
             return Served(dropped)
         was = stream.state.last_index
         try:
+            if settings is not None and settings != stream.state.settings.model_dump():
+                stream.state.configure(StreamSettings.model_validate(settings))
             async with self.pixels.hold(width * height):
                 t0 = time.perf_counter()
                 image = decoded if decoded is not None else await asyncio.to_thread(decode_checked, body, fmt)
@@ -254,7 +265,7 @@ class StreamWorker:
             holder = await self.checkpoints.claim(stream_id)
             if holder != self.shard:
                 raise HeldElsewhere(holder)
-        s = self._add(stream_id, StreamState(self.cfg), client)
+        s = self._add(stream_id, StreamState(self.cfg, self.cfg.settings_for(stream_id)), client)
         s.ids_restarted = self.restarted and bool(frame_index)  # frames came before, but their tracks are gone
         return s
 
@@ -324,10 +335,30 @@ class StreamWorker:
         if old is None:
             return False
         old.gate.close("the stream was reset")
-        self.streams[stream_id] = _Stream(StreamState(self.cfg), self.admission, old.gate.policy, old.client)
+        fresh = StreamState(self.cfg, old.state.settings)  # a reset forgets tracks, not the camera's settings
+        self.streams[stream_id] = _Stream(fresh, self.admission, old.gate.policy, old.client)
         if self.checkpoints is not None:
             await self.checkpoints.delete(stream_id)
         return True
+
+    def settings(self, stream_id: str) -> dict[str, Any] | None:
+        s = self.streams.get(stream_id)
+        return None if s is None else s.state.settings.model_dump()
+
+    async def configure(self, stream_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """Set a stream's own settings (its region of interest) from the next frame on; None: unknown stream.
+        Raises InvalidRequest with the reason for settings that do not fit its frames. Checkpointed at once."""
+        s = self.streams.get(stream_id)
+        if s is None:
+            return None
+        try:
+            s.state.configure(StreamSettings.model_validate(settings))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc).splitlines()[-1] if "validation error" in str(exc) else str(exc)) from None
+        if self.checkpoints is not None:
+            extra = {"client": s.client, "frames": s.frames, "created": s.created}
+            await self.checkpoints.put(stream_id, s.state.state_dict() | extra)
+        return s.state.settings.model_dump()
 
     async def delete(self, stream_id: str) -> bool:
         s = self._remove(stream_id)
