@@ -184,6 +184,29 @@ def test_reset_and_delete_stream(server: dict) -> None:
     assert httpx.get(f"{url}/v1/streams/to-reset").status_code == 404
 
 
+def test_a_stream_region_of_interest_is_set_checked_and_kept(server: dict) -> None:
+    url = server["url"]
+    frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 3)]  # 426 x 240
+    assert post(url, "roi-cam", frames[0], 0).status_code == 200
+    settings = f"{url}/v1/streams/roi-cam/settings"
+    assert httpx.get(settings).json() == {"roi": None, "keep_outside_roi": False}
+    crossing = httpx.put(settings, json={"roi": [[0, 0], [200, 200], [0, 200], [240, 10]]})
+    assert crossing.status_code == 422 and "cross" in json.dumps(crossing.json()["detail"])
+    off = httpx.put(settings, json={"roi": [[0, 0], [500, 0], [0, 200]]})
+    assert off.status_code == 422 and "off the 426x240 image" in off.json()["detail"]
+    assert httpx.put(settings, json={"roi": [[0, 0], [1]]}).status_code == 422
+    nobody = [[0, 0], [20, 0], [20, 20], [0, 20]]  # a corner where nobody stands
+    done = httpx.put(settings, json={"roi": nobody})
+    assert done.status_code == 200 and done.json()["roi"] == nobody
+    assert post(url, "roi-cam", frames[1], 1).json()["people"] == []  # both players stand outside it
+    assert httpx.post(f"{url}/v1/streams/roi-cam/reset").status_code == 200
+    assert httpx.get(settings).json()["roi"] == nobody  # a reset forgets tracks, not the camera's settings
+    assert httpx.put(f"{url}/v1/streams/never-seen/settings", json={"roi": nobody}).status_code == 404
+    bad_source = httpx.post(f"{url}/v1/sources", json={"stream_id": "s", "url": "rtsp://cam/1",
+                                                       "settings": {"roi": [[0, 0], [5, 5]]}})  # fmt: skip
+    assert bad_source.status_code == 422 and "at least 3 points" in json.dumps(bad_source.json()["detail"])
+
+
 def test_metrics_are_scrapeable_in_prometheus_format(server: dict) -> None:
     post(server["url"], "metered", encode_jpeg(cv2.imread(str(DATA / "grace.jpg"))), 0)
     deadline, text = time.time() + 60, ""

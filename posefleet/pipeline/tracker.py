@@ -157,8 +157,9 @@ class StreamState:
 
     def scan_area(self, w: int, h: int) -> tuple[int, int, int, int] | None:
         """What a scan covers: the region of interest's bounding box, raised by the tallest person tracked
-        (``scan.roi_rise`` of the frame before any): people stand in it, their bodies rise above it."""
-        if self.roi is None:
+        (``scan.roi_rise`` of the frame before any): people stand in it, their bodies rise above it. None
+        (the whole frame) without one, or where people outside it are kept."""
+        if self.roi is None or self.roi.keep_outside:  # people outside are wanted too: the whole frame
             return None
         box = self.roi.bounds(w, h)
         if box is None:
