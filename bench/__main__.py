@@ -340,7 +340,7 @@ SOURCES: list[tuple[str, str, dict[str, Any]]] = [
     ("balanced: single-stage 320 (default)", "balanced", {}),
     ("fast: single-stage 192", "fast", {}),
     ("quality: single-stage 352, smoothed", "quality", {}),
-    ("crowd: single-stage 320, 4x2 tiles", "crowd", {}),
+    ("crowd: single-stage 320, scans every frame", "crowd", {}),
     ("top-down: BlazePose, aligned crops", "top-down", {}),
     (
         "top-down: BlazePose, box crops (the previous balanced)",
@@ -399,7 +399,8 @@ def section_accuracy(video: str, frames: int, quick: bool, bar: tqdm) -> list[di
 
 
 def section_crowd(quick: bool, bar: tqdm) -> list[dict] | None:
-    """The crowd preset's choice: MOT17-mini recall, precision and ms a frame per tiling grid and input."""
+    """Fixed tiling grids (the crowd preset with ``scan.adaptive`` off): MOT17-mini recall, precision and ms a
+    frame per grid and input, beside the adaptive scans of bench.players."""
     from posefleet.config import load_pipeline_config
     from posefleet.mot import evaluate_mot
     from posefleet.pipeline.engine import Pipeline
@@ -411,8 +412,8 @@ def section_crowd(quick: bool, bar: tqdm) -> list[dict] | None:
                                                        (320, 3, 2), (320, 4, 2), (320, 5, 3)]  # fmt: skip
     rows = []
     for size, cols, tiles_rows in grids:
-        cfg = load_pipeline_config("crowd", overrides={"detector": {"input_size": size, "tiling": {
-            "cols": cols, "rows": tiles_rows}}})  # fmt: skip
+        cfg = load_pipeline_config("crowd", overrides={"detector": {"input_size": size, "scan": {"adaptive": False},
+                                   "tiling": {"enabled": True, "cols": cols, "rows": tiles_rows}}})  # fmt: skip
         frames = sum(len(list((s / "img1").iterdir())) for s in sequences)
         t0 = time.perf_counter()
         mot = evaluate_mot(Pipeline(cfg), sequences)["OVERALL"]
@@ -434,25 +435,12 @@ def section_crowd(quick: bool, bar: tqdm) -> list[dict] | None:
 
 def section_detect_every(video: str, frames: int, quick: bool, bar: tqdm) -> list[dict]:
     """Detect every N against detect every frame (top-down preset) on the same clip: ids, fragments, OKS."""
-    from posefleet.config import load_pipeline_config
-    from posefleet.evaluate import tracking_consistency
-    from posefleet.pipeline.engine import Pipeline
-    from posefleet.pipeline.frames import LocalModels
+    from bench.players import detect_every_rows
     from posefleet.sources import open_source
 
     images = [f.image for _, f in zip(range(frames), open_source(video), strict=False)]
-    models = LocalModels(load_pipeline_config("top-down"))
-
-    def run(n: int) -> tuple[list, float]:
-        return run_clip(Pipeline(load_pipeline_config("top-down", overrides={"detect_every": n}), models), images)
-
-    reference, fps1 = run(1)
-    rows = [{"detect_every": 1, "fps": fps1, "id_switches": 0, "fragmentations": 0, "matched": 1.0,
-             "mean_oks_vs_reference": 1.0}]  # fmt: skip
-    for n in [3] if quick else [2, 3, 5]:
-        test, fps = run(n)
-        rows.append({"detect_every": n, "fps": fps, **tracking_consistency(reference, test)})
-        bar.update(1)
+    rows = detect_every_rows("top-down", images, [3] if quick else [2, 3, 5])
+    bar.update(len(rows) - 1)
     return rows
 
 

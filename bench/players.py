@@ -3,11 +3,12 @@
     python -m bench.players [--quick] [--out bench/results]
 
 Per row: Volleyball player recall and precision (the shared broadcast frame, IoU >= 0.5; with and without
-the court drawn as its region of interest), MOT17-mini pedestrian recall and precision, COCO and PoseTrack
-keypoint AP, ids on the basketball clip, and in-process FPS on court-like input at 1280x720 and 1920x1080
-(the shared volleyball frames played forward and back, and MOT17-mini's 1080p sequences, JPEG q90 decoded
-as cameras send them). Then detect-every-N of the default against every frame (ids, fragments, OKS).
-Tables and ratios, no asserts; every figure of a row comes from the same run.
+the court drawn as its region of interest), MOT17-mini pedestrian recall and precision, COCO, PoseTrack and
+CrowdPose (its 12 body joints, COCO's sigmas) keypoint AP, ids on the basketball clip, and in-process FPS on
+court-like input at 1280x720 and 1920x1080 (the shared volleyball frames played forward and back, and
+MOT17-mini's 1080p sequences, JPEG q90 decoded as cameras send them). Then detect-every-N of the default
+against every frame (ids, fragments, OKS). Tables and ratios, no asserts; every figure of a row comes from
+the same run.
 """
 
 from __future__ import annotations
@@ -40,16 +41,30 @@ PREVIOUS_DEFAULT: dict[str, Any] = {
                    "min_aspect": 1.6},
     },
 }  # fmt: skip
+# MoveNet Thunder (shipped, models/NOTICE) as the top-down pose model: one crop a call, no alignment
+THUNDER: dict[str, Any] = {"decoder": "movenet-single", "model": "movenet_thunder", "input_width": 256,
+                           "input_height": 256, "max_batch": 1, "align": False, "min_person_score": 0.2}  # fmt: skip
+# the top-down preset's pose model before Thunder: BlazePose landmark (full) on crops aligned by the body
+BLAZEPOSE: dict[str, Any] = {"decoder": "blazepose", "model": "blazepose_landmark_full", "input_width": 256,
+                             "input_height": 256, "max_batch": 32, "align": True, "min_person_score": 0.5}  # fmt: skip
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("previous default (2x1 tiles, capped)", "balanced", PREVIOUS_DEFAULT),
     ("balanced (default)", "balanced", {}),
-    ("balanced, detect every frame", "balanced", {"detect_every": 1}),
-    ("balanced, scans only (no crops)", "balanced", {"detect_every": 1, "detector": {"guided": {"enabled": False}}}),
+    ("balanced, crops 64 px", "balanced", {"detector": {"guided": {"min_person_px": 64}}}),
     ("balanced, crops 96 px", "balanced", {"detector": {"guided": {"min_person_px": 96}}}),
     ("quality", "quality", {}),
     ("crowd", "crowd", {}),
     ("fast", "fast", {}),
+    ("top-down: MoveNet Thunder crops", "top-down", {}),
+    ("top-down: BlazePose, aligned crops (the previous top-down)", "top-down", {"pose": BLAZEPOSE}),
 ]
+# Candidates converted by scripts/convert_models.py --human but not shipped: rows where the file is there.
+NANODET = ROOT / "models" / "candidates" / "nanodet_416.onnx"
+CANDIDATES: list[tuple[str, str, dict[str, Any]]] = [
+    ("top-down: NanoDet 416 detector, Thunder crops", "top-down", {"pose": THUNDER, "detector": {
+        "decoder": "nanodet", "model": str(NANODET), "input_size": 416, "score_threshold": 0.3,
+        "scan": {"adaptive": True, "min_person_px": 64}}}),
+]  # fmt: skip
 
 
 def court_like(size: tuple[int, int] | None, quick: bool) -> list[list[np.ndarray]]:
@@ -106,13 +121,15 @@ def section_players(quick: bool, bar: tqdm | None = None) -> dict[str, Any]:
     keypoint_sets = {
         "coco": (SHARED / "coco" / "test_coco.json", SHARED / "coco"),
         "posetrack": (SHARED / "posetrack18" / "annotations" / "test_posetrack18_val.json", SHARED / "posetrack18"),
+        "crowdpose": (SHARED / "crowdpose" / "test_crowdpose.json", SHARED / "crowdpose"),  # its 12 body joints
     }
     keypoint_sets = {k: v for k, v in keypoint_sets.items() if v[0].is_file()}
     clip = [f.image for _, f in zip(range(60 if quick else 300), open_source(str(CLIP)), strict=False)]
     inputs = {"720p": court_like((1280, 720), quick), "1080p": court_like((1920, 1080), quick)}
     rows = []
     models: dict[str, Any] = {}
-    for name, preset, overrides in ROWS[:2] if quick else ROWS:
+    rows_run = ROWS[:2] if quick else ROWS + (CANDIDATES if NANODET.is_file() else [])
+    for name, preset, overrides in rows_run:
         cfg = load_pipeline_config(preset, overrides=overrides)
         pipeline = Pipeline(cfg)
         models[name] = pipeline.models
@@ -136,7 +153,7 @@ def section_players(quick: bool, bar: tqdm | None = None) -> dict[str, Any]:
         rows.append(row)
         if bar is not None:
             bar.update(1)
-    detect_every = section_detect_every(clip, quick, models.get("balanced (default)"))
+    detect_every = detect_every_rows("balanced", clip, [2] if quick else [2, 3, 5], models.get("balanced (default)"))
     if bar is not None:
         bar.update(1)
     base = next((r for r in rows if r["row"].startswith("previous")), None)
@@ -149,15 +166,15 @@ def section_players(quick: bool, bar: tqdm | None = None) -> dict[str, Any]:
     return {"rows": rows, "detect_every": detect_every, "ratios": ratios, "court": VOLLEYBALL_COURT}
 
 
-def section_detect_every(clip: list[np.ndarray], quick: bool, models: Any = None) -> list[dict[str, Any]]:
-    """The default (single-stage, track-guided), detect every N frames against every frame on the basketball
-    clip: id switches, fragmentations, share matched and keypoint OKS against the every-frame run."""
+def detect_every_rows(preset: str, clip: list[np.ndarray], ns: list[int], models: Any = None) -> list[dict[str, Any]]:
+    """A preset detecting every N frames against every frame on the same clip: id switches, fragmentations,
+    share matched and keypoint OKS against the every-frame run, and FPS."""
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import tracking_consistency
     from posefleet.pipeline.engine import Pipeline
 
     def run(n: int) -> tuple[list, float]:
-        pipeline = Pipeline(load_pipeline_config("balanced", overrides={"detect_every": n}), models)
+        pipeline = Pipeline(load_pipeline_config(preset, overrides={"detect_every": n}), models)
         t0 = time.perf_counter()
         out = [pipeline.process("clip", f, i) for i, f in enumerate(clip)]
         return out, len(clip) / (time.perf_counter() - t0)
@@ -165,7 +182,7 @@ def section_detect_every(clip: list[np.ndarray], quick: bool, models: Any = None
     reference, fps1 = run(1)
     rows = [{"detect_every": 1, "fps": fps1, "id_switches": 0, "fragmentations": 0, "matched": 1.0,
              "mean_oks_vs_reference": 1.0}]  # fmt: skip
-    for n in [2] if quick else [2, 3, 5]:
+    for n in ns:
         test, fps = run(n)
         rows.append({"detect_every": n, "fps": fps, **tracking_consistency(reference, test)})
     return rows
@@ -181,8 +198,8 @@ def markdown(res: dict[str, Any]) -> str:
              "(referees, line judges, the crowd); `court` draws the court as the stream's region of interest "
              f"({res['court']}). FPS: in process, 1 stream, court-like JPEGs.", "",
              "| preset | FPS 720p | FPS 1080p | volleyball recall / precision / people | with the court: recall / "
-             "precision | MOT17-mini recall / precision | COCO AP | PoseTrack AP | basketball ids |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "precision | MOT17-mini recall / precision | COCO AP | PoseTrack AP | CrowdPose AP (12 body joints) "
+             "| basketball ids |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in res["rows"]:
         vb, court, mot = r.get("volleyball") or {}, r.get("volleyball_court") or {}, r.get("mot") or {}
         lines.append(
@@ -191,7 +208,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{_f(vb.get('returned_per_frame'), '.0f')} | "
             f"{_f(court.get('recall'), '.2f')} / {_f(court.get('precision'), '.2f')} | "
             f"{_f(mot.get('recall'), '.3f')} / {_f(mot.get('precision'), '.3f')} | {_f(r.get('coco_AP'), '.3f')} | "
-            f"{_f(r.get('posetrack_AP'), '.3f')} | {r['basketball_ids']} |"
+            f"{_f(r.get('posetrack_AP'), '.3f')} | {_f(r.get('crowdpose_AP'), '.3f')} | {r['basketball_ids']} |"
         )
     lines += ["", "Default preset, detect every N against every frame (basketball clip):", "",
               "| detect every | FPS | id switches | fragmentations | matched | keypoint OKS vs every frame |",
@@ -210,7 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=(2 if args.quick else len(ROWS)) + 1, desc="players", unit="row") as bar:
+    rows = 2 if args.quick else len(ROWS) + len(CANDIDATES) * NANODET.is_file()
+    with tqdm(total=rows + 1, desc="players", unit="row") as bar:
         res = section_players(args.quick, bar) | {"date": time.strftime("%Y-%m-%d %H:%M")}
     (out / "players.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown(res)

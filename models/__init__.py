@@ -27,6 +27,11 @@ SHIPPED: dict[str, ShippedModel] = {
         "b34197d69006a371fc72afa30c38bed735289f65f7388bdd62e3deba55537f76",
         "MoveNet MultiPose Lightning: boxes + COCO-17 keypoints, 6 people a pass",
     ),
+    "movenet_thunder": ShippedModel(
+        "movenet_thunder.onnx",
+        "374f3da76930d94895caa3325c381a427d84f3547fc24435e0644da3d94b903f",
+        "MoveNet Thunder: single person, COCO-17 keypoints per 256x256 crop, one crop a call",
+    ),
     "blazepose_landmark_full": ShippedModel(
         "pose_landmark_full_dynbatch.onnx",
         "baf176a25966a249733bd3c059572d2bf9571118cf869942e963617734bcd671",

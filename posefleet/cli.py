@@ -451,28 +451,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate_mot(args: argparse.Namespace) -> int:
-    from posefleet.mot import evaluate_mot
+def _print_evaluation(evaluate: Any, args: argparse.Namespace, paths: list[str]) -> int:
     from posefleet.pipeline.engine import Pipeline
 
     try:
-        result = evaluate_mot(Pipeline(_pipeline_config(args)), args.sequences)
+        result = evaluate(Pipeline(_pipeline_config(args)), paths)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_evaluate_mot(args: argparse.Namespace) -> int:
+    from posefleet.mot import evaluate_mot
+
+    return _print_evaluation(evaluate_mot, args, args.sequences)
 
 
 def cmd_evaluate_boxes(args: argparse.Namespace) -> int:
     from posefleet.boxes import evaluate_boxes
-    from posefleet.pipeline.engine import Pipeline
 
-    try:
-        result = evaluate_boxes(Pipeline(_pipeline_config(args)), args.sets)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    print(json.dumps(result, indent=2))
-    return 0
+    return _print_evaluation(evaluate_boxes, args, args.sets)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

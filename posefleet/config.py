@@ -132,7 +132,7 @@ class GuidedConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    decoder: Literal["movenet", "rtmdet", "yolox"] = "movenet"
+    decoder: Literal["movenet", "rtmdet", "yolox", "nanodet"] = "movenet"
     model: str = "movenet_multipose_lightning"
     sha256: str | None = None
     input_size: int = Field(256, ge=32, description="long side (movenet) or square side (rtmdet/yolox)")
@@ -152,7 +152,7 @@ class DetectorConfig(_Strict):
 
 
 class PoseConfig(_Strict):
-    decoder: Literal["blazepose", "rtmpose"] = "blazepose"
+    decoder: Literal["blazepose", "rtmpose", "movenet-single"] = "blazepose"
     model: str = "blazepose_landmark_full"
     sha256: str | None = None
     input_width: int = Field(256, ge=16)

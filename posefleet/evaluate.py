@@ -32,6 +32,29 @@ def person_keypoints(data: dict[str, Any]) -> list[str]:
     return list((person or {}).get("keypoints") or [])
 
 
+# CrowdPose's 14 keypoints begin with the 12 body joints COCO has too, in COCO's order (shoulders to ankles)
+CROWDPOSE_BODY = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                  "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]  # fmt: skip
+COCO_BODY = slice(5, 17)  # the same 12 joints among COCO's 17
+
+
+def crowdpose_body(data: dict[str, Any]) -> dict[str, Any]:
+    """A CrowdPose file (14 keypoints: 12 body joints, head, neck) cut to its 12 body joints, scored with
+    COCO's sigmas for them; the head and neck have no COCO counterpart."""
+    names = person_keypoints(data)
+    if names[:12] != CROWDPOSE_BODY:
+        raise ValueError("not CrowdPose's keypoint layout (left_shoulder ... right_ankle, head, neck)")
+    out = dict(data, categories=[dict(c, keypoints=CROWDPOSE_BODY, skeleton=[]) for c in data["categories"]])
+    anns = []
+    for ann in data["annotations"]:
+        kps = ann["keypoints"][: 12 * 3]
+        area = ann.get("area") or float(ann["bbox"][2] * ann["bbox"][3])
+        anns.append(dict(ann, keypoints=kps, num_keypoints=sum(v > 0 for v in kps[2::3]), area=area,
+                         iscrowd=int(ann.get("iscrowd", 0))))  # fmt: skip
+    out["annotations"] = anns
+    return out
+
+
 def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
     """A COCO-format 17-keypoint annotation file, checked, with what COCOeval needs filled in.
 
@@ -45,8 +68,10 @@ def load_keypoint_set(ann_file: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "annotations" not in data:
         raise ValueError(f"{ann_file}: not a COCO annotation file (no 'images' and 'annotations')")
     names = person_keypoints(data)
+    if len(names) == 14:
+        return crowdpose_body(data)
     if len(names) != 17:
-        raise ValueError(f"{ann_file}: category 1 has {len(names)} keypoints, not COCO's 17")
+        raise ValueError(f"{ann_file}: category 1 has {len(names)} keypoints, not COCO's 17 (nor CrowdPose's 14)")
     for ann in data["annotations"]:
         if "bbox" not in ann or "keypoints" not in ann:
             raise ValueError(f"{ann_file}: annotation {ann.get('id')} has no bbox or keypoints")
@@ -69,8 +94,11 @@ def predict_coco(pipeline: Pipeline, gt: dict[str, Any], image_dir: str | Path) 
     return results
 
 
-def coco_keypoint_ap(data: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
-    """COCO keypoint AP/AR of ``results`` (pycocotools' COCOeval, iouType 'keypoints')."""
+def coco_keypoint_ap(
+    data: dict[str, Any], results: list[dict[str, Any]], sigmas: np.ndarray | None = None
+) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` (pycocotools' COCOeval, iouType 'keypoints'); ``sigmas``: the
+    per-keypoint OKS constants where the set is not COCO's 17."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -82,6 +110,8 @@ def coco_keypoint_ap(data: dict[str, Any], results: list[dict[str, Any]]) -> dic
             return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "keypoints")
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = sigmas
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -90,8 +120,15 @@ def coco_keypoint_ap(data: dict[str, Any], results: list[dict[str, Any]]) -> dic
 
 
 def evaluate(pipeline: Pipeline, ann_file: str | Path, image_dir: str | Path) -> dict[str, Any]:
+    """Keypoint AP of the pipeline on a COCO-format set: COCO's 17 keypoints (PoseTrack's too), or CrowdPose's
+    12 body joints with COCO's sigmas."""
     data = load_keypoint_set(ann_file)
     results = predict_coco(pipeline, data, image_dir)
+    if person_keypoints(data) == CROWDPOSE_BODY:
+        for r in results:
+            r["keypoints"] = r["keypoints"][COCO_BODY.start * 3 : COCO_BODY.stop * 3]
+        ap = coco_keypoint_ap(data, results, COCO_SIGMAS[COCO_BODY])
+        return ap | {"predictions": len(results), "keypoints": "CrowdPose's 12 body joints, COCO's sigmas"}
     out: dict[str, Any] = coco_keypoint_ap(data, results) | {"predictions": len(results)}
     pairs = enumerate(zip(person_keypoints(data), COCO_KEYPOINTS, strict=True))  # both 17 (checked at load)
     if differ := [f"{i}: {theirs} (ours {ours})" for i, (theirs, ours) in pairs if theirs != ours]:

@@ -21,9 +21,15 @@ def cfg() -> PipelineConfig:
     return load_pipeline_config("balanced")
 
 
+# The top-down pipeline with BlazePose (the batched pose model, crops aligned by the body) in place of the
+# preset's MoveNet Thunder: what the tests of batching, alignment and variants exercise.
+BLAZEPOSE = {"pose": {"decoder": "blazepose", "model": "blazepose_landmark_full", "max_batch": 32, "align": True,
+                      "min_person_score": 0.5}}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def topdown_cfg() -> PipelineConfig:
-    return load_pipeline_config("top-down")
+    return load_pipeline_config("top-down", overrides=BLAZEPOSE)
 
 
 @pytest.fixture(scope="session")

@@ -39,12 +39,16 @@ def test_every_value_a_preset_sets_is_the_value_loaded(name: str) -> None:
 def test_presets_differ_where_they_should() -> None:
     fast, quality = load_pipeline_config("fast"), load_pipeline_config("quality")
     assert fast.detector.input_size < quality.detector.input_size
-    assert not fast.detector.tiling.enabled and quality.detector.tiling.enabled
+    assert not fast.detector.tiling.enabled and not fast.detector.guided.enabled
+    assert quality.detector.guided.enabled and quality.detect_every == 1 and quality.smoothing.enabled
     assert load_pipeline_config("balanced").pose_source == "single-stage"
     top_down = load_pipeline_config("top-down")
-    assert top_down.pose_source == "top-down" and top_down.detect_every > 1 and top_down.pose.align
-    crowd = load_pipeline_config("crowd").detector.tiling
-    assert crowd.cols * crowd.rows > 2
+    assert top_down.pose_source == "top-down" and top_down.detect_every > 1
+    assert top_down.pose.decoder == "movenet-single" and top_down.pose.max_batch == 1
+    crowd = load_pipeline_config("crowd").detector
+    assert crowd.scan.adaptive and crowd.scan.split_full and not crowd.guided.enabled
+    balanced = load_pipeline_config("balanced").detector
+    assert balanced.guided.enabled and balanced.scan.adaptive and balanced.scan.split_full
 
 
 def test_single_stage_needs_a_detector_with_keypoints() -> None:

@@ -104,3 +104,26 @@ def test_evaluate_on_shared_posetrack_frames_names_the_keypoints_that_differ() -
     result = evaluate(Pipeline(load_pipeline_config("balanced")), ann, SHARED_DATA / "posetrack18")
     assert result["predictions"] > 0 and result["AP"] > 0
     assert result["keypoints_not_coco"] == ["1: head_bottom (ours left_eye)", "2: head_top (ours right_eye)"]
+
+
+def test_crowdpose_layout_is_scored_on_its_12_body_joints(pipeline: Pipeline, tmp_path: Path) -> None:
+    """CrowdPose's 14 keypoints (12 body joints, head, neck): the COCO photo's annotation written in that
+    layout scores on the body joints with COCO's sigmas, as the COCO file scores on all 17."""
+    data = json.loads((DATA / "coco_785.json").read_text())
+    for ann in data["annotations"]:
+        kps = ann["keypoints"]
+        ann["keypoints"] = kps[5 * 3 : 17 * 3] + kps[0:3] + [0, 0, 0]  # body, head (the nose), no neck
+    names = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+             "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"]  # fmt: skip
+    data["categories"] = [{"id": 1, "name": "person", "supercategory": "person", "keypoints": names}]
+    path = tmp_path / "crowdpose_785.json"
+    path.write_text(json.dumps(data))
+    result = evaluate(pipeline, path, DATA)
+    assert result["keypoints"].startswith("CrowdPose's 12 body joints")
+    assert result["AP"] > 0.5
+    body = load_keypoint_set(path)
+    assert len(body["annotations"][0]["keypoints"]) == 36
+    wrong = [r | {"keypoints": r["keypoints"][3:] + r["keypoints"][:3]} for r in predict_coco(pipeline, body, DATA)]
+    for r in wrong:
+        r["keypoints"] = r["keypoints"][15:51]  # the joints of the wrong people: shifted by one
+    assert coco_keypoint_ap(body, wrong)["AP"] < result["AP"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import DATA, read
+from conftest import BLAZEPOSE, DATA, read
 from posefleet.config import load_pipeline_config
 from posefleet.optimize import optimize
 from posefleet.pipeline.engine import Pipeline
 
 
 def test_variants_are_written_calibrated_and_usable(tmp_path: Path) -> None:
-    cfg = load_pipeline_config("top-down")
+    cfg = load_pipeline_config("top-down", overrides=BLAZEPOSE)
     made = optimize(cfg, tmp_path, str(DATA / "test_video_structuralize.mp4"), frames=4)
     assert "int8" in made["detector"] and {"int8", "fp16"} <= set(made["pose"])  # FP16 MoveNet does not load
     for model in made["pose"].values():

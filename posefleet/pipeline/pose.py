@@ -114,7 +114,26 @@ class RTMPoseDecoder(PoseDecoder):
         return kps, score.mean(axis=1).astype(np.float32)
 
 
-DECODERS: dict[str, type[PoseDecoder]] = {"blazepose": BlazePoseDecoder, "rtmpose": RTMPoseDecoder}
+class MoveNetSingleDecoder(PoseDecoder):
+    """MoveNet single-person (Thunder 256, Lightning 192): int32 RGB NHWC; out ``[N, 1, 17, 3]`` = (y, x,
+    score) normalised to the crop. Its graph takes one crop a call (set ``max_batch: 1``)."""
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(crops[..., ::-1].astype(np.int32))
+
+    def decode(self, outputs: list[np.ndarray], affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kps = outputs[0].reshape(len(affines), 17, 3)
+        size = np.array([self.cfg.input_width, self.cfg.input_height], np.float32)
+        xy = geometry.invert_affines(affines, kps[:, :, [1, 0]] * size)
+        scores = kps[:, :, 2:3].astype(np.float32)
+        return np.concatenate([xy, scores], axis=2).astype(np.float32), scores[:, :, 0].mean(axis=1)
+
+
+DECODERS: dict[str, type[PoseDecoder]] = {
+    "blazepose": BlazePoseDecoder,
+    "rtmpose": RTMPoseDecoder,
+    "movenet-single": MoveNetSingleDecoder,
+}
 
 
 def make_decoder(cfg: PoseConfig) -> PoseDecoder:
