@@ -336,25 +336,29 @@ def section_variants(video: str, coco: tuple[str, str], quick: bool, out_dir: Pa
 
 DEFAULT_DETECTIONS = {"input_size": 320, "score_threshold": 0.15}  # as configs/balanced.yaml
 # Every preset and pose source, each a row of the accuracy table (name, preset, overrides).
+# BlazePose landmark (full), the top-down preset's pose model before MoveNet Thunder (bench.players)
+BLAZEPOSE: dict[str, Any] = {"decoder": "blazepose", "model": "blazepose_landmark_full", "max_batch": 32,
+                             "align": True, "min_person_score": 0.5}  # fmt: skip
 SOURCES: list[tuple[str, str, dict[str, Any]]] = [
-    ("balanced: single-stage 320 (default)", "balanced", {}),
+    ("balanced: single-stage 320, guided (default)", "balanced", {}),
     ("fast: single-stage 192", "fast", {}),
-    ("quality: single-stage 352, smoothed", "quality", {}),
+    ("quality: single-stage 320, guided every frame, smoothed", "quality", {}),
     ("crowd: single-stage 320, scans every frame", "crowd", {}),
-    ("top-down: BlazePose, aligned crops", "top-down", {}),
+    ("top-down: MoveNet Thunder, box crops", "top-down", {}),
+    ("top-down: BlazePose, aligned crops", "top-down", {"pose": BLAZEPOSE}),
     (
-        "top-down: BlazePose, box crops (the previous balanced)",
+        "top-down: BlazePose, box crops (the balanced before single-stage)",
         "top-down",
         {
-            "pose": {"align": False},
+            "pose": BLAZEPOSE | {"align": False},
             "tracker": {"high_thresh": 0.25, "new_track_thresh": 0.3},
             "detector": {"input_size": 256},
         },
     ),
     # the other pose sources on the default's detections (MoveNet 320 every frame, same tiling)
-    ("top-down on the default's detections", "top-down", {"detect_every": 1, "detector": DEFAULT_DETECTIONS}),
+    ("top-down (Thunder) on the default's detections", "top-down", {"detect_every": 1, "detector": DEFAULT_DETECTIONS}),
     (
-        "fused on the default's detections",
+        "fused (Thunder) on the default's detections",
         "top-down",
         {"pose_source": "fused", "detect_every": 1, "detector": DEFAULT_DETECTIONS},
     ),

@@ -61,3 +61,19 @@ def test_the_scaling_reference_runs_pinned_copies_together() -> None:
                    "served": [], "ratios": {}, "scaling": scaling})  # fmt: skip
     assert "| cores | streams | FPS | FPS of each round | x one core |" in md
     assert f"| {len(cores)} | {4 * len(cores)} | {rows[-1]['fps']:.1f} |" in md
+
+
+def test_players_bench_quick_writes_its_table(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.players", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "players.json").read_text())
+    rows = {r["row"]: r for r in res["rows"]}
+    assert set(rows) == {"previous default (2x1 tiles, capped)", "balanced (default)"}
+    assert all(r["basketball_ids"] >= 2 for r in rows.values())  # the clip's two players
+    assert [r["detect_every"] for r in res["detect_every"]] == [1, 2]
+    assert "| preset | FPS 720p |" in (tmp_path / "players.md").read_text()
+    if (ROOT.parent / "shared/data/volleyball").is_dir():  # read from beside the checkout, never copied
+        new, old = rows["balanced (default)"], rows["previous default (2x1 tiles, capped)"]
+        assert new["fps_1080p"] > 0 and 0.0 <= new["mot"]["recall"] <= 1.0
+        assert new["volleyball_court"]["recall"] > old["volleyball_court"]["recall"]  # the cap and the tiles

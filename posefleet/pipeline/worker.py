@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
 from posefleet.config import (
     AdmissionConfig,
@@ -353,8 +354,10 @@ class StreamWorker:
             return None
         try:
             s.state.configure(StreamSettings.model_validate(settings))
+        except ValidationError as exc:
+            raise InvalidRequest("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
         except ValueError as exc:
-            raise InvalidRequest(str(exc).splitlines()[-1] if "validation error" in str(exc) else str(exc)) from None
+            raise InvalidRequest(str(exc)) from None
         if self.checkpoints is not None:
             extra = {"client": s.client, "frames": s.frames, "created": s.created}
             await self.checkpoints.put(stream_id, s.state.state_dict() | extra)
