@@ -12,6 +12,8 @@ import pytest
 from conftest import DATA, SHARED_DATA
 from posefleet.config import load_pipeline_config
 from posefleet.evaluate import (
+    COCO_BODY,
+    COCO_SIGMAS,
     coco_keypoint_ap,
     evaluate,
     load_keypoint_set,
@@ -126,4 +128,4 @@ def test_crowdpose_layout_is_scored_on_its_12_body_joints(pipeline: Pipeline, tm
     wrong = [r | {"keypoints": r["keypoints"][3:] + r["keypoints"][:3]} for r in predict_coco(pipeline, body, DATA)]
     for r in wrong:
         r["keypoints"] = r["keypoints"][15:51]  # the joints of the wrong people: shifted by one
-    assert coco_keypoint_ap(body, wrong)["AP"] < result["AP"]
+    assert coco_keypoint_ap(body, wrong, COCO_SIGMAS[COCO_BODY])["AP"] < result["AP"]

@@ -34,8 +34,11 @@ LIMITS = {
     "page_size": 25,
 }  # fmt: skip
 # CI machines are small and shared: the bench holds the 500 ms target (README); here, a bound that
-# still fails when the attack reaches the victim (a stall was seconds, an error is an error)
-VICTIM_P99_MS = 1500.0
+# still fails when the attack reaches the victim (a stall was seconds beyond it, an error is an error).
+# A new stream's first frame is a whole scan (on the 426x240 flood frame the frame and 2 tiles, 3 model
+# calls where there was 1), so the 30 new streams of the flood hold the victim's frame behind about 90
+# calls on 2 cores: 1.7-1.9 s measured here, where it stayed under 1.5 s before the scans
+VICTIM_P99_MS = 2500.0
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import video_frames
+from conftest import BLAZEPOSE, video_frames
 from posefleet.actors.viewer_hub import ViewerHub
 from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, ImageError, StreamBusy
@@ -138,7 +138,7 @@ def test_a_bad_image_changes_nothing(engine: LocalModels, jpegs: list) -> None:
 
 
 def test_stalled_frame_is_abandoned_and_the_next_one_detects(engine: LocalModels, jpegs: list) -> None:
-    top_down = load_pipeline_config("top-down", overrides={"detect_every": 10})
+    top_down = load_pipeline_config("top-down", overrides=BLAZEPOSE | {"detect_every": 10})  # engine's models
 
     async def run() -> None:
         models = SlowModels(engine)
