@@ -188,3 +188,17 @@ def test_shared_volleyball_frame_is_evaluated_when_present() -> None:
         pytest.skip("no ../shared/data/volleyball (benchmark data, not in the repo)")
     frames = read_volleyball(ann / "annotations.txt")
     assert len(frames) == 1 and len(frames[0].boxes) == 12 and len(frames[0].context) == 5
+
+
+def test_new_settings_keep_the_tracks_and_their_carried_keypoints(engine: LocalModels) -> None:
+    """A region of interest set on a live stream (PUT settings) applies from its next frame and forgets
+    nothing: tracks, smoothers and the keypoints carried frames move."""
+    pipeline = Pipeline(load_pipeline_config("balanced"), engine)  # detect every 2: keypoints carried
+    frames = video_frames("test_video_structuralize.mp4", 2)
+    for i, frame in enumerate(frames):
+        pipeline.process("clip", frame, i)
+    state = pipeline.streams["clip"]
+    carried = dict(state.keypoints)
+    assert carried and state.tracker.active()
+    state.configure(StreamSettings(roi=[[0, 0], [426, 0], [426, 240], [0, 240]]))
+    assert state.keypoints.keys() == carried.keys() and state.keypoint_boxes and state.roi is not None

@@ -206,14 +206,13 @@ class YOLOXDecoder(_MMDetStyleDecoder):
 
 def detect_regions(
     decoder: DetectorDecoder, work: dict[Hashable, tuple[np.ndarray, list[Region]]]
-) -> Generator[list[np.ndarray], list, tuple[dict[Hashable, list[Detections]], dict[Hashable, int]]]:
+) -> Generator[list[np.ndarray], list, dict[Hashable, list[Detections]]]:
     """Run the detector on regions of several frames at once (``work``: key -> frame, regions), yielding each
     round's inputs of every frame for one model call. A region whose call came back full (as many people as
     the model returns) is split in two and run again, up to ``scan.max_splits`` rounds: no output size bounds
-    a frame's people. Returns each key's detections per region (in frame pixels) and its count of full calls."""
+    a frame's people. Returns each key's detections per region (in frame pixels)."""
     scan = decoder.cfg.scan
     parts: dict[Hashable, list[Detections]] = {k: [] for k in work}
-    full = dict.fromkeys(work, 0)
     pending = {k: regions for k, (_, regions) in work.items() if regions}
     while pending:
         jobs = [(k, r) for k, regions in pending.items() for r in regions]
@@ -223,11 +222,10 @@ def detect_regions(
         for (k, r), (_, lbs), out in zip(jobs, prepared, outs, strict=True):
             dets = decoder.decode(out, lbs[0])
             parts[k].append(dets)
-            if decoder.full(dets):
-                full[k] += 1
-                if scan.split_full and r.split_depth < scan.max_splits and min(r.x1 - r.x0, r.y1 - r.y0) >= 64:
-                    pending.setdefault(k, []).extend(split(r, scan.overlap))
-    return parts, full
+            room = r.split_depth < scan.max_splits and min(r.x1 - r.x0, r.y1 - r.y0) >= 64
+            if scan.split_full and room and decoder.full(dets):
+                pending.setdefault(k, []).extend(split(r, scan.overlap))
+    return parts
 
 
 class NanoDetDecoder(_MMDetStyleDecoder):
@@ -296,5 +294,5 @@ class Detector:
             while True:
                 call = steps.send(self.infer(call))
         except StopIteration as done:
-            parts, _ = done.value
+            parts = done.value
         return self.decoder.merge(parts[0], w, h)

@@ -102,12 +102,11 @@ class FramePipeline:
                 while True:
                     inputs = looking.send((yield ModelCall("detector", inputs)))
             except StopIteration as done:
-                parts, full = done.value
+                parts = done.value
             assoc_ms = 0.0
             for i in due:
                 h, w = frames[i].image.shape[:2]
                 dets = self.detector.merge(parts[i], w, h)
-                plans[i].full_calls = full[i]
                 t_assoc = time.perf_counter()
                 plans[i] = frames[i].state.associate(plans[i], dets)
                 assoc_ms += _ms(t_assoc)

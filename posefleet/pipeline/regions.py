@@ -138,20 +138,26 @@ def crop_regions(boxes: np.ndarray, w: int, h: int, cfg: GuidedConfig) -> list[R
         if rect[2] - rect[0] < 2 or rect[3] - rect[1] < 2:
             continue
         crops.append(_Crop([i], tuple(float(v) for v in rect), bh))  # type: ignore[arg-type]
-    while len(crops) > 1:
-        best, best_gain = None, 0.0
-        for i in range(len(crops)):
-            for j in range(i + 1, len(crops)):
-                merged = _union(crops[i], crops[j])
-                if merged.long_side(cfg) > cfg.max_input or _people_inside(merged.rect, centres) > cfg.max_people:
-                    continue
-                gain = crops[i].input_px(cfg) + crops[j].input_px(cfg) - merged.input_px(cfg)
-                if gain > best_gain:
-                    best, best_gain = (i, j, merged), gain
-        if best is None:
-            break
-        i, j, merged = best
-        crops = [c for k, c in enumerate(crops) if k not in (i, j)] + [merged]
+    def gain(a: _Crop, b: _Crop) -> tuple[float, _Crop] | None:
+        """Input pixels saved by merging two crops, and the merge; None where it is not allowed."""
+        merged = _union(a, b)
+        if merged.long_side(cfg) > cfg.max_input or _people_inside(merged.rect, centres) > cfg.max_people:
+            return None
+        saved = a.input_px(cfg) + b.input_px(cfg) - merged.input_px(cfg)
+        return (saved, merged) if saved > 0 else None
+
+    # greedy: the best-saving pair merges first; only the pairs of the new crop are scored again (O(n^2))
+    live = dict(enumerate(crops))
+    pairs = {(i, j): g for i in live for j in live if i < j and (g := gain(live[i], live[j])) is not None}
+    nxt = len(crops)
+    while pairs:
+        (i, j), (_, merged) = max(pairs.items(), key=lambda item: item[1][0])
+        del live[i], live[j]
+        pairs = {k: v for k, v in pairs.items() if i not in k and j not in k}
+        pairs |= {(k, nxt): g for k in live if (g := gain(live[k], merged)) is not None}
+        live[nxt] = merged
+        nxt += 1
+    crops = list(live.values())
     out = []
     for c in crops:
         s = c.scale(cfg)

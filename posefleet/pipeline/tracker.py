@@ -40,7 +40,6 @@ class FramePlan:
     scan_part: int = 0
     scan_parts: int = 1
     crop_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    full_calls: int = 0  # model calls of this frame that came back full (then split)
     track_ids: list[int] = field(default_factory=list)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -73,18 +72,18 @@ class StreamState:
         self.force_scan = True
         self.empty_scans = 0  # scans in a row that found nobody
         self.frame_size: tuple[int, int] | None = None  # width, height of the latest frame
+        self.smoothers: dict[int, OneEuroFilter] = {}
+        self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3] (carried frames)
+        self.keypoint_boxes: dict[int, np.ndarray] = {}  # single-stage: the box each track's keypoints came with
         self.configure(settings or cfg.stream)
 
     def configure(self, settings: StreamSettings) -> None:
         """Apply the stream's own settings (its region of interest); ValueError if its polygon is off the
-        stream's frames (when one was seen). Tracks are kept."""
+        stream's frames (when one was seen). Tracks, smoothers and carried keypoints are kept."""
         if settings.roi is not None and self.frame_size is not None:
             check_polygon(settings.roi, self.frame_size)
         self.settings = settings
         self.roi = Roi(settings.roi, settings.keep_outside_roi) if settings.roi else None
-        self.smoothers: dict[int, OneEuroFilter] = {}
-        self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3] (carried frames)
-        self.keypoint_boxes: dict[int, np.ndarray] = {}  # single-stage: the box each track's keypoints came with
 
     # -- step 1 -------------------------------------------------------------------------------
     def restarts_at(self, frame_index: int) -> bool:

@@ -195,10 +195,14 @@ class StreamWorker:
         result.ids_restarted, result.state_recovered = stream.ids_restarted, stream.state_recovered
         stream.gate.dropped_unreported, stream.ids_restarted, stream.state_recovered = 0, False, False
         stream.gate.leave()
-        if self.checkpoints is not None and (stream.frames == 1 or stream.frames % self.checkpointing.every == 0):
+        if stream.frames == 1 or stream.frames % self.checkpointing.every == 0:
+            await self._checkpoint(stream_id, stream)
+        return Served(result, await self._thumbnail(stream, image) if thumbnail else None)
+
+    async def _checkpoint(self, stream_id: str, stream: _Stream) -> None:
+        if self.checkpoints is not None:
             extra = {"client": stream.client, "frames": stream.frames, "created": stream.created}
             await self.checkpoints.put(stream_id, stream.state.state_dict() | extra)
-        return Served(result, await self._thumbnail(stream, image) if thumbnail else None)
 
     def _still_held(self, stream: _Stream, index: int) -> None:
         """After a model call: if the frame was abandoned meanwhile, stop before it touches the stream's
@@ -358,9 +362,7 @@ class StreamWorker:
             raise InvalidRequest("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        if self.checkpoints is not None:
-            extra = {"client": s.client, "frames": s.frames, "created": s.created}
-            await self.checkpoints.put(stream_id, s.state.state_dict() | extra)
+        await self._checkpoint(stream_id, s)
         return s.state.settings.model_dump()
 
     async def delete(self, stream_id: str) -> bool:
