@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from posefleet.config import PipelineConfig, load_pipeline_config
+from posefleet.errors import problems
 
 TRANSPORTS = ["ws", "http", "batch"]
 
@@ -37,11 +38,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     try:
         return load_pipeline_config(args.preset, args.config, overrides)
     except ValidationError as exc:  # one line a problem: where, and what
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'pipeline'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise CliError(f"bad configuration: {problems}") from exc
+        raise CliError(f"bad configuration: {problems(exc, 'pipeline')}") from exc
     except (ValueError, OSError) as exc:
         raise CliError(f"bad configuration: {exc}") from exc
 

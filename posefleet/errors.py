@@ -6,6 +6,16 @@ Each keeps a constructor that takes the message alone, so Ray can rebuild one ra
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def problems(exc: Any, root: str = "") -> str:
+    """A pydantic ValidationError as one line: ``where: what`` per problem (``root`` where it has no place)."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or root}: {e['msg'].removeprefix('Value error, ')}".removeprefix(": ")
+        for e in exc.errors()
+    )
+
 
 class PosefleetError(Exception):
     """Base: ``status`` is the HTTP answer, ``reason`` the ``posefleet_frame_errors_total`` label."""

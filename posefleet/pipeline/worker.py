@@ -40,7 +40,7 @@ from posefleet.config import (
     StreamSettings,
     ViewerConfig,
 )
-from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, InvalidRequest, OverCap
+from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, InvalidRequest, OverCap, problems
 from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
 from posefleet.pipeline.admission import Budget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
@@ -140,7 +140,8 @@ class StreamWorker:
         """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
         ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches); ``sent``: how
         the ingress sent it, so frames of a stream in flight together are let in in the order sent;
-        ``settings``: the stream's own settings as its camera source was given them (applied when they differ).
+        ``settings``: the stream's own settings as its camera source was given them, applied where the stream
+        starts (its first frame, here or after a restart without a checkpoint); a later PUT of settings stays.
 
         Raises ImageError, FrameOrderError, StreamBusy, OverCap, Unavailable or FrameAbandoned; the
         stream's state changes only for a frame that was admitted and decoded.
@@ -170,7 +171,7 @@ class StreamWorker:
             return Served(dropped)
         was = stream.state.last_index
         try:
-            if settings is not None and settings != stream.state.settings.model_dump():
+            if settings is not None and stream.state.last_index < 0:  # a source's stream, its first frame here
                 stream.state.configure(StreamSettings.model_validate(settings))
             async with self.pixels.hold(width * height):
                 t0 = time.perf_counter()
@@ -359,7 +360,7 @@ class StreamWorker:
         try:
             s.state.configure(StreamSettings.model_validate(settings))
         except ValidationError as exc:
-            raise InvalidRequest("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+            raise InvalidRequest(problems(exc)) from None
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         await self._checkpoint(stream_id, s)
