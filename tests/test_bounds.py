@@ -92,7 +92,9 @@ def test_budget_waits_in_order_then_refuses_what_may_not_wait() -> None:
 def test_streams_are_capped_per_client_and_in_all_and_idle_ones_make_room(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> None:
         store = CheckpointStore()
-        w = worker(engine, store, max_streams=3, max_streams_per_client=2, stream_idle_s=0.3)
+        # idle after 1 s: a stream's first frames are whole scans, and two of them on a loaded CI machine
+        # outlasted the 0.3 s this test once allowed before the streams it counts went idle
+        w = worker(engine, store, max_streams=3, max_streams_per_client=2, stream_idle_s=1.0)
         await w.process("a1", jpegs[0], client="A")
         await w.process("a2", jpegs[0], client="A")
         with pytest.raises(OverCap, match="this client"):
@@ -101,10 +103,10 @@ def test_streams_are_capped_per_client_and_in_all_and_idle_ones_make_room(engine
         with pytest.raises(OverCap, match="streams are held"):
             await w.process("b2", jpegs[0], client="B")
         assert sorted(w.streams) == ["a1", "a2", "b1"]  # refused frames made no stream
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(1.05)
         await w.process("b2", jpegs[0], client="B")  # the idle ones were evicted to make room
         assert sorted(w.streams) == ["b2"]
-        await asyncio.sleep(0.5)  # the sweeper evicts without any frame coming
+        await asyncio.sleep(1.5)  # the sweeper evicts without any frame coming
         assert w.streams == {} and w.per_client == {}
         assert store.share(0, 1) == {}  # with their checkpoints (the local store applies at once)
 
