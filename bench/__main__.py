@@ -95,10 +95,10 @@ def section_served(video: str, frames: int, streams: list[int], rounds: int, bar
     """The embedded default over each transport (``rounds`` times in turn, each row's best round, as
     in-process; kept in ``best`` across calls), and with ``last`` at 80% of its WebSocket capacity, then
     the stream-worker layout (2 worker actors, one Ray call a frame) on the same machine."""
-    from bench.local import local_app
     from bench.served import run_paced, run_transport
     from posefleet.config import deep_merge
     from posefleet.serve.app import load_serve_config
+    from posefleet.serve.launcher import local_app
 
     app_args = load_serve_config()["applications"][0]["args"]
     best = {} if best is None else best
@@ -169,9 +169,8 @@ def scaling_point(video: str, frames: int, nodes: int, cpus: list[int]) -> dict[
     to a core of ``cpus`` in turn, serving 4 WebSocket streams a node (see :func:`section_scaling`)."""
     from ray.cluster_utils import Cluster
 
-    from bench.local import environment, local_app
     from bench.served import run_transport
-    from posefleet.serve.app import haproxy_enabled, ray_env
+    from posefleet.serve.launcher import environment, haproxy_enabled, local_app, ray_env
 
     args = {  # one ingress replica and one stream worker per node (stream workers spread over nodes)
         "preset": "balanced",

@@ -32,9 +32,9 @@ import httpx
 import numpy as np
 import ray
 
-from bench.local import local_app
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.launcher import local_app
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
 

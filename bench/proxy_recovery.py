@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from posefleet.serve.app import HAPROXY_ENABLE
+from posefleet.serve.launcher import HAPROXY_ENABLE
 
 PERIOD = "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"
 SETTINGS = {  # Serve's default period is 10 s
@@ -31,8 +31,8 @@ SETTINGS = {  # Serve's default period is 10 s
 
 def _one_setting(kills: int) -> list[float]:
     """In this process: serve the embedded default, kill its proxy ``kills`` times, time each gap."""
-    from bench.local import listener, local_app
     from posefleet.serve.app import load_serve_config
+    from posefleet.serve.launcher import listener, local_app
 
     gaps = []
     with local_app(load_serve_config()["applications"][0]["args"]) as url:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.inprocess import machine_cpu_ms
-from bench.local import free_port, local_app, rtsp_available, rtsp_camera
 from posefleet.config import deep_merge
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.launcher import free_port, local_app
+from tests.cameras import rtsp_available, rtsp_camera
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"
 
@@ -76,9 +79,10 @@ def main() -> None:
                "allow_hosts": ["127.0.0.1"], "max_sources": 16}  # fmt: skip
     cameras = {"sources (file)": str(CLIP)}
     rtsp = None
+    work = Path(tempfile.mkdtemp(prefix="posefleet-bench-"))  # the looped clip; removed at the end
     if rtsp_available():
         port = free_port()
-        rtsp, cameras["sources (rtsp)"] = rtsp_camera(port, CLIP), f"rtsp://127.0.0.1:{port}/cam"
+        rtsp, cameras["sources (rtsp)"] = rtsp_camera(port, CLIP, work), f"rtsp://127.0.0.1:{port}/cam"
     else:
         print("no RTSP camera here (scripts/install-test-tools.sh installs one): file sources only")
     rows = []
@@ -95,6 +99,7 @@ def main() -> None:
     finally:
         if rtsp is not None:
             rtsp.terminate()
+        shutil.rmtree(work, ignore_errors=True)
     print("| streams | how | offered FPS | served FPS | shed | p99 ms | CPU-ms / frame |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -332,11 +331,9 @@ def _allow_sources(app_args: dict[str, Any], urls: list[str], out: str) -> dict[
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import ray
-    from ray import serve
-
     from posefleet.config import AppConfig
-    from posefleet.serve.app import build_app, load_serve_config, port_in_use, ray_env
+    from posefleet.serve import launcher
+    from posefleet.serve.app import build_app, load_serve_config
 
     try:
         serve_cfg = load_serve_config(args.config)
@@ -352,17 +349,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     http["host"] = args.host or http.get("host", "127.0.0.1")
     http["port"] = args.port or http.get("port", 8000)
     logging_cfg = serve_cfg.get("logging_config") or {"enable_access_log": False}
-    if not args.address and port_in_use(http["host"], http["port"]):
-        raise CliError(f"{http['host']}:{http['port']} is already in use: stop what holds it, or pass --port")
+    if not args.address and (held := launcher.clear_port(http["host"], http["port"])):
+        raise CliError(held)
     _stop_on(signal.SIGTERM, signal.SIGINT)  # either stops Serve and Ray below
     try:
-        if args.address:
-            ray.init(address=args.address)
-        else:
-            if http["host"] in ("127.0.0.1", "localhost", "::1"):
-                _ray_on_loopback()
-            os.environ.update(ray_env())  # read by Ray and Serve's controller when they start
-            ray.init(num_cpus=args.num_cpus, _metrics_export_port=args.metrics_port, include_dashboard=False)
+        launcher.start_ray(args.address, http["host"], args.num_cpus, args.metrics_port)
         _stop_on(signal.SIGTERM, signal.SIGINT)  # again: Ray's core worker installs its own (it aborts)
         return _serve(args, serve_cfg, app_spec, app_cfg, application, http, logging_cfg)
     except KeyboardInterrupt:
@@ -371,20 +362,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-
-
-def _ray_on_loopback() -> None:
-    """A loopback server keeps its one-machine Ray on loopback too, so the metrics port (no token, every
-    stream's numbers) answers only on this machine. Ray maps 127.0.0.1 to the machine's address unless it
-    runs as a single-machine install (its default on macOS and Windows): ask for that mode, for this process
-    (already imported) and the processes it starts."""
-    from ray._private import ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+        launcher.stop_ray()
 
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
@@ -402,7 +380,9 @@ def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: A
            http: dict, logging_cfg: dict) -> int:  # fmt: skip
     from ray import serve
 
-    serve.start(proxy_location=serve_cfg.get("proxy_location"), http_options=http, logging_config=logging_cfg)
+    from posefleet.serve.launcher import start_http
+
+    start_http(http, serve_cfg.get("proxy_location"), logging_cfg)
     name, prefix = app_spec.get("name", "posefleet"), app_spec.get("route_prefix", "/")
     serve.run(application, name=name, route_prefix=prefix, logging_config=logging_cfg)
     host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]

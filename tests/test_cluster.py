@@ -14,12 +14,11 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from bench.local import environment, free_port, local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import HAPROXY_ENABLE
 from posefleet.serve.client import submit
+from posefleet.serve.launcher import HAPROXY_ENABLE, environment, free_port, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

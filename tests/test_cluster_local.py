@@ -31,10 +31,9 @@ import yaml
 from ray import serve
 from ray.util.state import list_actors, list_nodes
 
-from bench.local import free_port
 from conftest import video_frames
 from posefleet.image_io import encode_jpeg
-from posefleet.serve.app import HAPROXY_ENABLE, RAY_ENV
+from posefleet.serve.launcher import HAPROXY_ENABLE, RAY_ENV, free_port
 
 pytestmark = pytest.mark.slow
 

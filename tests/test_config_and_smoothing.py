@@ -123,7 +123,7 @@ def test_cluster_yaml_starts_ray_as_posefleet_serve_does() -> None:
 
     import yaml
 
-    from posefleet.serve.app import RAY_ENV
+    from posefleet.serve.launcher import RAY_ENV
 
     real = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
@@ -139,7 +139,7 @@ def test_the_embedded_ray_gets_haproxy_on_free_ports_and_keeps_what_the_user_set
     hand out (a port from those could be taken again before HAProxy binds it)."""
     import socket
 
-    from posefleet.serve.app import HAPROXY_DRAIN, HAPROXY_ENABLE, HAPROXY_PORTS, RAY_ENV, _ephemeral_low, ray_env
+    from posefleet.serve.launcher import HAPROXY_DRAIN, HAPROXY_ENABLE, HAPROXY_PORTS, RAY_ENV, _ephemeral_low, ray_env
 
     for key in [*RAY_ENV, HAPROXY_ENABLE, HAPROXY_DRAIN, *HAPROXY_PORTS]:
         monkeypatch.delenv(key, raising=False)

@@ -18,9 +18,9 @@ import ray
 import websockets
 
 from bench import hostile
-from bench.local import local_app
 from posefleet.config import AppConfig, deep_merge
 from posefleet.serve.app import load_serve_config
+from posefleet.serve.launcher import local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve
 

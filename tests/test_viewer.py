@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.local import local_app
 from conftest import DATA
 from posefleet.config import AppConfig
 from posefleet.serve.client import submit
+from posefleet.serve.launcher import local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.local import free_port
 from posefleet.config import WebhookConfig
+from posefleet.serve.launcher import free_port
 from posefleet.webhook import WebhookSink
 
 
