@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
     from posefleet.pipeline.engine import Pipeline
+    from posefleet.pipeline.schema import StageTimings
     from posefleet.runner import run_sources, tuned_for_streams
     from posefleet.sources import SourceError, open_source
 
@@ -86,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     writers = {s: AnnotatedWriter(drawn[s], src.fps) for s, src in zip(streams, opened, strict=True) if s in drawn}
     recent: collections.deque[float] = collections.deque(maxlen=30)
     stages = collections.defaultdict(list)
+    # the stages this pipeline has: a single-stage one has no pose model to time
+    measured = {k for k in StageTimings.model_fields if k != "pose_ms" or cfg.needs_pose_model}
     coco: list = []
     counts = [min(s.count or 0, args.max_frames or 10**9) for s in opened]
     total = sum(counts) if all(counts) else None
@@ -99,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         last = now
         outs[result.stream_id].write(result.model_dump_json() + "\n")
         for k, v in result.timings.model_dump().items():
-            stages[k].append(v)
+            if k in measured:
+                stages[k].append(v)
         if not several:
             coco.append((frame.index, result))
         people += len(result.people)
@@ -412,7 +417,17 @@ def _serve(args: argparse.Namespace, serve_cfg: dict, app_spec: dict, app_cfg: A
         time.sleep(3600)
 
 
+def _needs(module: str, command: str) -> None:
+    """One line naming the extra to install where an evaluation library is missing (it is not in the default
+    install), instead of a traceback from deep inside."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise CliError(f'posefleet {command} needs {module}, in the eval extra: pip install "posefleet[eval]"') from exc
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _needs("pycocotools", "evaluate")
     from posefleet.evaluate import evaluate
     from posefleet.pipeline.engine import Pipeline
 
@@ -440,6 +455,7 @@ def _print_evaluation(evaluate: Any, args: argparse.Namespace, paths: list[str])
 
 
 def cmd_evaluate_mot(args: argparse.Namespace) -> int:
+    _needs("motmetrics", "evaluate-mot")
     from posefleet.mot import evaluate_mot
 
     return _print_evaluation(evaluate_mot, args, args.sequences)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import cv2
 
 from conftest import DATA
@@ -29,11 +30,12 @@ def test_run_video_writes_results_and_annotated_video(tmp_path: Path) -> None:
     assert [r["frame_index"] for r in lines] == list(range(12))
     assert any(r["people"] for r in lines)
     assert set(lines[0]["timings"]) == {"decode_ms", "detect_ms", "track_ms", "pose_ms", "total_ms"}
-    cap = cv2.VideoCapture(str(video))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
-    ok, frame = cap.read()
-    assert ok and frame.shape == (240, 426, 3)
+    with av.open(str(video)) as played:  # an H.264 MP4, as browsers play it, decoded back whole
+        assert played.streams.video[0].codec_context.name == "h264"
+        frames = [f.to_ndarray(format="bgr24") for f in played.decode(video=0)]
+    assert len(frames) == 12 and frames[0].shape == (240, 426, 3)
     assert "FPS" in proc.stderr
+    assert "pose" not in proc.stderr.split("mean ms:")[1].split("\n")[0]  # single-stage: no pose stage to time
 
 
 def test_run_image_writes_annotated_picture_and_coco(tmp_path: Path) -> None:
@@ -116,3 +118,15 @@ def test_submit_exit_status_says_when_a_promised_frame_was_lost() -> None:
     assert submit_status([whole, refused], max_rate=True) == 1  # --max-rate promises every frame
     assert submit_status([whole, refused], max_rate=False) == 0  # real time: refusals are counted, not fatal
     assert submit_status([whole, StreamReport("c")], max_rate=False) == 1  # a stream with no result at all
+
+
+def test_evaluate_without_its_extra_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    """pycocotools and motmetrics are not in the default install: without them, one line says what to install."""
+    for module, command in (("pycocotools", ["evaluate", str(DATA / "coco_785.json")]),
+                            ("motmetrics", ["evaluate-mot", str(tmp_path)])):  # fmt: skip
+        hide = (f"import sys; sys.modules[{module!r}] = None; from posefleet.cli import main; "
+                f"sys.exit(main({command!r}))")
+        proc = subprocess.run([sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"needs {module}" in proc.stderr and 'pip install "posefleet[eval]"' in proc.stderr, proc.stderr
