@@ -4,7 +4,9 @@ Ingress replicas collect their results in a ``HubFeed`` and send them to one nam
 one call every ``viewer.flush_s`` (results only; a downscaled JPEG at most every
 ``viewer.thumbnail_interval_s`` per stream, and only while a viewer watched in the last 15 s: a picture
 costs ~1.4 CPU-ms, more than a frame's Ray hop), not one call per frame; viewers long-poll the hub for a
-new version. Streams not heard from for ``stale_after_s`` leave the snapshot.
+new version. A stream not heard from for ``viewer.ended_after_s`` is marked ended and keeps its last
+result and picture for ``viewer.keep_ended_s`` (the newest ``viewer.max_ended`` of them), so a clip that has
+ended still shows what it showed last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ray
 
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
+from posefleet.config import ViewerConfig
 
 
 @dataclass
@@ -31,6 +34,7 @@ class _View:
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     dropped: int = 0
     last_seen: float = 0.0
+    ended: bool = False
     thumbnail: bytes | None = None
     thumb_version: int = 0
     group: str | None = None
@@ -46,9 +50,13 @@ def _when(entry: tuple[float, dict[str, Any]]) -> float:
 
 
 class ViewerHub:
-    def __init__(self, stale_after_s: float = 10.0, rate_window_s: float = 5.0):
-        self.stale_after_s = stale_after_s
+    def __init__(self, ended_after_s: float = 10.0, keep_ended_s: float = 600.0, max_ended: int = 32,
+                 rate_window_s: float = 5.0, clock: Callable[[], float] = time.time):  # fmt: skip
+        self.ended_after_s = ended_after_s
+        self.keep_ended_s = keep_ended_s
+        self.max_ended = max_ended
         self.rate_window_s = rate_window_s
+        self.clock = clock
         self.views: dict[str, _View] = {}
         self.version = 0
         self.changed = asyncio.Event()
@@ -65,10 +73,10 @@ class ViewerHub:
 
     def publish(self, updates: dict[str, StreamUpdate]) -> bool:
         """What an ingress replica answered since its last flush, per stream; returns whether anyone watches."""
-        now = time.time()
+        now = self.clock()
         for stream_id, u in updates.items():
             v = self.views.setdefault(stream_id, _View())
-            v.last_seen = now
+            v.last_seen, v.ended = now, False
             v.dropped += u.dropped
             if u.group is not None:
                 v.group = u.group
@@ -83,21 +91,31 @@ class ViewerHub:
                 v.thumb_version += 1
         if updates:
             self._bump()
-        if now - self.last_prune > self.stale_after_s:  # also when nobody watches: views stay bounded
+        if now - self.last_prune > self.ended_after_s:  # also when nobody watches: views stay bounded
             self._prune(now)
         return self.watched()
 
     def _prune(self, now: float) -> None:
+        """Mark the streams that went quiet ended (a change viewers are sent), and drop the ended ones past
+        ``keep_ended_s`` or beyond the newest ``max_ended``."""
         self.last_prune = now
-        for sid in [s for s, v in self.views.items() if now - v.last_seen > self.stale_after_s]:
+        quiet = [v for v in self.views.values() if not v.ended and now - v.last_seen > self.ended_after_s]
+        for v in quiet:
+            v.ended = True
+        ended = sorted((v.last_seen, sid) for sid, v in self.views.items() if v.ended)
+        gone = [sid for n, (seen, sid) in enumerate(reversed(ended))
+                if n >= self.max_ended or now - seen > self.keep_ended_s]  # fmt: skip
+        for sid in gone:
             del self.views[sid]
+        if quiet or gone:
+            self._bump()
 
     def forget(self, stream_id: str) -> None:
         if self.views.pop(stream_id, None) is not None:
             self._bump()
 
     def snapshot(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock()
         self._prune(now)
         streams = []
         for sid in sorted(self.views):
@@ -116,6 +134,8 @@ class ViewerHub:
                 "dropped": v.dropped,
                 "thumb_version": v.thumb_version,
                 "group": v.group,
+                "ended": v.ended,
+                "last_seen": v.last_seen,
             })  # fmt: skip
         return {"version": self.version, "time": now, "streams": streams}
 
@@ -213,9 +233,9 @@ class HubFeed:
 HubActor = ray.remote(ViewerHub)
 
 
-def viewer_hub(deploy_id: str, namespace: str) -> ray.actor.ActorHandle:
+def viewer_hub(deploy_id: str, namespace: str, viewer: ViewerConfig) -> ray.actor.ActorHandle:
     """The deploy's hub (get or create), shared by its ingress replicas."""
     return HubActor.options(  # type: ignore[attr-defined]
         name=actor_name(deploy_id, "viewer-hub"), namespace=namespace, get_if_exists=True, lifetime="detached",
         num_cpus=0, max_restarts=-1, max_concurrency=1000, **ON_HEAD,
-    ).remote()  # fmt: skip
+    ).remote(viewer.ended_after_s, viewer.keep_ended_s, viewer.max_ended)  # fmt: skip

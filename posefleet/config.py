@@ -490,7 +490,15 @@ class SinkConfig(_Strict):
 
 class ViewerConfig(_Strict):
     enabled: bool = Field(True, description="serve the live viewer at / and publish results to it")
-    thumbnail_interval_s: float = Field(0.5, gt=0.0, description="per stream")
+    thumbnail_interval_s: float = Field(
+        0.5, gt=0.0, description="a picture per stream this often while a viewer watches"
+    )
+    idle_thumbnail_interval_s: float = Field(
+        5.0, gt=0.0, description="a picture per stream this often while nobody watches (what an ended stream shows)"
+    )
+    ended_after_s: float = Field(10.0, gt=0.0, description="a stream not heard from this long is shown ended")
+    keep_ended_s: float = Field(600.0, ge=0.0, description="an ended stream's last picture and result stay this long")
+    max_ended: int = Field(32, ge=0, description="ended streams kept for the viewer at most (the newest)")
     thumbnail_width: int = Field(384, ge=32)
     max_hz: float = Field(10.0, gt=0.0, description="event rate to each open viewer")
     flush_s: float = Field(

@@ -53,7 +53,7 @@ class FrameRouter:
         self.max_holders = s.limits.max_streams * max(s.workers, 1)
         self.placement_calls = 0
         self.metrics = metrics.get()
-        self.hub = viewer_hub(deploy_id, s.namespace) if s.viewer.enabled else None
+        self.hub = viewer_hub(deploy_id, s.namespace, s.viewer) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
         self.sender, self.numbers = uuid.uuid4().hex, itertools.count()  # frames numbered as sent (CallOrder)
@@ -120,7 +120,7 @@ class FrameRouter:
         ``went``: called once the frame is on its way to its stream's turnstile (its :class:`Lineup` turn)."""
         went = went or (lambda: None)
         start = time.perf_counter()
-        thumbnail = self.feed is not None and self.feed.watched  # a picture only while a viewer may look
+        thumbnail = self.feed is not None and self.feed.watched  # pictures often only while a viewer may look
         try:
             if self.local is not None:  # the turnstile is reached without awaiting anything: the next frame after
                 went()

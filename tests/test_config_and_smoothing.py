@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -184,3 +186,16 @@ def test_the_local_cluster_is_the_twin_of_cluster_yaml() -> None:
     assert real_workers["gpu_worker"]["node_config"]["InstanceType"] == "g5.xlarge"
     assert twin["available_node_types"][twin["head_node_type"]]["resources"] == {"CPU": 8}
     assert real["available_node_types"][real["head_node_type"]]["node_config"]["InstanceType"] == "m6i.2xlarge"
+
+
+def test_the_configuration_reference_is_written_from_the_code() -> None:
+    """docs/configuration.md is what ``python -m posefleet.config_docs`` writes from the models now: a setting
+    added, renamed or described anew without rewriting it fails here."""
+    from posefleet import config_docs
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == config_docs.render(), "stale: run python -m posefleet.config_docs"
+    text = doc.read_text()
+    for path in ("pipeline.detector.guided", "serving.viewer", "pipeline.streams.<id>", "serving.limits"):
+        assert f"## `{path}`" in text
+    assert "| `ended_after_s` | float | `10.0` |" in text

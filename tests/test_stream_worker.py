@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import BLAZEPOSE, video_frames
-from posefleet.actors.viewer_hub import ViewerHub
+from posefleet.actors.viewer_hub import StreamUpdate, ViewerHub
 from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
@@ -213,17 +213,39 @@ def test_list_reset_and_delete(engine: LocalModels, jpegs: list) -> None:
     asyncio.run(scenario())
 
 
-def test_a_picture_for_the_viewer_only_when_asked_for(engine: LocalModels, jpegs: list) -> None:
+def test_pictures_for_the_viewer_often_only_while_watched(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> list[bool]:
-        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(), SlowModels(engine),
-                         thumbnails=ViewerConfig(thumbnail_interval_s=1e-6))  # fmt: skip
+        pictures = ViewerConfig(thumbnail_interval_s=1e-6, idle_thumbnail_interval_s=3600)
+        w = StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(), SlowModels(engine), thumbnails=pictures)
         made = []
-        for i, wanted in enumerate([False, True, False, True]):
-            served = await w.process("v", jpegs[i], i, thumbnail=wanted)
+        for i, watched in enumerate([False, False, True, False, True]):
+            served = await w.process("v", jpegs[i], i, thumbnail=watched)
             made.append(served.thumbnail is not None and served.thumbnail.startswith(b"\xff\xd8"))
         return made
 
-    assert asyncio.run(scenario()) == [False, True, False, True]  # nobody watching: no ~1.4 CPU-ms picture
+    # nobody watching: one ~1.4 CPU-ms picture an idle interval (what the stream shows once it ended), no more
+    assert asyncio.run(scenario()) == [True, False, True, False, True]
+
+
+def test_an_ended_stream_keeps_its_last_result_and_picture_a_while() -> None:
+    now = [1000.0]
+    hub = ViewerHub(ended_after_s=10, keep_ended_s=60, max_ended=2, clock=lambda: now[0])
+    result = {"frame_index": 7, "width": 4, "height": 4, "people": []}
+    for sid in ("a", "b", "c"):
+        hub.publish({sid: StreamUpdate(latest=result, served=[(now[0], 5.0)], thumbnail=b"jpeg-" + sid.encode())})
+        now[0] += 1
+    live = hub.snapshot()
+    assert [s["ended"] for s in live["streams"]] == [False, False, False]
+    now[0] += 11  # all three went quiet: ended, a change viewers are sent
+    ended = hub.snapshot()
+    assert ended["version"] > live["version"]
+    kept = [(s["stream_id"], s["ended"], s["frame_index"]) for s in ended["streams"]]
+    assert kept == [("b", True, 7), ("c", True, 7)]
+    assert hub.thumbnail("c") == b"jpeg-c" and hub.latest("c")["frame_index"] == 7  # the newest max_ended stay
+    hub.publish({"c": StreamUpdate(latest=result, served=[(now[0], 5.0)])})  # it came back: live again
+    assert [s["ended"] for s in hub.snapshot()["streams"]] == [True, False]
+    now[0] += 61
+    assert hub.snapshot()["streams"] == []  # kept keep_ended_s, then gone
 
 
 def test_asking_for_a_picture_counts_as_watching() -> None:

@@ -40,7 +40,7 @@ def server() -> Iterator[str]:
             "pipeline": {"detector": {"ort": one}, "pose": {"ort": one}},
             "serving": {
                 "ingress": {"num_cpus": 0.25}, "detector": {"num_cpus": 0.25}, "pose": {"num_cpus": 0.25},
-                "security": {"auth_token": TOKEN}, "viewer": {"thumbnail_interval_s": 0.3},
+                "security": {"auth_token": TOKEN}, "viewer": {"thumbnail_interval_s": 0.3, "ended_after_s": 3},
             },
         }
     )  # fmt: skip
@@ -97,6 +97,12 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
             grouped = page.eval_on_selector_all(".group section.tile", "els => els.map(e => e.dataset.stream)")
             page.wait_for_timeout(1500)  # let a thumbnail land under the skeletons
             page.screenshot(path=str(shot))
+            stop.set()  # the clips end; the streams stay listed
+            feeder.join(timeout=60)
+            # an ended stream keeps its tile, marked ended, with its last picture under its last skeletons
+            page.wait_for_selector('section.tile.ended[data-stream="hall-cam-b"][data-picture="1"]', timeout=30_000)
+            ended = page.eval_on_selector('section.tile[data-stream="hall-cam-b"]',
+                                          "e => e.querySelector('.stats').textContent")  # fmt: skip
             browser.close()
     finally:
         stop.set()
@@ -106,6 +112,7 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
     assert all(by_name[name]["fps"] > 0 and "FPS" in by_name[name]["stats"] for name, _ in jobs)
     assert any(by_name[name]["people"] > 0 for name, _ in jobs)
     assert grouped == ["court-1-cam-a"]
+    assert ended.startswith("ended ") and "people" in ended, ended
     assert shot.stat().st_size > 20_000
     if out := os.environ.get("POSEFLEET_VIEWER_SCREENSHOT"):
         shutil.copyfile(shot, out)

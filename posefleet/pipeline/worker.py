@@ -75,7 +75,7 @@ class _Stream:
         self.frames = 0
         self.ids_restarted = self.state_recovered = False
         self.created = self.last_seen = time.time()
-        self.last_thumbnail = 0.0
+        self.last_thumbnail = float("-inf")
 
     def _abandoned(self) -> None:
         self.state.force_detect = True  # the frame in flight died or stalled: re-detect
@@ -138,7 +138,8 @@ class StreamWorker:
         settings: dict[str, Any] | None = None,
     ) -> Served:
         """Encoded frame (or a decoded BGR image) in, its result out (``dropped`` when superseded).
-        ``thumbnail``: whether a viewer may want a picture (none is made while nobody watches); ``sent``: how
+        ``thumbnail``: whether a viewer watches (a picture every ``viewer.thumbnail_interval_s``; while nobody
+        watches, one every ``viewer.idle_thumbnail_interval_s``, what an ended stream shows); ``sent``: how
         the ingress sent it, so frames of a stream in flight together are let in in the order sent;
         ``settings``: the stream's own settings as its camera source was given them, applied where the stream
         starts (its first frame, here or after a restart without a checkpoint); a later PUT of settings stays.
@@ -198,7 +199,7 @@ class StreamWorker:
         stream.gate.leave()
         if stream.frames == 1 or stream.frames % self.checkpointing.every == 0:
             await self._checkpoint(stream_id, stream)
-        return Served(result, await self._thumbnail(stream, image) if thumbnail else None)
+        return Served(result, await self._thumbnail(stream, image, thumbnail))
 
     async def _checkpoint(self, stream_id: str, stream: _Stream) -> None:
         if self.checkpoints is not None:
@@ -211,11 +212,12 @@ class StreamWorker:
         if not stream.gate.holds(index):
             raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
 
-    async def _thumbnail(self, stream: _Stream, image: np.ndarray) -> bytes | None:
+    async def _thumbnail(self, stream: _Stream, image: np.ndarray, watched: bool) -> bytes | None:
         if self.thumbnails is None:
             return None
         now = time.monotonic()
-        if now - stream.last_thumbnail < self.thumbnails.thumbnail_interval_s:
+        c = self.thumbnails
+        if now - stream.last_thumbnail < (c.thumbnail_interval_s if watched else c.idle_thumbnail_interval_s):
             return None
         stream.last_thumbnail = now
         return await asyncio.to_thread(self._small_jpeg, image)
