@@ -590,6 +590,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    from bench import report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small slice of every section (CI)")
     parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="a real multi-person clip")
@@ -635,7 +637,7 @@ def main() -> None:
     if res.get("scaling"):
         plot_scaling(res["scaling"], out / "scaling.png")
     print("\n" + md)
-    print(f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'throughput.png'}")
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'throughput.png'}, {report.write(out)}")
 
 
 if __name__ == "__main__":

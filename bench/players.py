@@ -234,6 +234,9 @@ def main() -> None:
     md = markdown(res)
     (out / "players.md").write_text(md)
     print("\n" + md)
+    from bench import report
+
+    print(f"written: {out / 'players.md'}, {report.write(out)}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 CONFIG_DIR = Path(str(resources.files("posefleet.configs")))
 
@@ -586,9 +586,17 @@ class ServingConfig(_Strict):
 class AppConfig(_Strict):
     """Everything a Serve application needs: the ``args`` of a Serve config file."""
 
-    preset: str | None = "balanced"
+    preset: str | None = Field("balanced", description="configs/<preset>.yaml, the pipeline's base")
     pipeline: dict[str, Any] = Field(default_factory=dict, description="overrides merged over the preset")
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    _pipeline: PipelineConfig = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _resolve_pipeline(self) -> AppConfig:
+        """The preset read and the overrides merged and checked once, where the config is validated (at
+        deploy): replicas get the typed result with the config, and read no preset file again."""
+        self._pipeline = load_pipeline_config(self.preset, overrides=self.pipeline)
+        return self
 
     def pipeline_config(self) -> PipelineConfig:
-        return load_pipeline_config(self.preset, overrides=self.pipeline)
+        return self._pipeline

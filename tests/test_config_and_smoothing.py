@@ -199,3 +199,18 @@ def test_the_configuration_reference_is_written_from_the_code() -> None:
     for path in ("pipeline.detector.guided", "serving.viewer", "pipeline.streams.<id>", "serving.limits"):
         assert f"## `{path}`" in text
     assert "| `ended_after_s` | float | `10.0` |" in text
+
+
+def test_the_readme_gives_the_ci_test_command_and_the_files_it_names_exist() -> None:
+    """The README's test command is the one CI runs, and every repository file its layout names is there."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in readme
+    assert len(readme.splitlines()) < 350
+    folders = "serve|actors|posefleet|posefleet/pipeline|docs|configs"
+    named = set(re.findall(rf"\b((?:{folders})/[\w/]+\.(?:py|md|yaml))", readme))
+    assert len(named) > 20
+    assert [n for n in named if not (root / n).is_file()] == []

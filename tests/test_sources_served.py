@@ -55,7 +55,7 @@ def test_serve_with_an_rtsp_source_shows_the_camera_and_writes_its_results(tmp_p
     start, the viewer lists it, its results land in ``--out`` (this runs before the module's server starts:
     one Ray at a time)."""
     cam_port, port = free_port(), free_port()
-    camera = camera_server(cam_port, "rtsp")
+    camera = camera_server(cam_port, "rtsp", tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "posefleet.cli", "serve", "--port", str(port), "--metrics-port", str(free_port()),
          "--source", camera_url(cam_port, "rtsp"), "--out", str(tmp_path / "out")],
@@ -94,9 +94,11 @@ def sink_lines(sink: Path, stream_id: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("kind", CAMERAS)
-def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(server: dict, kind: str) -> None:
+def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
+    server: dict, kind: str, tmp_path: Path
+) -> None:
     url, port = server["url"], free_port()
-    camera = camera_server(port, kind)
+    camera = camera_server(port, kind, tmp_path)
     cam, court = f"{kind}-cam-1", f"court-{kind}"
     try:
         ask = {"stream_id": cam, "url": camera_url(port, kind), "max_fps": 15, "group": court}
@@ -130,7 +132,7 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(server:
         camera.kill()
         camera.wait()
         assert wait_until(lambda: source(url, cam)["state"] != "running", 30)
-        camera = camera_server(port, kind)
+        camera = camera_server(port, kind, tmp_path)
         assert wait_until(lambda: source(url, cam)["reconnects"] >= 1
                           and source(url, cam)["state"] == "running", 60)  # fmt: skip
 
@@ -140,7 +142,7 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(server:
         camera.kill()  # one client a camera server: let the restarted actor be the one it serves
         camera.wait()
         ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
-        camera = camera_server(port, kind)
+        camera = camera_server(port, kind, tmp_path)
         assert wait_until(lambda: source(url, cam)["frames"] >= 20, 60)  # counts anew after restart
         assert source(url, cam)["frames"] < before + 200
 

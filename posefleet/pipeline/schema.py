@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+from posefleet.config import StreamSettings
+
+# a stream, group or source name: what URLs, metrics labels and file names can carry
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 Keypoint = tuple[float, float, float]
 
@@ -63,3 +70,53 @@ class StreamList(BaseModel):
 
 class Health(BaseModel):
     status: str = "ok"
+
+
+# -- the HTTP API's own ---------------------------------------------------------------------------
+class SourceRequest(BaseModel):
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN, description="the stream the camera's frames go to")
+    url: str = Field(max_length=2048, description="rtsp://, http(s):// (MJPEG/HLS) or a file under an allowed dir")
+    max_fps: float | None = Field(None, gt=0, le=240, description="hand on at most this many frames a second")
+    group: str | None = Field(None, pattern=STREAM_ID_PATTERN, description="e.g. the court the camera films")
+    settings: StreamSettings | None = Field(None, description="the stream's own settings (its region of interest)")
+
+
+class SourceInfo(BaseModel):
+    """A source as asked for (its URL with any credentials redacted) and as it runs."""
+
+    stream_id: str
+    url: str
+    max_fps: float | None = None
+    group: str | None = None
+    settings: StreamSettings | None = None
+    created: float
+    state: str = Field(description="connecting, running, reconnecting, stopped or failed")
+    frames: int = 0
+    skipped: int = Field(0, description="frames read but over max_fps")
+    dropped: int = Field(0, description="frames superseded while the pipeline was behind")
+    errors: int = 0
+    fps: float = 0.0
+    last_frame_at: float | None = None
+    last_error: str | None = None
+    reconnects: int = 0
+    node: str | None = None
+    last_result: dict[str, Any] | None = None
+    latency_p50_ms: float | None = Field(None, description="capture to result, over the last 300 frames")
+    latency_p99_ms: float | None = None
+
+
+class SourceList(BaseModel):
+    sources: list[SourceInfo]
+
+
+class FrameAnswer(BaseModel):
+    """One frame of a batch: its result, or the error it would have had as a request of its own."""
+
+    stream_id: str
+    status: int = Field(description="the HTTP status this frame alone would have got")
+    result: FrameResult | None = None
+    detail: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    frames: list[FrameAnswer]
