@@ -156,15 +156,23 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def listener(port: int) -> tuple[int, str]:
-    """The pid and name of the process that listens on TCP ``port`` here (Linux's /proc), or (0, '')."""
-    inodes = set()
+def listening_sockets() -> dict[str, tuple[str, int]]:
+    """Every listening TCP socket here, by its /proc inode link (``socket:[N]``): (address as /proc writes
+    it, port). Linux only; elsewhere empty."""
+    found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    inodes.add(f"socket:[{fields[9]}]")
+                if fields[3] == "0A":  # LISTEN
+                    address, port = fields[1].rsplit(":", 1)
+                    found[f"socket:[{fields[9]}]"] = (address, int(port, 16))
+    return found
+
+
+def listener(port: int) -> tuple[int, str]:
+    """The pid and name of the process that listens on TCP ``port`` here (Linux's /proc), or (0, '')."""
+    inodes = {inode for inode, (_, p) in listening_sockets().items() if p == port}
     for proc in Path("/proc").iterdir() if inodes else []:
         try:
             if proc.name.isdigit() and any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):

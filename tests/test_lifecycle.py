@@ -20,7 +20,7 @@ from conftest import video_frames
 from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app
-from posefleet.serve.launcher import free_port, local_app
+from posefleet.serve.launcher import free_port, listening_sockets, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 
@@ -135,13 +135,7 @@ def _answers(url: str) -> bool:
 
 def _listeners(pids: set[int]) -> list[tuple[str, str, int]]:
     """(process name, address, port) of every TCP socket the processes ``pids`` listen on (from /proc)."""
-    sockets = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":
-                address, port = fields[1].rsplit(":", 1)
-                sockets[f"socket:[{fields[9]}]"] = (address, int(port, 16))
+    sockets = listening_sockets()
     found = []
     for pid in pids:
         with contextlib.suppress(OSError):
