@@ -20,6 +20,10 @@ class Person(BaseModel):
     score: float = Field(description="detector score on detection frames, pose presence between them")
     keypoints: list[Keypoint] = Field(description="17 COCO keypoints, each (x, y, score), COCO order")
     outside_roi: bool = Field(False, description="stands outside the stream's region of interest (kept by setting)")
+    court_xy: tuple[float, float] | None = Field(
+        None, description="where the person stands in court metres, when the stream's camera is calibrated"
+    )
+    outside_court: bool | None = Field(None, description="stands beyond the court's lines (where a court is set)")
 
 
 class StageTimings(BaseModel):

@@ -1,0 +1,55 @@
+"""A group's (a court's) typed settings: its cameras' calibrations and how their people are fused."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from posefleet.court.calibration import CameraCalibration
+from posefleet.court.homography import HomographyCalibration
+
+
+class FusionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_score: float = Field(0.3, ge=0.0, le=1.0, description="keypoints used to associate and triangulate")
+    max_epipolar: float = Field(
+        0.03, gt=0.0,
+        description=(
+            "two calibrated views are one person when their keypoints' mean epipolar distance is under this, in "
+            "normalised image units (pixels over the focal length: 0.03 is 50 px at a 1680 px focal length)"
+        ),
+    )  # fmt: skip
+    max_ground_m: float = Field(1.0, gt=0.0, description="two views are one person within this on the floor (m)")
+    outlier_px: float = Field(
+        15.0, gt=0.0, description="a view whose keypoint reprojects further than this is dropped from that keypoint"
+    )
+    max_view_px: float = Field(
+        60.0, gt=0.0, description="a view whose person reprojects this far (median px) is another person"
+    )
+    max_distance_m: float = Field(1.0, gt=0.0, description="a player within this of its prediction keeps its id")
+    max_age_s: float = Field(2.0, gt=0.0, description="how long an unseen player keeps its group id")
+    floor_z: float = Field(0.0, description="the floor is z = floor_z in the calibration's world frame (z up)")
+    hint_factor: float = Field(
+        0.5, gt=0.0, le=1.0, description="the association cost of two views that were one person a frame ago, scaled"
+    )
+    court_margin_m: float = Field(1.0, ge=0.0, description="a player this far beyond the lines is still on court")
+
+
+class GroupSettings(BaseModel):
+    """One group's cameras, by stream id: full calibrations (triangulation, 3D keypoints) or court points
+    (a ground-plane homography: court positions only), and the fusion's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cameras: dict[str, CameraCalibration] = Field(default_factory=dict, description="calibrated cameras by stream id")
+    court_points: dict[str, HomographyCalibration] = Field(
+        default_factory=dict, description="court points of cameras with no full calibration, by stream id"
+    )
+    court: str | None = Field(
+        None,
+        description=(
+            "the court template (configs/courts) whose lines say who is outside the court; with full "
+            "calibrations, the calibration's world x, y are taken as that court's metres"
+        ),
+    )
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
