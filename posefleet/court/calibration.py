@@ -40,7 +40,8 @@ class CameraCalibration(BaseModel):
     size: tuple[int, int] = Field(description="image width, height in pixels the intrinsics are for")
     matrix: list[list[float]] = Field(description="3x3 intrinsic matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (px)")
     distortions: list[float] = Field(
-        default_factory=lambda: [0.0, 0.0, 0.0, 0.0], description="OpenCV's k1, k2, p1, p2[, k3, ...] (4, 5, 8, 12 or 14)"
+        default_factory=lambda: [0.0, 0.0, 0.0, 0.0],
+        description="OpenCV's k1, k2, p1, p2[, k3, ...] (4, 5, 8, 12 or 14)",
     )
     rotation: list[float] | list[list[float]] = Field(
         description="world-to-camera rotation: a Rodrigues vector [3] or a 3x3 matrix"
@@ -113,7 +114,10 @@ class Camera:
 
     def to_model(self) -> CameraCalibration:
         return CameraCalibration(
-            size=self.size, matrix=self.K.tolist(), distortions=self.dist.tolist(), rotation=self.rvec.tolist(),
+            size=self.size,
+            matrix=self.K.tolist(),
+            distortions=self.dist.tolist(),
+            rotation=self.rvec.tolist(),
             translation=tuple(self.t.tolist()),
         )
 
@@ -124,7 +128,14 @@ def camera_from_model(name: str, model: CameraCalibration) -> Camera:
     if K.shape != (3, 3) or not np.isfinite(K).all():
         raise CalibrationError(f"camera {name}: matrix must be 3x3 finite numbers")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    if fx <= 0 or fy <= 0 or abs(np.linalg.det(K)) < 1e-9 or not np.allclose(K[2], [0, 0, 1]) or K[1, 0] or K[2, :2].any():
+    if (
+        fx <= 0
+        or fy <= 0
+        or abs(np.linalg.det(K)) < 1e-9
+        or not np.allclose(K[2], [0, 0, 1])
+        or K[1, 0]
+        or K[2, :2].any()
+    ):
         raise CalibrationError(f"camera {name}: singular or malformed intrinsic matrix (fx {fx:g}, fy {fy:g})")
     w, h = model.size
     if not (-w <= cx <= 2 * w and -h <= cy <= 2 * h):
@@ -157,9 +168,8 @@ def check_rig(cameras: dict[str, Camera]) -> None:
 def check_size(camera: Camera, width: int, height: int) -> None:
     """Frames of another size than the calibration's would put every point in the wrong place."""
     if (width, height) != camera.size:
-        raise CalibrationError(
-            f"camera {camera.name}: calibrated for {camera.size[0]}x{camera.size[1]} images, frames are {width}x{height}"
-        )
+        w, h = camera.size
+        raise CalibrationError(f"camera {camera.name}: calibrated for {w}x{h} images, frames are {width}x{height}")
 
 
 def reprojection_errors(camera: Camera, world: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -285,7 +295,7 @@ def _opencv_camera(fs: cv2.FileStorage, suffix: str) -> dict[str, Any]:
         n = fs.getNode(key + suffix)
         if n.empty():
             return None
-        if n.isMap() or n.isSeq() and n.size() and n.at(0).isSeq():
+        if n.isMap() or (n.isSeq() and n.size() and n.at(0).isSeq()):
             mat = n.mat()
             return None if mat is None else mat
         if n.isSeq():
@@ -298,7 +308,9 @@ def _opencv_camera(fs: cv2.FileStorage, suffix: str) -> dict[str, Any]:
             value = node(key)
             if value is not None:
                 arr = np.asarray(value, dtype=np.float64)
-                out[field] = arr.ravel().tolist() if field != "matrix" and arr.size in (3, 4, 5, 8, 12, 14) else arr.tolist()
+                out[field] = (
+                    arr.ravel().tolist() if field != "matrix" and arr.size in (3, 4, 5, 8, 12, 14) else arr.tolist()
+                )
                 break
     if "rotation" in out and np.asarray(out["rotation"]).size == 9:
         out["rotation"] = np.asarray(out["rotation"]).reshape(3, 3).tolist()

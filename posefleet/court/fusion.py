@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from posefleet.court.associate import UNMATCHED, View, cluster_views, epipolar_costs, essential, ground_costs
-from posefleet.court.calibration import Camera, CalibrationError, camera_from_model, check_rig, check_size
+from posefleet.court.calibration import CalibrationError, Camera, camera_from_model, check_rig, check_size
 from posefleet.court.group_tracker import Candidate, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
 from posefleet.court.schema import GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.triangulate import Triangulated, project_all, triangulate_points
-from posefleet.pipeline.schema import FrameResult, Person
+from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
 CODEC_PADDING_PX = 16  # a video's frames may be this much smaller than its calibrated sensor (1088 coded as 1080)
@@ -168,7 +168,9 @@ class GroupFuser:
         kept.sort(key=lambda p: p.group_id)
         frames = {s: r.frame_index for s, r in results.items() if s in views}
         ms = (time.perf_counter() - t0) * 1000.0
-        return GroupFrame.model_construct(group=self.group, timestamp=timestamp, frames=frames, people=kept, fusion_ms=round(ms, 3))
+        return GroupFrame.model_construct(
+            group=self.group, timestamp=timestamp, frames=frames, people=kept, fusion_ms=round(ms, 3)
+        )
 
     def _fused(
         self, views: dict[str, View], members: dict[str, int], tri: Solved | None
@@ -222,7 +224,11 @@ class GroupFuser:
             for v, s in enumerate(order):
                 if s in clusters[k]:
                     view, i = views[s], clusters[k][s]
-                    pix[p, v], nrm[p, v], sc[p, v] = view.keypoints[i, :, :2], view.norm[i, :, :2], view.keypoints[i, :, 2]
+                    pix[p, v], nrm[p, v], sc[p, v] = (
+                        view.keypoints[i, :, :2],
+                        view.norm[i, :, :2],
+                        view.keypoints[i, :, 2],
+                    )
         dropped: list[set[str]] = [set() for _ in people]
         cfg = self.cfg
         for _ in range(V - 1):
@@ -247,7 +253,9 @@ class GroupFuser:
         for p, k in enumerate(people):
             rows = slice(p * J, (p + 1) * J)
             if tri.n_views[rows].any():
-                out[k] = Solved(tri.points[rows], tri.score[rows], tri.reprojection_px[rows], tri.views[rows], dropped[p])
+                out[k] = Solved(
+                    tri.points[rows], tri.score[rows], tri.reprojection_px[rows], tri.views[rows], dropped[p]
+                )
         return out
 
     def _view_errors(self, cams: list[Camera], points: np.ndarray, pix: np.ndarray, sc: np.ndarray) -> np.ndarray:

@@ -125,6 +125,8 @@ class GroupTracker:
     def restore(self, state: dict) -> None:
         self.next_id, self.last_time = int(state["next_id"]), state["last_time"]
         self.tracks = [
-            CourtTrack(t["group_id"], np.array(t["mean"]), np.array(t["cov"]), dict(t["views"]), t["last_seen"], t["hits"])
+            CourtTrack(
+                t["group_id"], np.array(t["mean"]), np.array(t["cov"]), dict(t["views"]), t["last_seen"], t["hits"]
+            )
             for t in state["tracks"]
         ]

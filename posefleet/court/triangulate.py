@@ -84,7 +84,10 @@ def triangulate_points(
 
 
 def triangulate(
-    cameras: Sequence[Camera], keypoints: np.ndarray, min_score: float = 0.3, outlier_px: float = 15.0,
+    cameras: Sequence[Camera],
+    keypoints: np.ndarray,
+    min_score: float = 0.3,
+    outlier_px: float = 15.0,
     min_views: int = 2,
 ) -> Triangulated:
     """One person's ``keypoints [V, J, 3]`` (x, y, score in each camera's pixels) seen by ``cameras``."""
