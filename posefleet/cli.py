@@ -56,6 +56,7 @@ def _polygon(text: str) -> list[list[float]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from posefleet.coco import coco_results
+    from posefleet.court.calibration import CalibrationError
     from posefleet.draw import AnnotatedWriter, draw_people
     from posefleet.models import ModelFileError
     from posefleet.pipeline.engine import Pipeline
@@ -76,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (SourceError, ModelFileError) as exc:
         raise CliError(str(exc)) from exc
     streams = names or _unique([re.sub(r"[^A-Za-z0-9._-]", "-", s.name)[:56] or "stream" for s in opened])
-    if several:  # --out and --annotate name folders
+    group = _group_writer(args, streams)
+    if several or args.group:  # --out and --annotate name folders
         out_paths = {s: Path(args.out or "out") / f"{s}.jsonl" for s in streams}
         drawn = {s: Path(args.annotate) / f"{s}.mp4" for s in streams} if args.annotate else {}
     else:
@@ -118,10 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     desc = streams[0] if not several else f"{len(streams)} streams"
     with tqdm(total=total, unit="frame", desc=desc, disable=args.quiet) as bar:
         try:
-            frames = run_sources(pipeline, dict(zip(streams, opened, strict=True)), on_result, args.max_frames)
-        except SourceError as exc:
+            sources = dict(zip(streams, opened, strict=True))
+            frames = run_sources(pipeline, sources, on_result, args.max_frames, group.round if group else None)
+        except (SourceError, CalibrationError) as exc:
             raise CliError(str(exc)) from exc
         finally:
+            if group:
+                group.close()
             for w in writers.values():
                 w.close()
             for f in outs.values():
@@ -139,7 +144,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     where = ", ".join(str(p) for p in out_paths.values())
     print(f"results: {where}" + (f"; annotated: {args.annotate}" if args.annotate else ""), file=sys.stderr)
+    if group:
+        print(f"group {args.group}: {group.frames} fused frames, {len(group.group_ids)} group ids: {group.path}",
+              file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _group_writer(args: argparse.Namespace, streams: list[str]) -> Any:
+    """The group's fuser and JSONL writer when --group is given (--calibration or --court-points say its cameras)."""
+    from posefleet.court.calibration import CalibrationError
+    from posefleet.court.group_run import GroupWriter, group_fuser
+
+    if not args.group:
+        if args.calibration or args.court_points:
+            raise CliError("--calibration and --court-points belong to a --group")
+        return None
+    if not (args.calibration or args.court_points):
+        raise CliError(f"--group {args.group} needs --calibration or --court-points for its cameras")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.group):
+        raise CliError(f"--group {args.group!r}: letters, digits, '.', '_' and '-' (64 at most)")
+    try:
+        fuser = group_fuser(args.group, streams, args.calibration, args.court_points, args.court)
+    except CalibrationError as exc:
+        raise CliError(str(exc)) from exc
+    return GroupWriter(fuser, Path(args.out or "out") / f"{args.group}.group.jsonl")
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -501,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-outside-roi", action="store_true", help="return them too, flagged outside_roi")
     run.add_argument("--stream", action="append", help="stream name, once per source (default: the source's name)")
     run.add_argument("--max-frames", type=int, help="stop after this many frames a stream")
+    run.add_argument("--group", help="fuse the streams as one group (a court): writes <out>/<group>.group.jsonl "
+                     "with one id a player, court positions and, from 2 calibrated cameras, 3D keypoints")  # fmt: skip
+    run.add_argument("--calibration", action="append", default=[],
+                     help="the group's cameras, named as the streams: Qualisys .qca.txt, Pose2Sim/Anipose .toml or "
+                     "OpenCV .yml/.json (intrinsics and extrinsics may be two files)")  # fmt: skip
+    run.add_argument("--court-points", help="YAML/JSON of stream: {template, points: [{image: [x, y], name}]}: "
+                     "court homographies for cameras with no full calibration")  # fmt: skip
+    run.add_argument("--court", help="the court template (configs/courts) that says who is outside the court")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

@@ -85,13 +85,18 @@ def run_sources(
     sources: dict[str, Iterable[Frame]],
     on_result: Callable[[Frame, FrameResult], None],
     max_frames: int | None = None,
+    on_round: Callable[[list[FrameResult]], None] | None = None,
 ) -> int:
     """Every source's frames through ``pipeline``, one batched pass a round; returns frames processed.
+    ``on_round`` sees each round's results together (a group's fusion) before ``on_result`` sees each.
     Raises SourceError when a source fails mid-way."""
     frames = 0
     for batch in prefetched(_read_rounds(sources, max_frames)):
         items = [(stream, f.image, f.index, f.timestamp, round(ms, 3)) for stream, f, ms in batch.frames]
-        for (_, frame, _), result in zip(batch.frames, pipeline.process_many(items), strict=True):
+        results = pipeline.process_many(items)
+        if on_round is not None:
+            on_round(results)
+        for (_, frame, _), result in zip(batch.frames, results, strict=True):
             on_result(frame, result)
         frames += len(batch.frames)
     return frames

@@ -295,12 +295,11 @@ def _opencv_camera(fs: cv2.FileStorage, suffix: str) -> dict[str, Any]:
         n = fs.getNode(key + suffix)
         if n.empty():
             return None
-        if n.isMap() or (n.isSeq() and n.size() and n.at(0).isSeq()):
-            mat = n.mat()
-            return None if mat is None else mat
+        if n.isMap():  # an opencv-matrix
+            return n.mat()
         if n.isSeq():
             return np.array([n.at(i).real() for i in range(n.size())])
-        return n.mat() if n.mat() is not None else n.real()
+        return n.real() if n.isReal() or n.isInt() else None
 
     out: dict[str, Any] = {}
     for field, keys in _OPENCV_KEYS.items():
@@ -327,10 +326,10 @@ def write_toml(cameras: dict[str, Camera], path: str | Path) -> None:
     """The cameras as a Pose2Sim/Anipose TOML (what Pose2Sim reads; the bench hands it one)."""
     lines = []
     for name, cam in cameras.items():
-        K = cam.K
+        K = cam.K.tolist()
         lines += [
             f"[{name}]", f'name = "{name}"', f"size = [ {cam.size[0]:.1f}, {cam.size[1]:.1f}]",
-            f"matrix = [ [ {K[0, 0]!r}, 0.0, {K[0, 2]!r}], [ 0.0, {K[1, 1]!r}, {K[1, 2]!r}], [ 0.0, 0.0, 1.0]]",
+            f"matrix = [ [ {K[0][0]!r}, 0.0, {K[0][2]!r}], [ 0.0, {K[1][1]!r}, {K[1][2]!r}], [ 0.0, 0.0, 1.0]]",
             f"distortions = {json.dumps(cam.dist[:4].tolist())}", f"rotation = {json.dumps(cam.rvec.tolist())}",
             f"translation = {json.dumps(cam.t.tolist())}", "fisheye = false", "",
         ]  # fmt: skip

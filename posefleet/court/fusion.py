@@ -26,13 +26,13 @@ CODEC_PADDING_PX = 16  # a video's frames may be this much smaller than its cali
 N_KEYPOINTS = 17
 
 
-def ground_pixels(keypoints: np.ndarray, boxes: np.ndarray, min_score: float) -> np.ndarray:
-    """Where people stand in the image ``[N, 2]``: between the ankles when both are seen, else the box's bottom
-    centre. ``keypoints [N, 17, 3]``, ``boxes [N, 4]``."""
+def ground_pixels(keypoints: np.ndarray, boxes: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where people stand in the image ``[N, 2]``: between the ankles when both are seen (``[N]`` True), else the
+    box's bottom centre. ``keypoints [N, 17, 3]``, ``boxes [N, 4]``."""
     ankles = keypoints[:, [LEFT_ANKLE, RIGHT_ANKLE]]
     seen = (ankles[..., 2] >= min_score).all(axis=1)
     bottom = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1)
-    return np.where(seen[:, None], ankles[..., :2].mean(axis=1), bottom)
+    return np.where(seen[:, None], ankles[..., :2].mean(axis=1), bottom), seen
 
 
 class GroupFuser:
@@ -66,13 +66,18 @@ class GroupFuser:
 
     # -- per camera ---------------------------------------------------------------------------------------------
 
-    def court_xy(self, stream: str, pixels: np.ndarray) -> np.ndarray | None:
-        """Image points of ``stream`` on the court (metres, ``[N, 2]``), or None for a stream with no camera."""
+    def court_xy(self, stream: str, pixels: np.ndarray, ankles: np.ndarray | None = None) -> np.ndarray | None:
+        """Image points of ``stream`` on the court (metres, ``[N, 2]``), or None for a stream with no camera.
+        ``ankles [N]``: the points are ankles, which a calibrated camera places at ankle height over the floor."""
         if stream in self.homographies:
             return self.homographies[stream].to_court(pixels)
-        if stream in self.cameras:
-            return self.cameras[stream].floor_points(pixels, self.cfg.floor_z)[:, :2]
-        return None
+        if stream not in self.cameras:
+            return None
+        cam = self.cameras[stream]
+        xy = cam.floor_points(pixels, self.cfg.floor_z)[:, :2]
+        if ankles is not None and ankles.any():
+            xy[ankles] = cam.floor_points(pixels[ankles], self.cfg.floor_z + self.cfg.ankle_height_m)[:, :2]
+        return xy
 
     def outside(self, xy: np.ndarray) -> np.ndarray | None:
         if self.template is None:
@@ -93,7 +98,7 @@ class GroupFuser:
         boxes = np.array([p.box for p in people], dtype=np.float64).reshape(n, 4)
         stream = result.stream_id
         self._check_size(result)
-        xy = self.court_xy(stream, ground_pixels(kp, boxes, self.cfg.min_score)) if n else np.zeros((0, 2))
+        xy = self.court_xy(stream, *ground_pixels(kp, boxes, self.cfg.min_score)) if n else np.zeros((0, 2))
         out = self.outside(xy)
         placed = np.round(xy, 3).tolist()
         for i, p in enumerate(people):

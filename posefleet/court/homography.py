@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
+from posefleet.config import CONFIG_DIR
 from posefleet.court.calibration import CalibrationError
 
-COURTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "courts"
-if not COURTS_DIR.is_dir():  # installed: the configs package
-    from posefleet import configs
-
-    COURTS_DIR = Path(configs.__file__).parent / "courts"
+COURTS_DIR = CONFIG_DIR / "courts"
 
 MIN_SPREAD = 1e-3  # the points' smallest principal spread over their largest: below it they lie on a line
 MAX_REPROJECTION_PX = 25.0  # matched points the homography misses by more than this are refused as inconsistent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-Keypoint3D = tuple[float, float, float, float]
+Keypoint3D = list[float]  # x, y, z, score
 
 
 class GroupPerson(BaseModel):

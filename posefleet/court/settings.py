@@ -29,6 +29,9 @@ class FusionConfig(BaseModel):
     max_distance_m: float = Field(1.0, gt=0.0, description="a player within this of its prediction keeps its id")
     max_age_s: float = Field(2.0, gt=0.0, description="how long an unseen player keeps its group id")
     floor_z: float = Field(0.0, description="the floor is z = floor_z in the calibration's world frame (z up)")
+    ankle_height_m: float = Field(
+        0.08, ge=0.0, description="how high ankle keypoints sit over the floor (where one camera places a person)"
+    )
     hint_factor: float = Field(
         0.5, gt=0.0, le=1.0, description="the association cost of two views that were one person a frame ago, scaled"
     )
