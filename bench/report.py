@@ -15,6 +15,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SECTIONS = [
     ("results.md", "Throughput, latency, accuracy and scaling", "python -m bench"),
     ("players.md", "Every player on the court: recall, AP and FPS per preset", "python -m bench.players"),
+    ("court.md", "Court fusion on Pose2Sim's demos, beside Pose2Sim", "python -m bench.court --pose2sim-python PY"),
 ]
 FIGURES = [("throughput.png", "throughput by transport and streams"), ("scaling.png", "served FPS by Ray nodes")]
 JSON_TABLES = [  # results the bench keeps as JSON only, shown as a table of their figures

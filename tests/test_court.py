@@ -326,3 +326,20 @@ def test_court_template_points_are_data():
     with pytest.raises(CalibrationError, match="unknown court template 'tennis'"):
         court_template("tennis")
     assert Path(court.model_dump()["name"]) == Path("volleyball")
+
+
+@pytest.mark.slow  # ~15 s of 2D on four cameras
+def test_court_bench_quick_writes_its_table(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.court", "--quick", "--out", str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "court.json").read_text())
+    multi = res["demos"]["MultiPerson"]
+    assert multi["fusion"]["group_ids"] == 2 and multi["fusion"]["reproj_median_px"] < 12
+    assert set(multi["sync"]) == set(CAMS) and multi["sync"]["cam01"]["lag_frames"] == 0
+    assert res["replay_12"]["people_per_frame"] >= 11.5 and res["replay_12"]["group_ids"] == 12
+    assert "| MultiPerson | 30 | 2 |" in (tmp_path / "court.md").read_text()

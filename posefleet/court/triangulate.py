@@ -57,7 +57,7 @@ def triangulate_points(
 
     A point is used from views where its score is at least ``min_score``. When its worst view's reprojection error
     is over ``outlier_px`` and more than ``min_views`` views remain, that view is dropped and the point solved
-    again, until every view fits or only ``min_views`` are left."""
+    again, until every view fits; a point whose last ``min_views`` views still miss by more is left out (NaN)."""
     M, V = score.shape
     proj = np.stack([c.extrinsic for c in cameras])  # [V, 3, 4]
     used = score >= min_score
@@ -73,7 +73,10 @@ def triangulate_points(
         bad = (worst.max(axis=1) > outlier_px) & (used[todo].sum(axis=1) > min_views)
         todo, worst = todo[bad], worst[bad]
         used[todo, worst.argmax(axis=1)] = False
-    solvable = used.sum(axis=1) >= min_views
+    with np.errstate(invalid="ignore"):
+        fits = np.where(used, np.nan_to_num(errors, nan=np.inf), 0.0).max(axis=1) <= outlier_px
+    # a point whose last views still disagree is no point: two people's joints, or a joint mistaken in both
+    solvable = (used.sum(axis=1) >= min_views) & fits
     points[~solvable] = np.nan
     used[~solvable] = False
     n = used.sum(axis=1)
