@@ -274,7 +274,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{p.get('pose2sim_reproj_median_px', p.get('skipped', str(p.get('error', '-'))[-60:]))} / "
             f"{p.get('pose2sim_reproj_p90_px', '-')} | {their_worst} | {p.get('distance_median_mm', '-')} |"
         )
-    lines += ["", "Sync check: each camera's lag in frames (60 fps) against cam01, where its 2D best fits the 3D of the "
+    lines += ["", "Sync check: each camera's lag in frames (60 fps) against cam01, where its 2D best fits the 3D of "
+              "the "
               "other three: +2 is a video whose frame i + 2 shows what cam01's frame i shows, a video started 2 frames "
               "(33 ms) before cam01's. Median px at that lag / with no lag:", "",
               "| demo | " + " | ".join(CAMS) + " |", "|" + "---|" * (len(CAMS) + 1)]  # fmt: skip
