@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from posefleet.court.settings import GroupsConfig
+
 CONFIG_DIR = Path(str(resources.files("posefleet.configs")))
 
 TENSORRT = "TensorrtExecutionProvider"
@@ -364,6 +366,13 @@ class AdmissionConfig(_Strict):
     max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
     frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
     max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
+    batch_frames_per_client: int = Field(
+        8, ge=1,
+        description=(
+            "frames of POST /v1/frames one client has in flight at once per ingress replica; the rest of its "
+            "batches wait (not refused): one client's big batch cannot queue ahead of every other stream"
+        ),
+    )  # fmt: skip
     order_wait_s: float = Field(
         1.0, gt=0.0, le=10.0,
         description=(
@@ -552,6 +561,7 @@ class ServingConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
+    groups: GroupsConfig = Field(default_factory=GroupsConfig)
     metrics_per_stream: bool = Field(
         False, description="label posefleet_frames_total by stream id (one series per stream ever seen)"
     )

@@ -6,9 +6,10 @@ A client is the bearer token it presented (several may be configured), or its ad
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from posefleet.errors import OverCap
 
@@ -56,3 +57,27 @@ class Caps:
 
     def stats(self) -> dict[str, int]:
         return {"open": self.count, "clients": len(self.held), "refused": self.refused}
+
+
+class Shares:
+    """The frames of many-frame requests one client has in flight at once, at most ``per_client``; the rest
+    wait their turn (they are never refused for it). Without it a POST of 32 new streams puts 32 full scans
+    in the model queue at once, ahead of every other client's next frame."""
+
+    def __init__(self, per_client: int):
+        self.per_client = per_client
+        self.gates: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, client: str) -> AsyncIterator[None]:
+        gate, users = self.gates.get(client) or (asyncio.Semaphore(self.per_client), 0)
+        self.gates[client] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self.gates[client]
+            if users > 1:
+                self.gates[client] = (gate, users - 1)
+            else:
+                del self.gates[client]  # nothing kept for a client with nothing in flight

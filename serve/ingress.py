@@ -28,7 +28,8 @@ from posefleet.pipeline.admission import Budget
 from posefleet.pipeline.ordering import Lineup
 from posefleet.pipeline.schema import Health
 from posefleet.serve.api import app
-from posefleet.serve.capacity import Caps
+from posefleet.serve.capacity import Caps, Shares
+from posefleet.serve.group_routes import GroupRoutes
 from posefleet.serve.management import Management
 from posefleet.serve.processor import FrameRouter
 from posefleet.serve.transports import FrameTransports
@@ -37,7 +38,7 @@ from posefleet.serve.viewer_routes import ViewerRoutes
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
-class Ingress(FrameTransports, Management, ViewerRoutes):
+class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
     def __init__(
         self,
         app_cfg: AppConfig,
@@ -55,6 +56,7 @@ class Ingress(FrameTransports, Management, ViewerRoutes):
         self.metrics = self.frames.metrics
         self.slots = Budget(s.admission.max_inflight_frames, s.admission.frame_timeout_s, "frames")
         self.lineup = Lineup()
+        self.shares = Shares(s.admission.batch_frames_per_client)
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_tokens = s.security.api_tokens()
         app.state.retry_after = s.retry_after_s

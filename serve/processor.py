@@ -16,6 +16,7 @@ import numpy as np
 import ray
 
 from posefleet import metrics
+from posefleet.actors.group_fuser import GroupFeed
 from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, with_retry, worker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.config import AppConfig
@@ -60,6 +61,7 @@ class FrameRouter:
         self.unanswered: dict[str, int] = {}  # stream -> its frame call still out, the latest sent
         self.sink = JsonlSink(s.sink) if s.sink.directory else None
         self.webhook = WebhookSink(s.sink.webhook) if s.sink.webhook.url else None
+        self.groups = GroupFeed(deploy_id, s, self.store) if s.groups.enabled else None
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this replica made for frames: to the workers, and to the viewer hub."""
@@ -144,6 +146,8 @@ class FrameRouter:
             self.metrics.stage_ms.observe(value, tags={"stage": stage.removesuffix("_ms")})
         if self.feed is not None:
             self.feed.add(stream_id, result, result.timings.total_ms, thumbnail=served.thumbnail, group=group)
+        if group is not None and self.groups is not None:
+            self.groups.add(group, result)
         if self.sink is not None or self.webhook is not None:
             line = result.model_dump_json()
             if self.sink is not None:

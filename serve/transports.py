@@ -178,7 +178,8 @@ class FrameTransports:
         policy: Annotated[Policy | None, Query(description="set the overload policy of every stream sent")] = None,
     ) -> BatchAnswer:
         """Several frames of one or many streams in one request; an answer per frame, in the request's
-        order. Streams run concurrently, a stream's frames one after another."""
+        order. Streams run concurrently (a client at most ``admission.batch_frames_per_client`` frames at once),
+        a stream's frames one after another."""
         response.headers["x-served-by"] = self.node
         ctype = request.headers.get("content-type") or ""
         if ctype.split(";")[0].strip().lower() != "multipart/form-data":
@@ -201,7 +202,10 @@ class FrameTransports:
                 part = parts[i]
                 try:
                     meta = from_part_headers(part.headers)
-                    result = await self._frame(stream_id, part.data, meta.frame_index, meta.timestamp, policy, client)
+                    async with self.shares.hold(client):
+                        result = await self._frame(
+                            stream_id, part.data, meta.frame_index, meta.timestamp, policy, client
+                        )
                     answers[i] = FrameAnswer(stream_id=stream_id, status=200, result=result)
                 except PosefleetError as exc:
                     answers[i] = FrameAnswer(stream_id=stream_id, status=exc.status, detail=str(exc))

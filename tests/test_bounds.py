@@ -19,7 +19,7 @@ from posefleet.pipeline.admission import Budget
 from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.worker import CheckpointStore, StreamWorker
-from posefleet.serve.capacity import Caps, client_key
+from posefleet.serve.capacity import Caps, Shares, client_key
 from posefleet.serve.multipart import frame_parts
 
 
@@ -176,3 +176,31 @@ def test_multipart_frames_keep_their_headers_and_bad_bodies_are_value_errors() -
             frame_parts(bad, ctype, max_parts=4)
     with pytest.raises(ValueError, match="more than 1 parts"):
         frame_parts(body, ctype, max_parts=1)
+
+
+def test_a_clients_batch_frames_take_turns_and_leave_room_for_others() -> None:
+    """One client's 20 batch frames run at most 3 at once; another client's frame gets in meanwhile; nothing is
+    kept for a client with nothing in flight."""
+    shares = Shares(3)
+    running = {"flood": 0, "other": 0}
+    most = {"flood": 0, "other": 0}
+    order: list[str] = []
+
+    async def frame(client: str, ms: float) -> None:
+        async with shares.hold(client):
+            running[client] += 1
+            most[client] = max(most[client], running[client])
+            await asyncio.sleep(ms / 1000)
+            running[client] -= 1
+            order.append(client)
+
+    async def scenario() -> None:
+        flood = [asyncio.create_task(frame("flood", 20)) for _ in range(20)]
+        await asyncio.sleep(0.005)
+        await frame("other", 1)  # not behind the flood's queue
+        await asyncio.gather(*flood)
+
+    asyncio.run(scenario())
+    assert most == {"flood": 3, "other": 1}
+    assert order.index("other") < 3  # done while the flood's first turn still ran
+    assert shares.gates == {}

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
+from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from posefleet.config import CONFIG_DIR
 from posefleet.court.calibration import CalibrationError
 
-COURTS_DIR = CONFIG_DIR / "courts"
+# the court templates ship as data in the configs package (read directly: posefleet.config imports this module)
+COURTS_DIR = Path(str(resources.files("posefleet.configs"))) / "courts"
 
 MIN_SPREAD = 1e-3  # the points' smallest principal spread over their largest: below it they lie on a line
 MAX_REPROJECTION_PX = 25.0  # matched points the homography misses by more than this are refused as inconsistent

@@ -56,3 +56,22 @@ class GroupSettings(BaseModel):
         ),
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+
+
+class GroupsConfig(BaseModel):
+    """Court-level fusion when served: one fuser actor per group, fed the results of the group's streams."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="fuse the streams of a group whose cameras are calibrated")
+    courts: dict[str, GroupSettings] = Field(
+        default_factory=dict, description="groups (courts) known in advance: their cameras and fusion settings"
+    )
+    max_groups: int = Field(64, ge=1, description="group fusers at most (frames of further groups are not fused)")
+    match_window_s: float = Field(
+        0.02, gt=0.0, description="a camera's result is part of a group frame within this of the group's time"
+    )
+    queue_frames: int = Field(
+        8, ge=1, description="results a feed holds for its group while the fuser is busy (the newest kept)"
+    )
+    checkpoint_s: float = Field(1.0, gt=0.0, description="how often a fuser saves its group ids (restart-safe)")

@@ -383,6 +383,7 @@ class CheckpointStore:
 
     def __init__(self, active_s: float = 60.0) -> None:
         self.states: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}  # group -> its fuser's state
         self.holders: dict[str, int] = {}  # stream -> the worker holding it (with several workers)
         self.touched: dict[str, float] = {}  # stream -> when it was last claimed or checkpointed
         # new streams placed for a frame, not yet claimed by their worker: (worker, when); a frame that
@@ -392,6 +393,13 @@ class CheckpointStore:
 
     async def put(self, stream_id: str, state: dict[str, Any]) -> None:
         self.put_many({stream_id: state})
+
+    def put_group(self, group: str, state: dict[str, Any]) -> None:
+        """A group fuser's state (its group ids, the calibrations set over the API): kept apart from the streams'."""
+        self.groups[group] = state
+
+    def group_state(self, group: str) -> dict[str, Any] | None:
+        return self.groups.get(group)
 
     def put_many(self, states: dict[str, dict[str, Any] | None], shard: int = 0) -> None:
         """Several streams' states in one call (workers send theirs together, once a flush period); None

@@ -1,0 +1,286 @@
+"""One fuser actor per group (court), and the ingress replica's feed to it.
+
+A replica's :class:`GroupFeed` sends each group's results to its fuser in one call at a time: while a call is out,
+results gather (the newest ``queue_frames`` a stream kept) and go together in the next, so a stalled fuser costs the
+streams nothing but the results it misses. The fuser matches the cameras' results by time (capture timestamps where
+given), fuses each group frame (:class:`posefleet.court.fusion.GroupFuser`), keeps the latest for the API, appends
+it to the group's JSONL sink and webhook, and checkpoints its group ids and API-set calibrations in the deploy's
+checkpoint store, so a restarted fuser keeps its ids. Named after its deploy, it is removed with the deploy's other
+actors by the deploy's owner (:mod:`posefleet.actors.owner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from typing import Any
+
+import ray
+
+from posefleet.actors import FAULTS
+from posefleet.actors.owner import ON_HEAD, actor_name
+from posefleet.config import ServingConfig
+from posefleet.court.calibration import CalibrationError, CameraCalibration, camera_from_model, reprojection_errors
+from posefleet.court.fusion import GroupFuser
+from posefleet.court.homography import HomographyCalibration, fit_homography
+from posefleet.court.settings import GroupSettings
+from posefleet.pipeline.schema import FrameResult
+
+HISTORY = 32  # results kept a camera to match the group's time against
+
+
+def check_camera(stream: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A camera's calibration as the API takes it, checked: ``{"camera": CameraCalibration}`` with optional
+    ``check_points: [{world: [x, y, z], image: [u, v]}]``, or ``{"court_points": HomographyCalibration}``.
+    Returns the stored form and the reprojection errors of the given points; CalibrationError says what is wrong."""
+    if ("camera" in body) == ("court_points" in body):
+        raise CalibrationError("give either camera (a full calibration) or court_points (a court homography)")
+    try:
+        if "camera" in body:
+            model = CameraCalibration(**body["camera"])
+            cam = camera_from_model(stream, model)
+            checks = body.get("check_points") or []
+            world, image = [p["world"] for p in checks], [p["image"] for p in checks]
+            errors = reprojection_errors(cam, world, image) if checks else []
+            return {"kind": "camera", "calibration": model.model_dump(mode="json"),
+                    "reprojection_px": [round(float(e), 2) for e in errors]}  # fmt: skip
+        points = HomographyCalibration(**body["court_points"])
+        hom = fit_homography(points, body.get("size"))
+        return {"kind": "court_points", "calibration": points.model_dump(mode="json"),
+                "reprojection_px": [round(float(e), 2) for e in hom.errors_px]}  # fmt: skip
+    except (TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, CalibrationError):
+            raise
+        raise CalibrationError(f"camera {stream}: {exc}") from exc
+
+
+class GroupFuserActor:
+    def __init__(self, group: str, settings: dict[str, Any], serving: ServingConfig, store: Any) -> None:
+        self.group = group
+        self.base = GroupSettings(**settings)
+        self.cfg = serving.groups
+        self.store = store
+        self.api: dict[str, dict[str, Any]] = {}  # stream -> its calibration set over the API
+        self.history: dict[str, collections.deque] = {}
+        self.latest: dict[str, Any] | None = None
+        self.version = 0
+        self.changed = asyncio.Event()
+        self.errors: dict[str, str] = {}  # stream -> why its results are left out (a size that does not fit)
+        self.last_time = float("-inf")
+        self.last_checkpoint = 0.0
+        self.fused = 0
+        self.sink = self.webhook = None
+        if serving.sink.directory:
+            from posefleet.sink import JsonlSink
+
+            self.sink = JsonlSink(serving.sink)
+        if serving.sink.webhook.url:
+            from posefleet.webhook import WebhookSink
+
+            self.webhook = WebhookSink(serving.sink.webhook)
+        self.fuser = self._build()
+        self._restored: asyncio.Task | None = None
+
+    async def _restore(self) -> None:
+        """The group ids and API calibrations of this fuser before a restart (once, before its first call)."""
+        with contextlib.suppress(*FAULTS):
+            state = await self.store.group_state.remote(self.group)
+            if state:
+                self.api = state.get("cameras", {})
+                self.fuser = self._build()
+                self.fuser.tracker.restore(state["tracker"])
+                self.version = state.get("version", 0)
+
+    async def _ready(self) -> None:
+        if self._restored is None:
+            self._restored = asyncio.get_running_loop().create_task(self._restore())
+        await self._restored
+
+    def _build(self) -> GroupFuser:
+        """The fuser from the config's cameras with the API's over them (a camera is one kind or the other)."""
+        cameras = dict(self.base.cameras)
+        points = dict(self.base.court_points)
+        for stream, entry in self.api.items():
+            cameras.pop(stream, None)
+            points.pop(stream, None)
+            if entry["kind"] == "camera":
+                cameras[stream] = CameraCalibration(**entry["calibration"])
+            else:
+                points[stream] = HomographyCalibration(**entry["calibration"])
+        settings = self.base.model_copy(update={"cameras": cameras, "court_points": points})
+        fuser = GroupFuser(self.group, settings)
+        if hasattr(self, "fuser"):
+            fuser.tracker = self.fuser.tracker  # the players keep their ids through a camera's recalibration
+        return fuser
+
+    # -- results in ---------------------------------------------------------------------------------------------
+
+    async def push(self, results: list[tuple[float, FrameResult]]) -> int:
+        """Results of the group's streams (each with when it was served); fuses every group frame now complete.
+        Returns the latest version."""
+        await self._ready()
+        for served, result in results:
+            if result.stream_id in self.fuser.streams and result.stream_id not in self.errors:
+                when = result.timestamp if result.timestamp is not None else served
+                self.history.setdefault(result.stream_id, collections.deque(maxlen=HISTORY)).append((when, result))
+        self._fuse_ready()
+        return self.version
+
+    def _fuse_ready(self) -> None:
+        """Fuse at the group's time: the oldest of the cameras' newest results (every camera has reached it),
+        each camera giving its result nearest to it within ``match_window_s``."""
+        cams = {s: h for s, h in self.history.items() if h and s in self.fuser.streams}
+        if not cams:
+            return
+        now = min(h[-1][0] for h in cams.values())
+        if now <= self.last_time:
+            return
+        frame: dict[str, FrameResult] = {}
+        for stream, h in cams.items():
+            when, result = min(h, key=lambda e: abs(e[0] - now))
+            if abs(when - now) <= self.cfg.match_window_s:
+                frame[stream] = result.model_copy(deep=True)
+        self.last_time = now
+        try:
+            fused = self.fuser.fuse(frame, now)
+        except CalibrationError as exc:  # frames of another size than the camera's calibration
+            bad = next((s for s in frame if f"camera {s}:" in str(exc)), None)
+            if bad is not None:
+                self.errors[bad] = str(exc)
+                self.history.pop(bad, None)
+            return
+        self.latest = fused.model_dump(mode="json")
+        self.version += 1
+        self.fused += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+        line = fused.model_dump_json()
+        if self.sink is not None:
+            self.sink.write(f"{self.group}.group", line)
+        if self.webhook is not None:
+            self.webhook.add(line)
+        if time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_s:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self.last_checkpoint = time.monotonic()
+        state = {"tracker": self.fuser.tracker.state(), "cameras": self.api, "version": self.version}
+        with contextlib.suppress(*FAULTS):
+            self.store.put_group.remote(self.group, state)
+
+    # -- results out --------------------------------------------------------------------------------------------
+
+    async def people(self) -> dict[str, Any] | None:
+        await self._ready()
+        if self.latest is None:
+            return None
+        return {**self.latest, "version": self.version, "errors": self.errors}
+
+    async def wait(self, version: int, timeout_s: float) -> dict[str, Any] | None:
+        """The latest fused frame once newer than ``version`` (or after ``timeout_s``, None)."""
+        await self._ready()
+        if self.version <= version:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout_s)
+        return await self.people() if self.version > version else None
+
+    # -- calibrations over the API ------------------------------------------------------------------------------
+
+    async def set_camera(self, stream: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Store a checked calibration (see :func:`check_camera`); refused when the group's cameras would not
+        triangulate with it. Answers ``{"ok": ..., "reason" | "reprojection_px": ...}``."""
+        await self._ready()
+        try:
+            entry = check_camera(stream, body)
+            before = self.api.get(stream)
+            self.api[stream] = entry
+            try:
+                self.fuser = self._build()
+            except CalibrationError:
+                self.api.pop(stream) if before is None else self.api.__setitem__(stream, before)
+                raise
+        except CalibrationError as exc:
+            return {"ok": False, "reason": str(exc)}
+        self.errors.pop(stream, None)
+        self._checkpoint()
+        return {"ok": True, "stream_id": stream, "kind": entry["kind"], "reprojection_px": entry["reprojection_px"]}
+
+    async def camera(self, stream: str) -> dict[str, Any] | None:
+        await self._ready()
+        if stream in self.api:
+            return {"stream_id": stream, "source": "api", **self.api[stream]}
+        if stream in self.base.cameras:
+            return {"stream_id": stream, "source": "config", "kind": "camera",
+                    "calibration": self.base.cameras[stream].model_dump(mode="json")}  # fmt: skip
+        if stream in self.base.court_points:
+            return {"stream_id": stream, "source": "config", "kind": "court_points",
+                    "calibration": self.base.court_points[stream].model_dump(mode="json")}  # fmt: skip
+        return None
+
+    async def delete_camera(self, stream: str) -> bool:
+        """Forget a calibration set over the API (a config's stays: the config is changed by redeploying)."""
+        await self._ready()
+        if self.api.pop(stream, None) is None:
+            return False
+        self.fuser = self._build()
+        self.history.pop(stream, None)
+        self._checkpoint()
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {"group": self.group, "fused": self.fused, "version": self.version,
+                "cameras": sorted(self.fuser.streams), "errors": self.errors}  # fmt: skip
+
+
+FuserActor = ray.remote(GroupFuserActor)
+
+
+def group_fuser(deploy_id: str, group: str, serving: ServingConfig, store: Any) -> ray.actor.ActorHandle:
+    """The group's fuser (get or create): one per group of a deploy, shared by its ingress replicas."""
+    settings = serving.groups.courts.get(group, GroupSettings()).model_dump(mode="json")
+    return FuserActor.options(  # type: ignore[attr-defined]
+        name=actor_name(deploy_id, f"group-{group}"), namespace=serving.namespace, get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_restarts=-1, max_concurrency=100, **ON_HEAD,
+    ).remote(group, settings, serving, store)  # fmt: skip
+
+
+class GroupFeed:
+    """An ingress replica's side of the group fusers: one call out at a time a group, the newest results kept."""
+
+    def __init__(self, deploy_id: str, serving: ServingConfig, store: Any) -> None:
+        self.deploy_id, self.serving, self.store = deploy_id, serving, store
+        self.cfg = serving.groups
+        self.fusers: dict[str, Any] = {}
+        self.pending: dict[str, dict[str, collections.deque]] = {}  # group -> stream -> (served, result)
+        self.out: dict[str, asyncio.Task] = {}
+        self.calls = 0
+        self.refused: set[str] = set()  # groups past max_groups (told once in the log)
+
+    def fuser(self, group: str) -> Any | None:
+        if group not in self.fusers:
+            if len(self.fusers) >= self.cfg.max_groups:
+                self.refused.add(group)
+                return None
+            self.fusers[group] = group_fuser(self.deploy_id, group, self.serving, self.store)
+        return self.fusers[group]
+
+    def add(self, group: str, result: FrameResult) -> None:
+        """A served result of one of ``group``'s streams; call from the event loop. Never waits."""
+        if self.fuser(group) is None:
+            return
+        streams = self.pending.setdefault(group, {})
+        streams.setdefault(result.stream_id, collections.deque(maxlen=self.cfg.queue_frames)).append(
+            (time.time(), result)
+        )
+        task = self.out.get(group)
+        if task is None or task.done():
+            self.out[group] = asyncio.get_running_loop().create_task(self._send(group))
+
+    async def _send(self, group: str) -> None:
+        while self.pending.get(group):
+            batch = [item for q in self.pending.pop(group).values() for item in q]
+            self.calls += 1
+            with contextlib.suppress(*FAULTS):
+                await self.fusers[group].push.remote(batch)

@@ -1,0 +1,128 @@
+"""Court fusion served: the Pose2Sim demo's four cameras posted to a real Serve app as one group, its fused people
+read back over HTTP (latest and as events), calibrations set and refused over the API, and the group's fuser
+killed mid-stream coming back with its group ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import cv2
+import httpx
+import pytest
+import ray
+
+from conftest import DATA
+from posefleet.config import AppConfig
+from posefleet.court.calibration import load_calibration
+from posefleet.image_io import encode_jpeg
+from posefleet.serve.app import load_serve_config
+from posefleet.serve.launcher import local_app
+
+pytestmark = pytest.mark.slow  # a real Ray and Serve
+
+DEMO = DATA / "pose2sim"
+CAMS = ["cam01", "cam02", "cam03", "cam04"]
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, list[bytes]]:
+    out = {}
+    for cam in CAMS:
+        cap = cv2.VideoCapture(str(DEMO / f"{cam}.mp4"))
+        out[cam] = [encode_jpeg(cap.read()[1], 90) for _ in range(FRAMES)]
+        cap.release()
+    return out
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """The embedded default with the demo room as a group known in advance (its calibrations in the config)."""
+    args = load_serve_config()["applications"][0]["args"]
+    calibrated = load_calibration(DEMO / "Calib.qca.txt")
+    cameras = {name: cam.to_model().model_dump(mode="json") for name, cam in calibrated.items()}
+    args = {**args, "serving": {**args.get("serving", {}), "groups": {"courts": {"room": {"cameras": cameras}}}}}
+    with local_app(AppConfig.model_validate(args)) as url:
+        yield url
+
+
+def post_round(url: str, frames: dict[str, list[bytes]], i: int, group: str = "room") -> None:
+    for cam in CAMS:
+        r = httpx.post(f"{url}/v1/streams/{cam}/frames", content=frames[cam][i], timeout=60,
+                       params={"frame_index": i, "timestamp": i / 60.0, "group": group},
+                       headers={"content-type": "image/jpeg"})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+
+def fused_at(url: str, index: int, group: str = "room", timeout_s: float = 20.0) -> dict:
+    """The group's latest fused frame once it has reached frame ``index`` of every camera."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{url}/v1/groups/{group}/people", timeout=10)
+        if r.status_code == 200 and min(r.json()["frames"].values(), default=-1) >= index:
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"no fused frame of {group} at frame {index}: {r.status_code} {r.text[:300]}")
+
+
+def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fuser_restart(server, frames):
+    url = server
+    ids_seen: set[int] = set()
+    for i in range(FRAMES // 2):
+        post_round(url, frames, i)
+    first = fused_at(url, FRAMES // 2 - 1)
+    assert first["group"] == "room" and len(first["people"]) == 2
+    for person in first["people"]:
+        assert len(person["keypoints3d"]) == 17 and len(person["views"]) >= 2 and person["court_xy"] is not None
+    ids_seen |= {p["group_id"] for p in first["people"]}
+    views = {p["group_id"]: p["views"] for p in first["people"]}
+
+    # the fuser dies mid-stream (Ray restarts it): it comes back with its group ids from the checkpoint store
+    fuser = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-group-room"))
+    time.sleep(1.2)  # a checkpoint is at most groups.checkpoint_s old: let one be taken after the first half
+    post_round(url, frames, FRAMES // 2)
+    fused_at(url, FRAMES // 2)
+    ray.kill(ray.get_actor(fuser["name"], namespace=fuser["namespace"]), no_restart=False)
+    for i in range(FRAMES // 2 + 1, FRAMES):
+        post_round(url, frames, i)
+    last = fused_at(url, FRAMES - 1)
+    assert {p["group_id"] for p in last["people"]} == ids_seen, (ids_seen, last["people"])
+    for p in last["people"]:  # each player still seen through the same cameras' tracks
+        assert set(p["views"].items()) & set(views[p["group_id"]].items())
+
+    # the server-sent events give the same frames
+    with httpx.stream("GET", f"{url}/v1/groups/room/people/events", timeout=30) as events:
+        line = next(x for x in events.iter_lines() if x.startswith("data: "))
+    event = json.loads(line.removeprefix("data: "))
+    assert event["version"] >= last["version"] and {p["group_id"] for p in event["people"]} == ids_seen
+
+
+def test_calibrations_over_the_api_are_checked_with_the_reason(server):
+    url = server
+    base = f"{url}/v1/groups/court-b/cameras/cam09/calibration"
+    good = {"size": [1920, 1080], "matrix": [[1400, 0, 960], [0, 1400, 540], [0, 0, 1]],
+            "distortions": [0, 0, 0, 0], "rotation": [0, 0, 0], "translation": [0, 0, 10]}  # fmt: skip
+    bad = {**good, "matrix": [[0, 0, 960], [0, 1400, 540], [0, 0, 1]]}
+    r = httpx.put(base, json={"camera": bad})
+    assert r.status_code == 422 and "singular" in r.json()["detail"], r.text
+    r = httpx.put(base, json={"camera": {**good, "rotation": [[1, 0, 0], [0, 1, 0], [0, 0, -1]]}})
+    assert r.status_code == 422 and "not a rotation" in r.json()["detail"], r.text
+    r = httpx.put(base, json={"court_points": {"template": "volleyball", "points": [
+        {"name": "end_a_side1", "image": [300, 560]}, {"name": "attack_a_side1", "image": [800, 562]},
+        {"name": "attack_b_side1", "image": [1300, 564]}, {"name": "end_b_side1", "image": [1800, 566]}]}})  # fmt: skip
+    assert r.status_code == 422 and "one line" in r.json()["detail"], r.text
+    assert httpx.get(base).status_code == 404
+    # a good one: the reprojection error of its check point is answered (the origin is on the optical axis)
+    r = httpx.put(base, json={"camera": good, "check_points": [{"world": [0, 0, 0], "image": [961, 540]}]})
+    assert r.status_code == 200 and r.json()["reprojection_px"] == [1.0], r.text
+    assert httpx.get(base).json()["calibration"]["translation"] == [0.0, 0.0, 10.0]
+    # a second camera where the first stands: no baseline, refused; the first is kept
+    r = httpx.put(f"{url}/v1/groups/court-b/cameras/cam10/calibration", json={"camera": good})
+    assert r.status_code == 422 and "same place" in r.json()["detail"], r.text
+    assert httpx.delete(base).status_code == 204
+    assert httpx.get(base).status_code == 404 and httpx.delete(base).status_code == 404
+    # the config's cameras are read back too, and the config says where they came from
+    got = httpx.get(f"{url}/v1/groups/room/cameras/cam02/calibration").json()
+    assert got["source"] == "config" and got["calibration"]["size"] == [1088, 1920]
