@@ -5,6 +5,9 @@ killed mid-stream coming back with its group ids."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 
@@ -50,7 +53,7 @@ def server() -> Iterator[str]:
 
 def post_round(url: str, frames: dict[str, list[bytes]], i: int, group: str = "room") -> None:
     for cam in CAMS:
-        r = httpx.post(f"{url}/v1/streams/{cam}/frames", content=frames[cam][i], timeout=60,
+        r = httpx.post(f"{url}/v1/streams/{cam}/frames", content=frames[cam][i % FRAMES], timeout=60,
                        params={"frame_index": i, "timestamp": i / 60.0, "group": group},
                        headers={"content-type": "image/jpeg"})  # fmt: skip
         assert r.status_code == 200, r.text
@@ -126,3 +129,45 @@ def test_calibrations_over_the_api_are_checked_with_the_reason(server):
     # the config's cameras are read back too, and the config says where they came from
     got = httpx.get(f"{url}/v1/groups/room/cameras/cam02/calibration").json()
     assert got["source"] == "config" and got["calibration"]["size"] == [1088, 1920]
+
+
+def test_the_viewer_shows_the_groups_players_top_down(server, frames, tmp_path):
+    """The live page in headless Chromium: the room's court view has a dot a player, with its group id and the
+    cameras that see it, the same as GET /v1/groups/room/people."""
+    from test_viewer import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+
+    playwright_api = chromium_or_skip()
+    stop = threading.Event()
+
+    def feed() -> None:  # the cameras go on (their clips again, frame indices on) while the page looks
+        i = FRAMES
+        while not stop.is_set():
+            post_round(server, frames, i)
+            i += 1
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    shot = tmp_path / "court.png"
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server}/viewer")
+            page.wait_for_selector('.group[data-group="room"] section.court[data-players="2"]', timeout=60_000)
+            page.wait_for_timeout(1000)
+            shown = page.eval_on_selector_all(
+                'section.court[data-group="room"] li',
+                "els => els.map(e => ({gid: parseInt(e.dataset.gid), cameras: e.dataset.cameras.split(',')}))",
+            )
+            page.screenshot(path=str(shot))
+            browser.close()
+    finally:
+        stop.set()
+        feeder.join(timeout=60)
+    fused = httpx.get(f"{server}/v1/groups/room/people", timeout=10).json()
+    assert sorted(x["gid"] for x in shown) == sorted(p["group_id"] for p in fused["people"]), (shown, fused)
+    for x in shown:
+        assert len(x["cameras"]) >= 2 and set(x["cameras"]) <= set(CAMS), shown
+    assert shot.stat().st_size > 20_000
+    if out := os.environ.get("POSEFLEET_COURT_SCREENSHOT"):
+        shutil.copyfile(shot, out)

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import DATA
+from conftest import DATA, video_frames
 from posefleet.config import AppConfig
+from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
 from posefleet.serve.launcher import local_app
 
@@ -26,9 +27,17 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync",
 ]  # fmt: skip
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-    pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-tools.sh", allow_module_level=True)
+
+
+def chromium_or_skip():
+    """Playwright's sync API, or a skip saying what is missing."""
+    api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-test-tools.sh", allow_module_level=True)
+    return api
+
+
+playwright_api = chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +104,22 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
             page.wait_for_selector('.group[data-group="court-1"] section.tile[data-stream="court-1-cam-a"]',
                                    timeout=30_000)  # fmt: skip
             grouped = page.eval_on_selector_all(".group section.tile", "els => els.map(e => e.dataset.stream)")
+            # the court's camera marked on a volleyball court (made-up points on this clip): its players top-down
+            corners = {"end_a_side1": [60, 120], "end_b_side1": [370, 120], "end_b_side2": [420, 235],
+                       "end_a_side2": [10, 235]}  # fmt: skip
+            marked = {"size": [426, 240], "court_points": {"template": "volleyball", "points": [
+                {"name": k, "image": v} for k, v in corners.items()]}}  # fmt: skip
+            r = httpx.put(f"{server}/v1/groups/court-1/cameras/court-1-cam-v/calibration", json=marked,
+                          headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)  # fmt: skip
+            assert r.status_code == 200 and max(r.json()["reprojection_px"]) < 0.5, r.text
+            for i, image in enumerate(video_frames("test_video_structuralize.mp4", 12)):
+                httpx.post(f"{server}/v1/streams/court-1-cam-v/frames", params={"group": "court-1", "frame_index": i},
+                           content=encode_jpeg(image, 90), headers=court, timeout=60)  # fmt: skip
+            page.wait_for_selector('section.court[data-group="court-1"][data-court="volleyball"]', timeout=30_000)
+            top_down = page.eval_on_selector(
+                'section.court[data-group="court-1"]',
+                "e => ({players: parseInt(e.dataset.players), n: e.querySelectorAll('li').length})",
+            )
             page.wait_for_timeout(1500)  # let a thumbnail land under the skeletons
             page.screenshot(path=str(shot))
             stop.set()  # the clips end; the streams stay listed
@@ -112,6 +137,7 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
     assert all(by_name[name]["fps"] > 0 and "FPS" in by_name[name]["stats"] for name, _ in jobs)
     assert any(by_name[name]["people"] > 0 for name, _ in jobs)
     assert grouped == ["court-1-cam-a"]
+    assert top_down["players"] > 0 and top_down["n"] >= top_down["players"], top_down
     assert ended.startswith("ended ") and "people" in ended, ended
     assert shot.stat().st_size > 20_000
     if out := os.environ.get("POSEFLEET_VIEWER_SCREENSHOT"):

@@ -16,7 +16,7 @@ from posefleet.court.associate import UNMATCHED, View, cluster_views, epipolar_c
 from posefleet.court.calibration import CalibrationError, Camera, camera_from_model, check_rig, check_size
 from posefleet.court.group_tracker import Candidate, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
-from posefleet.court.schema import GroupFrame, GroupPerson
+from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.triangulate import Triangulated, project_all, triangulate_points
 from posefleet.pipeline.schema import FrameResult
@@ -50,7 +50,15 @@ class GroupFuser:
         both = set(self.cameras) & set(self.homographies)
         if both:
             raise CalibrationError(f"streams {', '.join(sorted(both))} have both a calibration and court points")
-        self.template: CourtTemplate | None = court_template(settings.court) if settings.court else None
+        marked = {h.template.name for h in self.homographies.values()}
+        if settings.court is None and len(marked) > 1:
+            raise CalibrationError(f"the group's court points are of several courts ({', '.join(sorted(marked))})")
+        # the court is the one named, else the one the court points were marked on
+        name = settings.court or next(iter(marked), None)
+        self.template: CourtTemplate | None = court_template(name) if name else None
+        self.outline = None if self.template is None else CourtOutline(
+            name=self.template.name, length=self.template.length, width=self.template.width, net_x=self.template.net_x
+        )
         self.tracker = GroupTracker(
             max_distance_m=self.cfg.max_distance_m, max_age_s=self.cfg.max_age_s,
             min_views_new=2 if len(self.cameras) >= 2 else 1,
@@ -174,7 +182,8 @@ class GroupFuser:
         frames = {s: r.frame_index for s, r in results.items() if s in views}
         ms = (time.perf_counter() - t0) * 1000.0
         return GroupFrame.model_construct(
-            group=self.group, timestamp=timestamp, frames=frames, people=kept, fusion_ms=round(ms, 3)
+            group=self.group, timestamp=timestamp, frames=frames, people=kept, fusion_ms=round(ms, 3),
+            court=self.outline,
         )
 
     def _fused(

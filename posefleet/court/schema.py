@@ -27,9 +27,19 @@ class GroupPerson(BaseModel):
     n_views: list[int] = Field(default_factory=list, description="views each 3D keypoint was triangulated from")
 
 
+class CourtOutline(BaseModel):
+    """The court template's shape, so a reader (the viewer's top-down view) can draw it without the template."""
+
+    name: str
+    length: float = Field(description="metres along x")
+    width: float = Field(description="metres along y")
+    net_x: float | None = None
+
+
 class GroupFrame(BaseModel):
     group: str
     timestamp: float | None = Field(None, description="the frames' capture time (the group's matching time)")
     frames: dict[str, int] = Field(default_factory=dict, description="stream id -> the frame index fused")
     people: list[GroupPerson] = Field(default_factory=list)
     fusion_ms: float = Field(0.0, description="CPU time the fusion took")
+    court: CourtOutline | None = Field(None, description="the group's court template, where it has one")

@@ -52,7 +52,8 @@ class GroupSettings(BaseModel):
         None,
         description=(
             "the court template (configs/courts) whose lines say who is outside the court; with full "
-            "calibrations, the calibration's world x, y are taken as that court's metres"
+            "calibrations, the calibration's world x, y are taken as that court's metres; None: the template "
+            "the court points were marked on, if any"
         ),
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
