@@ -29,6 +29,7 @@ from posefleet.court.settings import GroupSettings
 from posefleet.pipeline.schema import FrameResult
 
 HISTORY = 32  # results kept a camera to match the group's time against
+GROUPS_DIR = "_groups"  # the sink's folder of group frames: no stream id starts with "_"
 
 
 def check_camera(stream: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +80,7 @@ class GroupFuserActor:
         if serving.sink.webhook.url:
             from posefleet.webhook import WebhookSink
 
-            self.webhook = WebhookSink(serving.sink.webhook)
+            self.webhook = WebhookSink(serving.sink.webhook, f"group-{group}", key="group_frames")
         self.fuser = self._build()
         self._restored: asyncio.Task | None = None
 
@@ -158,7 +159,7 @@ class GroupFuserActor:
         self.changed = asyncio.Event()
         line = fused.model_dump_json()
         if self.sink is not None:
-            self.sink.write(f"{self.group}.group", line)
+            self.sink.write(f"{GROUPS_DIR}/{self.group}", line)
         if self.webhook is not None:
             self.webhook.add(line)
         if time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_s:

@@ -42,9 +42,10 @@ class WebhookStats:
 class WebhookSink:
     """``add`` a result (a JSON object) from the event loop; a task sends them in order, a batch at a time."""
 
-    def __init__(self, cfg: WebhookConfig, source: str = ""):
+    def __init__(self, cfg: WebhookConfig, source: str = "", key: str = "results"):
+        """``key``: what a batch's list is called in its body (``results``, a group fuser's ``group_frames``)."""
         assert cfg.url is not None
-        self.cfg = cfg
+        self.cfg, self.key = cfg, key
         self.url = cfg.url
         self.source = source or uuid.uuid4().hex[:12]  # which replica sent a batch
         self.queue: deque[str] = deque()
@@ -82,7 +83,7 @@ class WebhookSink:
             while (self.pending or self.queue) and time.monotonic() < deadline:
                 batch, batch_id = self._next_batch()
                 try:
-                    resp = client.post(self.url, content=_body(batch), headers=self._headers(batch_id))
+                    resp = client.post(self.url, content=_body(self.key, batch), headers=self._headers(batch_id))
                 except httpx.HTTPError as exc:
                     self._error(f"{type(exc).__name__}: {exc}")
                     break
@@ -124,7 +125,7 @@ class WebhookSink:
         delay = self.cfg.retry_min_s
         while True:
             try:
-                resp = await client.post(self.url, content=_body(batch), headers=self._headers(batch_id))
+                resp = await client.post(self.url, content=_body(self.key, batch), headers=self._headers(batch_id))
                 if self._outcome(resp, batch) is not None:  # taken or refused for good
                     return
             except httpx.HTTPError as exc:
@@ -153,5 +154,5 @@ class WebhookSink:
         self.stats.last_error = text
 
 
-def _body(batch: list[str]) -> str:
-    return '{"results":[' + ",".join(batch) + "]}"
+def _body(key: str, batch: list[str]) -> str:
+    return '{"' + key + '":[' + ",".join(batch) + "]}"

@@ -10,18 +10,20 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import httpx
 import pytest
 import ray
+from test_webhook import Receiver
 
 from conftest import DATA
-from posefleet.config import AppConfig
+from posefleet.config import AppConfig, deep_merge
 from posefleet.court.calibration import load_calibration
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
-from posefleet.serve.launcher import local_app
+from posefleet.serve.launcher import free_port, local_app
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve
 
@@ -41,13 +43,27 @@ def frames() -> dict[str, list[bytes]]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    """The embedded default with the demo room as a group known in advance (its calibrations in the config)."""
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(free_port())
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def sink_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sink")
+
+
+@pytest.fixture(scope="module")
+def server(receiver: Receiver, sink_dir: Path) -> Iterator[str]:
+    """The embedded default with the demo room as a group known in advance (its calibrations in the config),
+    results to a JSONL sink and a webhook."""
     args = load_serve_config()["applications"][0]["args"]
     calibrated = load_calibration(DEMO / "Calib.qca.txt")
     cameras = {name: cam.to_model().model_dump(mode="json") for name, cam in calibrated.items()}
-    args = {**args, "serving": {**args.get("serving", {}), "groups": {"courts": {"room": {"cameras": cameras}}}}}
-    with local_app(AppConfig.model_validate(args)) as url:
+    sink = {"directory": str(sink_dir), "webhook": {"url": f"http://127.0.0.1:{receiver.port}/hook", "interval_s": 0.2}}
+    serving = {"groups": {"courts": {"room": {"cameras": cameras}}}, "sink": sink}
+    with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving}))) as url:
         yield url
 
 
@@ -70,7 +86,9 @@ def fused_at(url: str, index: int, group: str = "room", timeout_s: float = 20.0)
     raise AssertionError(f"no fused frame of {group} at frame {index}: {r.status_code} {r.text[:300]}")
 
 
-def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fuser_restart(server, frames):
+def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fuser_restart(
+    server, frames, sink_dir, receiver
+):
     url = server
     ids_seen: set[int] = set()
     for i in range(FRAMES // 2):
@@ -100,6 +118,20 @@ def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fus
         line = next(x for x in events.iter_lines() if x.startswith("data: "))
     event = json.loads(line.removeprefix("data: "))
     assert event["version"] >= last["version"] and {p["group_id"] for p in event["people"]} == ids_seen
+
+    # the group's JSONL sink and the webhook have its fused frames too (the fuser's restart lost none of the sink)
+    lines = [json.loads(x) for f in sorted((sink_dir / "_groups" / "room").glob("*.jsonl")) for x in f.open()]
+    assert {p["group_id"] for x in lines for p in x["people"]} == ids_seen
+    assert max(min(x["frames"].values()) for x in lines) == FRAMES - 1
+    assert all(set(x) >= {"group", "timestamp", "people"} and x["group"] == "room" for x in lines)
+    def at_the_end() -> bool:
+        return any(min(x["frames"].values()) == FRAMES - 1 for x in receiver.group_frames)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not at_the_end():
+        time.sleep(0.2)
+    assert at_the_end() and {p["group_id"] for x in receiver.group_frames for p in x["people"]} == ids_seen
+    assert all(x["stream_id"] in CAMS for x in receiver.results())  # the streams' own results beside them
 
 
 def test_calibrations_over_the_api_are_checked_with_the_reason(server):

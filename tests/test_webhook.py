@@ -22,6 +22,7 @@ class Receiver:
     def __init__(self, port: int, failures: int = 0, fail_with: int = 503):
         self.port, self.failures, self.fail_with = port, failures, fail_with
         self.requests: list[tuple[str, list[dict], dict]] = []  # (batch id, results, headers) answered 2xx
+        self.group_frames: list[dict] = []  # what group fusers sent (under "group_frames")
         self.seen = 0
         receiver = self
 
@@ -32,8 +33,12 @@ class Receiver:
                 if receiver.seen <= receiver.failures:
                     self.send_response(receiver.fail_with)
                 else:
-                    results = json.loads(body)["results"]
-                    receiver.requests.append((self.headers["x-posefleet-batch"], results, dict(self.headers)))
+                    got = json.loads(body)
+                    if "group_frames" in got:
+                        receiver.group_frames += got["group_frames"]
+                    else:
+                        batch = self.headers["x-posefleet-batch"]
+                        receiver.requests.append((batch, got["results"], dict(self.headers)))
                     self.send_response(204)
                 self.send_header("content-length", "0")
                 self.end_headers()
