@@ -58,12 +58,12 @@ def demos() -> dict[str, Path]:
     return found or {"MultiPerson": ROOT / "tests" / "data" / "pose2sim"}
 
 
-def _videos(folder: Path) -> list[Path]:
+def videos_of(folder: Path) -> list[Path]:
     sub = folder / "videos"
     return [(sub if sub.is_dir() else folder) / f"{c}.mp4" for c in CAMS]
 
 
-def _calibration(folder: Path) -> Path:
+def calibration_of(folder: Path) -> Path:
     sub = folder / "calibration" / "Calib.qca.txt"
     return sub if sub.is_file() else folder / "Calib.qca.txt"
 
@@ -72,7 +72,7 @@ def run_2d(folder: Path, frames: int | None, preset: str = "balanced") -> list[d
     """A preset's pipeline on the four cameras, one round (one frame each) at a time."""
     pipeline = Pipeline(load_pipeline_config(preset))
     rounds: list[dict[str, FrameResult]] = []
-    sources = {c: open_source(str(v)) for c, v in zip(CAMS, _videos(folder), strict=True)}
+    sources = {c: open_source(str(v)) for c, v in zip(CAMS, videos_of(folder), strict=True)}
     run_sources(pipeline, sources, lambda f, r: None, frames, lambda rs: rounds.append({r.stream_id: r for r in rs}))
     return rounds
 
@@ -307,7 +307,7 @@ def main() -> None:
     replayed: tuple[dict[str, Camera], list[GroupFrame]] | None = None
     with tqdm(total=len(found) * 3 + 1, desc="court bench", unit="step") as bar:
         for demo, folder in found.items():
-            cameras = load_calibration(_calibration(folder))
+            cameras = load_calibration(calibration_of(folder))
             rounds = run_2d(folder, frames, args.preset)
             bar.update(1)
             fused = fuse(cameras, rounds)
