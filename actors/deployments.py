@@ -16,10 +16,11 @@ import numpy as np
 from ray import serve
 
 from posefleet import metrics
-from posefleet.config import DetectorConfig, ModelDeploymentSettings, PoseConfig
+from posefleet.config import DetectorConfig, PoseConfig
 from posefleet.pipeline.detector import Detector
 from posefleet.pipeline.model_queue import QueueStats
 from posefleet.pipeline.pose import PoseEstimator
+from posefleet.serving_config import ModelDeploymentSettings
 
 T = TypeVar("T")
 

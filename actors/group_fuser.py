@@ -21,12 +21,12 @@ import ray
 
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
-from posefleet.config import ServingConfig
 from posefleet.court.calibration import CalibrationError, CameraCalibration, camera_from_model, reprojection_errors
 from posefleet.court.fusion import GroupFuser
 from posefleet.court.homography import HomographyCalibration, fit_homography
 from posefleet.court.settings import GroupSettings
 from posefleet.pipeline.schema import FrameResult
+from posefleet.serving_config import ServingConfig
 
 HISTORY = 32  # results kept a camera to match the group's time against
 GROUPS_DIR = "_groups"  # the sink's folder of group frames: no stream id starts with "_"

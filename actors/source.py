@@ -34,8 +34,8 @@ from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
-from posefleet.config import SourcesConfig
 from posefleet.errors import Conflict, OverCap, UnknownStream
+from posefleet.serving_config import SourcesConfig
 
 log = logging.getLogger("posefleet.source")
 

@@ -24,7 +24,7 @@ import ray
 
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
-from posefleet.config import ViewerConfig
+from posefleet.serving_config import ViewerConfig
 
 
 @dataclass

@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from bench import report
 from bench.court import CAMS, FPS, ROOT, calibration_of, demos, videos_of
-from posefleet.config import AppConfig, deep_merge
+from posefleet.config import deep_merge
 from posefleet.court.calibration import load_calibration
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.launcher import local_app
+from posefleet.serving_config import AppConfig
 
 
 def read_frames(folder: Path, count: int) -> dict[str, list[bytes]]:

@@ -7,8 +7,8 @@ import ipaddress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from posefleet.config import SourcesConfig
 from posefleet.errors import Forbidden, InvalidRequest
+from posefleet.serving_config import SourcesConfig
 
 
 def redact(url: str) -> str:

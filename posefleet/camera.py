@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from posefleet.allowlist import redact
-from posefleet.config import SourcesConfig
+from posefleet.serving_config import SourcesConfig
 
 State = Literal["connecting", "running", "reconnecting", "stopped", "failed"]
 OnFrame = Callable[[np.ndarray, int, float], None]  # (BGR image, frame index, capture time)

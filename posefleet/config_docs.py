@@ -15,14 +15,15 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from posefleet.config import AppConfig, PipelineConfig, ServingConfig
+from posefleet.config import PipelineConfig
+from posefleet.serving_config import AppConfig, ServingConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 HEADER = """# Configuration reference
 
-Written by `python -m posefleet.config_docs` from the pydantic models in `posefleet/config.py`: edit those,
-not this file (a test fails when it is stale).
+Written by `python -m posefleet.config_docs` from the pydantic models in `posefleet/config.py` and
+`posefleet/serving_config.py`: edit those, not this file (a test fails when it is stale).
 
 Settings come from one place: a Serve config file's application `args` (`configs/serve-cpu.yaml`,
 `configs/serve-gpu.yaml`), which name a preset (`configs/<preset>.yaml`) and override its `pipeline` keys.

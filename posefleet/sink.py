@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from posefleet.config import SinkConfig
+from posefleet.serving_config import SinkConfig
 
 
 class JsonlSink:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import httpx
 
 from posefleet.allowlist import redact
-from posefleet.config import WebhookConfig
+from posefleet.serving_config import WebhookConfig
 
 log = logging.getLogger("posefleet.webhook")
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}

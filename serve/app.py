@@ -2,7 +2,7 @@
 ``serving.models: deployments`` also -> (``Detector``, ``Pose``) Serve deployments.
 
 ``serve run configs/serve-cpu.yaml`` and ``posefleet serve`` both build it from the ``args`` of a
-Serve config file (an :class:`~posefleet.config.AppConfig`).
+Serve config file (an :class:`~posefleet.serving_config.AppConfig`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from posefleet.actors.deployments import DetectorDeployment, PoseDeployment
-from posefleet.config import CONFIG_DIR, AppConfig, DeploymentSettings, ServingConfig
+from posefleet.config import CONFIG_DIR
 from posefleet.serve.ingress import Ingress
+from posefleet.serving_config import AppConfig, DeploymentSettings, ServingConfig
 
 
 def deployment_options(settings: DeploymentSettings, serving: ServingConfig) -> dict[str, Any]:

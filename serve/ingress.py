@@ -23,7 +23,6 @@ from ray.serve.handle import DeploymentHandle
 
 from posefleet.actors.owner import app_owner
 from posefleet.actors.source import source_registry
-from posefleet.config import AppConfig
 from posefleet.pipeline.admission import Budget
 from posefleet.pipeline.ordering import Lineup
 from posefleet.pipeline.schema import Health
@@ -34,6 +33,7 @@ from posefleet.serve.management import Management
 from posefleet.serve.processor import FrameRouter
 from posefleet.serve.transports import FrameTransports
 from posefleet.serve.viewer_routes import ViewerRoutes
+from posefleet.serving_config import AppConfig
 
 
 @serve.deployment(name="Ingress")

@@ -19,11 +19,11 @@ from posefleet import metrics
 from posefleet.actors.group_fuser import GroupFeed
 from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, with_retry, worker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
-from posefleet.config import AppConfig
 from posefleet.errors import HeldElsewhere, PosefleetError, Unavailable, cause
 from posefleet.pipeline.ordering import Sent
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.worker import Served
+from posefleet.serving_config import AppConfig
 from posefleet.sink import JsonlSink
 from posefleet.webhook import WebhookSink
 

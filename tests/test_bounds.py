@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import video_frames
-from posefleet.config import AdmissionConfig, LimitsConfig, ServingConfig, load_pipeline_config
+from posefleet.config import load_pipeline_config
 from posefleet.errors import FrameOrderError, ImageError, OverCap, Unavailable
 from posefleet.image_io import check_image, encode_jpeg
 from posefleet.pipeline.admission import Budget
@@ -21,6 +21,7 @@ from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.worker import CheckpointStore, StreamWorker
 from posefleet.serve.capacity import Caps, Shares, client_key
 from posefleet.serve.multipart import frame_parts
+from posefleet.serving_config import AdmissionConfig, LimitsConfig, ServingConfig
 
 
 @pytest.fixture(scope="module")

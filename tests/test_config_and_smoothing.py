@@ -85,8 +85,9 @@ def test_one_euro_reduces_jitter_and_follows_a_ramp() -> None:
 
 @pytest.mark.parametrize("name", ["serve-cpu", "serve-gpu"])
 def test_serve_configs_validate_and_build(name: str) -> None:
-    from posefleet.config import CONFIG_DIR, AppConfig
+    from posefleet.config import CONFIG_DIR
     from posefleet.serve.app import build_app, load_serve_config
+    from posefleet.serving_config import AppConfig
 
     spec = load_serve_config(CONFIG_DIR / f"{name}.yaml")["applications"][0]
     assert spec["import_path"] == "posefleet.serve.app:build_app"
@@ -113,7 +114,7 @@ def _deployment_names(app: object) -> set[str]:
 
 
 def test_batches_must_be_able_to_fill() -> None:
-    from posefleet.config import ModelDeploymentSettings
+    from posefleet.serving_config import ModelDeploymentSettings
 
     with pytest.raises(ValidationError, match="batches never fill"):
         ModelDeploymentSettings(max_ongoing_requests=4, batch={"max_batch_size": 8})

@@ -19,11 +19,12 @@ import ray
 from test_webhook import Receiver
 
 from conftest import DATA
-from posefleet.config import AppConfig, deep_merge
+from posefleet.config import deep_merge
 from posefleet.court.calibration import load_calibration
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.launcher import free_port, local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve
 

@@ -18,9 +18,10 @@ import ray
 import websockets
 
 from bench import hostile
-from posefleet.config import AppConfig, deep_merge
+from posefleet.config import deep_merge
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.launcher import local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve
 

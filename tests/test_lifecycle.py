@@ -17,10 +17,10 @@ import ray
 from ray import serve
 
 from conftest import video_frames
-from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app
 from posefleet.serve.launcher import free_port, listening_sockets, local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

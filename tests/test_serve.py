@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import DATA, video_frames
-from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.engine import Pipeline
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.client import submit
 from posefleet.serve.launcher import free_port, haproxy_available, listener, local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

@@ -18,9 +18,9 @@ from cameras import mjpeg_camera, rtsp_available, rtsp_camera
 from conftest import DATA
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
-from posefleet.config import SinkConfig, SourcesConfig
 from posefleet.errors import Forbidden, InvalidRequest
 from posefleet.serve.launcher import free_port, port_in_use
+from posefleet.serving_config import SinkConfig, SourcesConfig
 from posefleet.sink import JsonlSink
 
 CLIP = DATA / "test_video_structuralize.mp4"

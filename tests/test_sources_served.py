@@ -20,10 +20,11 @@ from test_sources import CAMERAS, CLIP, camera_server, camera_url, needs_ffmpeg,
 from test_webhook import Receiver
 
 from conftest import DATA, video_frames
-from posefleet.config import AppConfig, deep_merge
+from posefleet.config import deep_merge
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app, load_serve_config
 from posefleet.serve.launcher import free_port, local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = [pytest.mark.slow, needs_ffmpeg]
 

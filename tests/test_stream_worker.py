@@ -12,13 +12,14 @@ import pytest
 
 from conftest import BLAZEPOSE, video_frames
 from posefleet.actors.viewer_hub import StreamUpdate, ViewerHub
-from posefleet.config import AdmissionConfig, CheckpointConfig, PipelineConfig, ViewerConfig, load_pipeline_config
+from posefleet.config import PipelineConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.ordering import Sent
 from posefleet.pipeline.worker import CheckpointStore, StreamWorker
+from posefleet.serving_config import AdmissionConfig, CheckpointConfig, ViewerConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from conftest import DATA, video_frames
-from posefleet.config import AppConfig
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
 from posefleet.serve.launcher import local_app
+from posefleet.serving_config import AppConfig
 
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 

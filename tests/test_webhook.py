@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from posefleet.config import WebhookConfig
 from posefleet.serve.launcher import free_port
+from posefleet.serving_config import WebhookConfig
 from posefleet.webhook import WebhookSink
 
 

@@ -39,9 +39,9 @@ def _allow_sources(app_args: dict[str, Any], urls: list[str], out: str) -> dict[
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from posefleet.config import AppConfig
     from posefleet.serve import launcher
     from posefleet.serve.app import build_app, load_serve_config
+    from posefleet.serving_config import AppConfig
 
     try:
         serve_cfg = load_serve_config(args.config)

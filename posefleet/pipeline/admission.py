@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from posefleet.config import AdmissionConfig
 from posefleet.errors import FrameDropped, StreamBusy, Unavailable
+from posefleet.serving_config import AdmissionConfig
 
 Policy = Literal["drop_oldest", "wait"]
 

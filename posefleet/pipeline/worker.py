@@ -32,14 +32,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from posefleet.config import (
-    AdmissionConfig,
-    CheckpointConfig,
-    LimitsConfig,
-    PipelineConfig,
-    StreamSettings,
-    ViewerConfig,
-)
+from posefleet.config import PipelineConfig, StreamSettings
 from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, InvalidRequest, OverCap, problems
 from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
 from posefleet.pipeline.admission import Budget, Policy, Turnstile
@@ -47,6 +40,7 @@ from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_
 from posefleet.pipeline.ordering import CallOrder, Sent
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
+from posefleet.serving_config import AdmissionConfig, CheckpointConfig, LimitsConfig, ViewerConfig
 
 AsyncModels = Callable[[ModelCall], Awaitable[list]]
 
