@@ -26,10 +26,11 @@ from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
 from posefleet.config import PipelineConfig
 from posefleet.errors import Unavailable
+from posefleet.pipeline.checkpoints import CheckpointStore
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.ordering import Sent
-from posefleet.pipeline.worker import CheckpointStore, Served, StreamWorker
+from posefleet.pipeline.worker import Served, StreamWorker
 from posefleet.serving_config import ServingConfig
 
 log = logging.getLogger("posefleet.worker")

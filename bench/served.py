@@ -28,8 +28,8 @@ from bench.inprocess import machine_cpu_ms
 from posefleet.config import deep_merge
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import load_serve_config
-from posefleet.serve.client import BatchSender, HttpSender, Sender, SocketSender
 from posefleet.serve.launcher import local_app
+from posefleet.serve.senders import BatchSender, HttpSender, Sender, SocketSender
 from posefleet.sources import open_source
 
 CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "test_video_structuralize.mp4"

@@ -16,9 +16,10 @@ from posefleet.config import load_pipeline_config
 from posefleet.errors import FrameOrderError, ImageError, OverCap, Unavailable
 from posefleet.image_io import check_image, encode_jpeg
 from posefleet.pipeline.admission import Budget
+from posefleet.pipeline.checkpoints import CheckpointStore
 from posefleet.pipeline.frames import LocalModels
 from posefleet.pipeline.model_queue import QueuedModels
-from posefleet.pipeline.worker import CheckpointStore, StreamWorker
+from posefleet.pipeline.worker import StreamWorker
 from posefleet.serve.capacity import Caps, Shares, client_key
 from posefleet.serve.multipart import frame_parts
 from posefleet.serving_config import AdmissionConfig, LimitsConfig, ServingConfig

@@ -110,7 +110,7 @@ def test_every_transport_returns_what_the_in_process_pipeline_returns(server: di
 
 async def send_with(url: str, transport: str, stream: str, frames: list[tuple[int, float, bytes]]) -> list[dict]:
     """Frames sent one after another through the client's own sender for ``transport``."""
-    from posefleet.serve.client import BatchSender, HttpSender, SocketSender
+    from posefleet.serve.senders import BatchSender, HttpSender, SocketSender
 
     async with httpx.AsyncClient(timeout=60) as client:
         sender = {"ws": lambda: SocketSender(url, {}, 60), "http": lambda: HttpSender(client, url, {}),

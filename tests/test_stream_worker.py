@@ -15,10 +15,11 @@ from posefleet.actors.viewer_hub import StreamUpdate, ViewerHub
 from posefleet.config import PipelineConfig, load_pipeline_config
 from posefleet.errors import FrameAbandoned, FrameOrderError, HeldElsewhere, ImageError, StreamBusy
 from posefleet.image_io import encode_jpeg
+from posefleet.pipeline.checkpoints import CheckpointStore
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.ordering import Sent
-from posefleet.pipeline.worker import CheckpointStore, StreamWorker
+from posefleet.pipeline.worker import StreamWorker
 from posefleet.serving_config import AdmissionConfig, CheckpointConfig, ViewerConfig
 
 
