@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import cv2
+import pytest
 
 from conftest import DATA
 
@@ -50,6 +51,7 @@ def test_run_image_writes_annotated_picture_and_coco(tmp_path: Path) -> None:
     assert len(results) == 1 and len(results[0]["keypoints"]) == 51 and results[0]["category_id"] == 1
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_missing_and_unreadable_sources_are_one_line_errors(tmp_path: Path) -> None:
     proc = posefleet("run", str(tmp_path / "nope.mp4"), cwd=tmp_path)
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
@@ -68,6 +70,7 @@ def test_unknown_preset_is_an_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown preset" in proc.stderr
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_serve_on_a_taken_port_says_so_before_starting_ray(tmp_path: Path) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -87,6 +90,7 @@ def test_submit_to_an_address_with_no_server_says_so(tmp_path: Path) -> None:
     assert "cannot reach" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_run_several_sources_batches_them_into_one_results_file_each(tmp_path: Path) -> None:
     clip, demo = str(DATA / "test_video_structuralize.mp4"), str(DATA / "demo.mp4")
     proc = posefleet("run", clip, demo, clip, "--max-frames", "6", "--out", str(tmp_path / "runs"), "-q",
@@ -99,6 +103,7 @@ def test_run_several_sources_batches_them_into_one_results_file_each(tmp_path: P
     assert len((tmp_path / "runs" / "demo.jsonl").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_a_bad_configuration_is_one_line_naming_the_field(tmp_path: Path) -> None:
     clip = str(DATA / "demo.mp4")
     proc = posefleet("run", clip, "--detect-every=-1", cwd=tmp_path)

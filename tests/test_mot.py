@@ -84,6 +84,7 @@ def test_a_folder_that_is_not_a_sequence_is_refused(tmp_path: Path) -> None:
         read_sequence(tmp_path)
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 @pytest.mark.skipif(not (SHARED_DATA / "mot17-mini").is_dir(), reason="shared/data/mot17-mini not beside the checkout")
 def test_mot17_mini_runs_and_what_is_found_is_mostly_right(cfg: PipelineConfig, engine: LocalModels) -> None:
     sequences = sorted((SHARED_DATA / "mot17-mini").iterdir())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import BLAZEPOSE, DATA, read
 from posefleet.config import load_pipeline_config
 from posefleet.optimize import optimize
 from posefleet.pipeline.engine import Pipeline
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_variants_are_written_calibrated_and_usable(tmp_path: Path) -> None:
     cfg = load_pipeline_config("top-down", overrides=BLAZEPOSE)
     made = optimize(cfg, tmp_path, str(DATA / "test_video_structuralize.mp4"), frames=4)

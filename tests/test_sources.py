@@ -115,6 +115,7 @@ def wait_until(check, timeout_s: float) -> bool:
     return bool(check())
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 @pytest.mark.parametrize("kind", CAMERAS)
 def test_a_network_camera_is_read_and_a_restarted_camera_reconnected(kind: str, tmp_path: Path) -> None:
     port = free_port()

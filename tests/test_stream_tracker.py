@@ -101,6 +101,7 @@ def test_stream_state_round_trip() -> None:
         assert pa == pb
 
 
+@pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)
 def test_real_clip_detect_every_3_keeps_two_players(engine: LocalModels, topdown_cfg: PipelineConfig) -> None:
     """Basketball clip, 2 players: with detection every 3rd frame both stay tracked on stable ids."""
     frames = video_frames("test_video_structuralize.mp4", 90)
