@@ -189,12 +189,11 @@ class GroupFuserActor:
 
     # -- calibrations over the API ------------------------------------------------------------------------------
 
-    async def set_camera(self, stream: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Store a checked calibration (see :func:`check_camera`); refused when the group's cameras would not
+    async def set_camera(self, stream: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Store a calibration :func:`check_camera` passed; refused when the group's cameras would not
         triangulate with it. Answers ``{"ok": ..., "reason" | "reprojection_px": ...}``."""
         await self._ready()
         try:
-            entry = check_camera(stream, body)
             before = self.api.get(stream)
             self.api[stream] = entry
             try:
@@ -236,13 +235,18 @@ class GroupFuserActor:
 
 
 FuserActor = ray.remote(GroupFuserActor)
+LOOKUP_S = 2.0  # a group found to have no fuser is looked for again after this (one made by another replica)
+
+
+def fuser_name(deploy_id: str, group: str) -> str:
+    return actor_name(deploy_id, f"group-{group}")
 
 
 def group_fuser(deploy_id: str, group: str, serving: ServingConfig, store: Any) -> ray.actor.ActorHandle:
     """The group's fuser (get or create): one per group of a deploy, shared by its ingress replicas."""
     settings = serving.groups.courts.get(group, GroupSettings()).model_dump(mode="json")
     return FuserActor.options(  # type: ignore[attr-defined]
-        name=actor_name(deploy_id, f"group-{group}"), namespace=serving.namespace, get_if_exists=True,
+        name=fuser_name(deploy_id, group), namespace=serving.namespace, get_if_exists=True,
         lifetime="detached", num_cpus=0, max_restarts=-1, max_concurrency=100, **ON_HEAD,
     ).remote(group, settings, serving, store)  # fmt: skip
 
@@ -258,13 +262,30 @@ class GroupFeed:
         self.out: dict[str, asyncio.Task] = {}
         self.calls = 0
         self.refused: set[str] = set()  # groups past max_groups (told once in the log)
+        self.missing: dict[str, float] = {}  # group -> when it was found to have no fuser
 
-    def fuser(self, group: str) -> Any | None:
-        if group not in self.fusers:
+    def fuser(self, group: str, create: bool = False) -> Any | None:
+        """The group's fuser: made for a group of the config's (or with ``create``: a calibration set over the
+        API), else the one made already, if any (looked for again every ``LOOKUP_S``). A group whose cameras
+        nobody calibrated has none: its frames are matched by time only, and reading it costs no actor."""
+        if group in self.fusers:
+            return self.fusers[group]
+        if group in self.cfg.courts or create:
             if len(self.fusers) >= self.cfg.max_groups:
                 self.refused.add(group)
                 return None
             self.fusers[group] = group_fuser(self.deploy_id, group, self.serving, self.store)
+            self.missing.pop(group, None)
+            return self.fusers[group]
+        if time.monotonic() - self.missing.get(group, float("-inf")) < LOOKUP_S:
+            return None
+        try:
+            self.fusers[group] = ray.get_actor(fuser_name(self.deploy_id, group), namespace=self.serving.namespace)
+        except ValueError:  # none was made
+            self.missing[group] = time.monotonic()
+            if len(self.missing) > 4 * self.cfg.max_groups:  # bounded, whatever names frames carry
+                self.missing.pop(next(iter(self.missing)))
+            return None
         return self.fusers[group]
 
     def add(self, group: str, result: FrameResult) -> None:

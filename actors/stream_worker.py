@@ -17,7 +17,6 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
 import ray
 from ray.serve.exceptions import BackPressureError
 
@@ -29,8 +28,7 @@ from posefleet.errors import Unavailable
 from posefleet.pipeline.checkpoints import CheckpointStore
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.pipeline.model_queue import QueuedModels
-from posefleet.pipeline.ordering import Sent
-from posefleet.pipeline.worker import Served, StreamWorker
+from posefleet.pipeline.worker import StreamWorker
 from posefleet.serving_config import ServingConfig
 
 log = logging.getLogger("posefleet.worker")
@@ -116,9 +114,9 @@ class _RemoteCheckpoints:
             asyncio.get_running_loop().call_soon(self._send)
 
 
-class WorkerHost:
-    """A :class:`StreamWorker` with its models and checkpoints: the body of a stream worker actor, or
-    of an ingress replica that holds its streams itself (``serving.workers: 0``)."""
+class WorkerHost(StreamWorker):
+    """A :class:`StreamWorker` with its models and checkpoints made for it: the body of a stream worker actor,
+    or of an ingress replica that holds its streams itself (``serving.workers: 0``)."""
 
     def __init__(
         self,
@@ -129,47 +127,23 @@ class WorkerHost:
         restored: dict[str, dict[str, Any]] | None = None,
         shard: int = 0,
     ):
-        """``restored``: the states of this holder's streams after a restart (None: a first start);
-        ``shard``: which of ``serving.workers`` this is."""
+        """``models``: the model deployments' handles (None: the models run here); ``restored``: the states of
+        this holder's streams after a restart (None: a first start); ``shard``: which of ``serving.workers``."""
+        self.queued: QueuedModels | None = None
         if models is None:
             batch_size = metrics.get().batch_size
-            self.queued: QueuedModels | None = QueuedModels(
+            self.queued = QueuedModels(
                 LocalModels(cfg), {"detector": serving.detector.batch.max_batch_size,
                                    "pose": serving.pose.batch.max_batch_size},
                 on_batch=lambda model, items: batch_size.observe(items, tags={"model": model}),
             )  # fmt: skip
-            self.models: Any = self.queued
-        else:
-            self.queued, self.models = None, DeploymentModels(*models, serving.fault_retry_s)
-        self.checkpoints = (
+        runs: Any = self.queued if self.queued is not None else DeploymentModels(*models, serving.fault_retry_s)
+        checkpoints = (
             _RemoteCheckpoints(store, serving.checkpoints.flush_s, shard, max(serving.workers, 1))
             if store is not None else None
         )  # fmt: skip
-        self.worker = StreamWorker(cfg, serving.admission, self.models, self.checkpoints, restored,
-                                   serving.checkpoints, serving.viewer, serving.limits, shard)  # fmt: skip
-
-    async def process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
-                      policy: str | None, client: str = "", thumbnail: bool = True, sent: Sent | None = None,
-                      settings: dict[str, Any] | None = None) -> Served:  # fmt: skip
-        return await self.worker.process(stream_id, body, index, ts, policy, client, thumbnail, sent, settings)  # type: ignore[arg-type]
-
-    def describe(self, stream_id: str) -> dict[str, Any] | None:
-        return self.worker.describe(stream_id)
-
-    def list_streams(self, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.worker.list_streams(after, limit)
-
-    def settings(self, stream_id: str) -> dict[str, Any] | None:
-        return self.worker.settings(stream_id)
-
-    async def configure(self, stream_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.worker.configure(stream_id, settings)
-
-    async def reset(self, stream_id: str) -> bool:
-        return await self.worker.reset(stream_id)
-
-    async def delete(self, stream_id: str) -> bool:
-        return await self.worker.delete(stream_id)
+        super().__init__(cfg, serving.admission, runs, checkpoints, restored, serving.checkpoints, serving.viewer,
+                         serving.limits, shard)  # fmt: skip
 
     def batch_stats(self, reset: bool = False) -> dict[str, Any]:
         """Frames and items per inference of this worker's local models (none: models are deployments),
@@ -179,7 +153,7 @@ class WorkerHost:
         if isinstance(self.models, DeploymentModels):
             calls |= self.models.calls
         models = {} if self.queued is None else {name: s.summary(reset) for name, s in self.queued.stats.items()}
-        return models | {"ray_calls": calls, "frames": sum(s.frames for s in self.worker.streams.values())}
+        return models | {"ray_calls": calls, "frames": sum(s.frames for s in self.streams.values())}
 
 
 @ray.remote

@@ -12,6 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from posefleet.actors import FAULTS
+from posefleet.actors.group_fuser import check_camera
+from posefleet.court.calibration import CalibrationError
 from posefleet.court.schema import GroupFrame
 from posefleet.serve.api import EVENT_STREAM, StreamId, app, routes_of_ingress
 from posefleet.serve.auth import AUTH, Client
@@ -33,13 +35,16 @@ class GroupPeople(GroupFrame):
 class GroupRoutes:
     """The group routes of the ``Ingress`` deployment."""
 
-    def _group(self, group: str) -> Any:
-        feed = self.frames.groups
+    def _group(self, group: str, create: bool = False) -> Any:
+        """The group's fuser; ``create``: made if there is none (a calibration is being set)."""
+        feed = self.router.groups
         if feed is None:
             raise HTTPException(404, "group fusion is turned off (serving.groups.enabled)")
-        fuser = feed.fuser(group)
-        if fuser is None:
+        fuser = feed.fuser(group, create)
+        if fuser is None and create:
             raise HTTPException(429, f"no more groups: this deploy fuses {feed.cfg.max_groups} at most")
+        if fuser is None:
+            raise HTTPException(404, f"group {group!r} has no calibrated camera (serving.groups.courts, or PUT one)")
         return fuser
 
     @app.get("/v1/groups/{group}/people", dependencies=AUTH, response_model=GroupPeople, responses={404: {}})
@@ -85,7 +90,11 @@ class GroupRoutes:
         are answered) or ``court_points`` (a court template's points in the image: a ground-plane homography;
         optional ``size`` [w, h] to check them against). A singular, degenerate or mismatched calibration gets
         422 with the reason. Kept across restarts; the players keep their group ids."""
-        answer = await self._group(group).set_camera.remote(stream_id, body)
+        try:  # checked here: a calibration that is no calibration makes no fuser
+            entry = check_camera(stream_id, body)
+        except CalibrationError as exc:
+            raise HTTPException(422, str(exc)) from None
+        answer = await self._group(group, create=True).set_camera.remote(stream_id, entry)
         if not answer["ok"]:
             raise HTTPException(422, answer["reason"])
         return {k: v for k, v in answer.items() if k != "ok"}

@@ -51,9 +51,9 @@ class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
         self.owner = app_owner(deploy_id, s.namespace)
         self.member = ray.get_runtime_context().get_actor_id()
         ray.get(self.owner.join.remote(self.member))
-        self.frames = FrameRouter(app_cfg, deploy_id, (detector, pose) if detector is not None else None)
-        self.detector, self.pose, self.hub = detector, pose, self.frames.hub
-        self.metrics = self.frames.metrics
+        self.router = FrameRouter(app_cfg, deploy_id, (detector, pose) if detector is not None else None)
+        self.detector, self.pose, self.hub = detector, pose, self.router.hub
+        self.metrics = self.router.metrics
         self.slots = Budget(s.admission.max_inflight_frames, s.admission.frame_timeout_s, "frames")
         self.lineup = Lineup()
         self.shares = Shares(s.admission.batch_frames_per_client)
@@ -82,7 +82,7 @@ class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
         """Serve stops this replica (app deleted, redeployed or scaled down): flush the sinks, leave the
         deploy's owner."""
         with contextlib.suppress(Exception):
-            self.frames.close()
+            self.router.close()
         with contextlib.suppress(Exception):
             ray.get(self.owner.leave.remote(self.member), timeout=10)
 

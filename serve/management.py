@@ -57,15 +57,15 @@ class Management:
     ) -> StreamList:
         """The streams held, by id, a page at a time."""
         limit = min(limit or self.serving.limits.page_size, self.serving.limits.page_size)
-        parts = await self.frames.call(None, "list_streams", after, limit + 1)
-        streams = sorted((s for p in parts for s in p), key=lambda s: s["stream_id"])
+        parts = await self.router.list_streams(after, limit + 1)
+        streams = sorted(parts, key=lambda s: s["stream_id"])
         page = streams[:limit]
         more = len(streams) > limit
         return StreamList(streams=[StreamInfo(**s) for s in page], next_after=page[-1]["stream_id"] if more else None)
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamInfo, responses={404: {}}, dependencies=AUTH)
     async def get_stream(self, stream_id: StreamId) -> StreamInfo:
-        info = await self.frames.call(stream_id, "describe", stream_id)
+        info = await self.router.describe(stream_id)
         if info is None:
             raise UnknownStream(f"unknown stream {stream_id!r}")
         return StreamInfo(**info)
@@ -73,7 +73,7 @@ class Management:
     @app.post("/v1/streams/{stream_id}/reset", response_model=StreamInfo, responses={404: {}}, dependencies=AUTH)
     async def reset_stream(self, stream_id: StreamId) -> StreamInfo:
         """Forget the stream's tracks and frame order; ids start again at 1."""
-        if not await self.frames.call(stream_id, "reset", stream_id):
+        if not await self.router.reset(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}")
         return await self.get_stream(stream_id)
 
@@ -81,7 +81,7 @@ class Management:
              dependencies=AUTH)  # fmt: skip
     async def get_stream_settings(self, stream_id: StreamId) -> StreamSettings:
         """The stream's own settings: its region of interest (the court polygon)."""
-        settings = await self.frames.call(stream_id, "settings", stream_id)
+        settings = await self.router.stream_settings(stream_id)
         if settings is None:
             raise UnknownStream(f"unknown stream {stream_id!r}")
         return StreamSettings(**settings)
@@ -92,29 +92,29 @@ class Management:
         """Set the stream's region of interest from its next frame on (tracks kept; checkpointed with the
         stream). A polygon that is malformed, self-crossing or off the stream's frames is refused (422). A
         stream exists from its first frame; cameras known in advance are named under ``pipeline.streams``."""
-        done = await self.frames.call(stream_id, "configure", stream_id, settings.model_dump())
+        done = await self.router.configure(stream_id, settings.model_dump())
         if done is None:
             raise UnknownStream(f"unknown stream {stream_id!r}: send its first frame, or name it in pipeline.streams")
         return StreamSettings(**done)
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, responses={404: {}}, dependencies=AUTH)
     async def delete_stream(self, stream_id: StreamId) -> Response:
-        if not await self.frames.call(stream_id, "delete", stream_id):
+        if not await self.router.delete(stream_id):
             raise UnknownStream(f"unknown stream {stream_id!r}")
-        if self.frames.feed is not None:
-            self.frames.feed.forget(stream_id)
+        if self.router.feed is not None:
+            self.router.feed.forget(stream_id)
         return Response(status_code=204)
 
     @app.get("/v1/stats", dependencies=AUTH)
     async def stats(self, reset: bool = False) -> dict:
         """Recent batches of the models (frames and items per inference) and their providers: per stream
         worker with ``serving.models: local``, per deployment (one replica each) with ``deployments``."""
-        workers = await self.frames.call(None, "batch_stats", reset)
+        workers = await self.router.batch_stats(reset)
         held = {c.kind: c.stats() for c in (self.viewers, self.sockets, self.uploads)}
         out: dict[str, Any] = {"inflight_frames": self.slots.used, "models": self.serving.models,
-                               "ray_calls": self.frames.ray_calls(), "workers": workers, "held": held}  # fmt: skip
-        if self.frames.webhook is not None:
-            out["webhook"] = self.frames.webhook.snapshot()
+                               "ray_calls": self.router.ray_calls(), "workers": workers, "held": held}  # fmt: skip
+        if self.router.webhook is not None:
+            out["webhook"] = self.router.webhook.snapshot()
         out["cluster"] = await self.owner.cluster.remote()
         if self.detector is not None:
             models = {"detector": self.detector, "pose": self.pose}

@@ -98,19 +98,51 @@ class FrameRouter:
         if len(self.holders) > self.max_holders:
             self.holders.popitem(last=False)
 
-    async def call(self, stream_id: str | None, method: str, *args: Any) -> Any:
-        """A management call on a stream's worker (or, with no stream, on every worker)."""
+    # -- management: typed calls on a stream's holder, or on every holder ----------------------------------------
+    async def _on_holder(self, stream_id: str, here: Callable[[WorkerHost], Any], there: Callable[[Any], Any]) -> Any:
+        """``here(holder)`` where the ingress holds its streams, else ``there(worker)`` on the stream's worker
+        (asked of the store: a remembered place may be stale), retried while it restarts."""
         if self.local is not None:
-            result = getattr(self.local, method)(*args)
-            result = await result if asyncio.iscoroutine(result) else result
-            return [result] if stream_id is None else result
-        # a management call asks the store where the stream is (a remembered place may be stale)
-        targets = self.workers if stream_id is None else [await self.worker(stream_id, fresh=True)]
+            result = here(self.local)
+            return await result if asyncio.iscoroutine(result) else result
+        worker = await self.worker(stream_id, fresh=True)
+        return await with_retry(lambda: there(worker), "stream worker", self.serving.fault_retry_s)
+
+    async def _on_every_holder(self, here: Callable[[WorkerHost], Any], there: Callable[[Any], Any]) -> list[Any]:
+        if self.local is not None:
+            result = here(self.local)
+            return [await result if asyncio.iscoroutine(result) else result]
         retry_s = self.serving.fault_retry_s
-        results = await asyncio.gather(
-            *(with_retry(lambda w=w: getattr(w, method).remote(*args), "stream worker", retry_s) for w in targets)
-        )
-        return list(results) if stream_id is None else results[0]
+        return list(await asyncio.gather(
+            *(with_retry(lambda w=w: there(w), "stream worker", retry_s) for w in self.workers)
+        ))  # fmt: skip
+
+    async def list_streams(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Every holder's streams after ``after``, at most ``limit`` of each, together."""
+        parts = await self._on_every_holder(lambda h: h.list_streams(after, limit),
+                                            lambda w: w.list_streams.remote(after, limit))  # fmt: skip
+        return [s for part in parts for s in part]
+
+    async def batch_stats(self, reset: bool) -> list[dict[str, Any]]:
+        return await self._on_every_holder(lambda h: h.batch_stats(reset), lambda w: w.batch_stats.remote(reset))
+
+    async def describe(self, stream_id: str) -> dict[str, Any] | None:
+        return await self._on_holder(stream_id, lambda h: h.describe(stream_id),
+                                     lambda w: w.describe.remote(stream_id))  # fmt: skip
+
+    async def stream_settings(self, stream_id: str) -> dict[str, Any] | None:
+        return await self._on_holder(stream_id, lambda h: h.settings(stream_id),
+                                     lambda w: w.settings.remote(stream_id))  # fmt: skip
+
+    async def configure(self, stream_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        return await self._on_holder(stream_id, lambda h: h.configure(stream_id, settings),
+                                     lambda w: w.configure.remote(stream_id, settings))  # fmt: skip
+
+    async def reset(self, stream_id: str) -> bool:
+        return await self._on_holder(stream_id, lambda h: h.reset(stream_id), lambda w: w.reset.remote(stream_id))
+
+    async def delete(self, stream_id: str) -> bool:
+        return await self._on_holder(stream_id, lambda h: h.delete(stream_id), lambda w: w.delete.remote(stream_id))
 
     async def process(
         self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,

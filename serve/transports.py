@@ -74,7 +74,7 @@ class FrameTransports:
                      policy: str | None, client: str, group: str | None = None,
                      settings: dict[str, Any] | None = None) -> FrameResult:  # fmt: skip
         async with self.lineup.turn(stream_id) as went, self._frame_slot(policy):  # a stream's frames in order
-            return await self.frames.process(stream_id, body, index, ts, policy, client, group, went, settings)
+            return await self.router.process(stream_id, body, index, ts, policy, client, group, went, settings)
 
     async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot
@@ -118,7 +118,7 @@ class FrameTransports:
 
     def _early_header(self, prefix: bytes) -> None:
         with contextlib.suppress(ImageTruncated):  # the header may go on past the prefix: decided later
-            check_header(prefix, self.frames.cfg.max_image_pixels, self.frames.cfg.max_image_side)
+            check_header(prefix, self.router.cfg.max_image_pixels, self.router.cfg.max_image_side)
 
     # -- frames: one per request ----------------------------------------------------------------
     @app.post(

@@ -162,6 +162,17 @@ def test_calibrations_over_the_api_are_checked_with_the_reason(server):
     # the config's cameras are read back too, and the config says where they came from
     got = httpx.get(f"{url}/v1/groups/room/cameras/cam02/calibration").json()
     assert got["source"] == "config" and got["calibration"]["size"] == [1088, 1920]
+    # a group nobody calibrated has no fuser: reading it, or sending it frames, makes no actor
+    photo = (DATA / "000000000785.jpg").read_bytes()
+    r = httpx.post(f"{url}/v1/streams/plain-cam/frames", params={"group": "plain"}, timeout=60, content=photo,
+                   headers={"content-type": "image/jpeg"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{url}/v1/groups/plain/people")
+    assert r.status_code == 404 and "no calibrated camera" in r.json()["detail"], r.text
+    assert httpx.get(f"{url}/v1/groups/plain/cameras/plain-cam/calibration").status_code == 404
+    fusers = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "-group-" in a["name"]]
+    assert not any(name.endswith(("-group-plain", "-group-nobody")) for name in fusers), fusers
+    assert any(name.endswith("-group-court-b") for name in fusers)  # made by its calibration
 
 
 def test_the_viewer_shows_the_groups_players_top_down(server, frames, tmp_path):
