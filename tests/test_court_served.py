@@ -4,10 +4,10 @@ killed mid-stream coming back with its group ids."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,25 +178,13 @@ def test_calibrations_over_the_api_are_checked_with_the_reason(server):
 def test_the_viewer_shows_the_groups_players_top_down(server, frames, tmp_path):
     """The live page in headless Chromium: the room's court view has a dot a player, with its group id and the
     cameras that see it, the same as GET /v1/groups/room/people."""
-    from test_viewer import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+    from test_viewer import Feeder, viewer_page  # skips where Chromium is missing
 
-    playwright_api = chromium_or_skip()
-    stop = threading.Event()
-
-    def feed() -> None:  # the cameras go on (their clips again, frame indices on) while the page looks
-        i = FRAMES
-        while not stop.is_set():
-            post_round(server, frames, i)
-            i += 1
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    rounds = itertools.count(FRAMES)  # the cameras go on (their clips again, frame indices on) while the page looks
+    feeder = Feeder(lambda: post_round(server, frames, next(rounds)))
     shot = tmp_path / "court.png"
     try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{server}/viewer")
+        with viewer_page(f"{server}/viewer", 900) as page:
             page.wait_for_selector('.group[data-group="room"] section.court[data-players="2"]', timeout=60_000)
             page.wait_for_timeout(1000)
             shown = page.eval_on_selector_all(
@@ -204,10 +192,8 @@ def test_the_viewer_shows_the_groups_players_top_down(server, frames, tmp_path):
                 "els => els.map(e => ({gid: parseInt(e.dataset.gid), cameras: e.dataset.cameras.split(',')}))",
             )
             page.screenshot(path=str(shot))
-            browser.close()
     finally:
-        stop.set()
-        feeder.join(timeout=60)
+        feeder.close()
     fused = httpx.get(f"{server}/v1/groups/room/people", timeout=10).json()
     assert sorted(x["gid"] for x in shown) == sorted(p["group_id"] for p in fused["people"]), (shown, fused)
     for x in shown:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +42,37 @@ def chromium_or_skip():
 playwright_api = chromium_or_skip()
 
 
+class Feeder:
+    """``step`` called again and again on a thread of its own until closed: cameras that go on sending while a
+    page looks."""
+
+    def __init__(self, step: Callable[[], object]) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(step,), daemon=True)
+        self.thread.start()
+
+    def _run(self, step: Callable[[], object]) -> None:
+        while not self.stop.is_set():
+            step()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+@contextlib.contextmanager
+def viewer_page(url: str, height: int) -> Iterator[Any]:
+    """A headless Chromium page, 1280 px wide, opened on ``url``."""
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     one = {"intra_op_num_threads": 1}
@@ -64,23 +97,17 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
         ("court-1-cam-a", str(DATA / "test_video_structuralize.mp4")),
         ("hall-cam-b", str(DATA / "demo.mp4")),
     ]
-    stop = threading.Event()
 
-    def feed() -> None:
-        while not stop.is_set():  # keep both streams live while the browser looks
-            asyncio.run(submit(server, jobs, fps=6, max_inflight=2, max_frames=30, cycle=True, progress=False,
-                               token=TOKEN))  # fmt: skip
-            for name, _ in jobs:
-                httpx.post(f"{server}/v1/streams/{name}/reset", headers={"authorization": f"Bearer {TOKEN}"})
+    def feed() -> None:  # both streams live while the browser looks
+        asyncio.run(submit(server, jobs, fps=6, max_inflight=2, max_frames=30, cycle=True, progress=False,
+                           token=TOKEN))  # fmt: skip
+        for name, _ in jobs:
+            httpx.post(f"{server}/v1/streams/{name}/reset", headers={"authorization": f"Bearer {TOKEN}"})
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = Feeder(feed)
     shot = tmp_path / "viewer.png"
     try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 560})
-            page.goto(f"{server}/viewer#token={TOKEN}")
+        with viewer_page(f"{server}/viewer#token={TOKEN}", 560) as page:
             for name, _ in jobs:
                 page.wait_for_selector(f'section.tile[data-stream="{name}"]', timeout=60_000)
             page.wait_for_function(
@@ -122,16 +149,13 @@ def test_viewer_shows_both_streams_live(server: str, tmp_path: Path) -> None:
             )
             page.wait_for_timeout(1500)  # let a thumbnail land under the skeletons
             page.screenshot(path=str(shot))
-            stop.set()  # the clips end; the streams stay listed
-            feeder.join(timeout=60)
+            feeder.close()  # the clips end; the streams stay listed
             # an ended stream keeps its tile, marked ended, with its last picture under its last skeletons
             page.wait_for_selector('section.tile.ended[data-stream="hall-cam-b"][data-picture="1"]', timeout=30_000)
             ended = page.eval_on_selector('section.tile[data-stream="hall-cam-b"]',
                                           "e => e.querySelector('.stats').textContent")  # fmt: skip
-            browser.close()
     finally:
-        stop.set()
-        feeder.join(timeout=60)
+        feeder.close()
     by_name = {t["name"]: t for t in tiles}
     assert set(by_name) >= {name for name, _ in jobs}
     assert all(by_name[name]["fps"] > 0 and "FPS" in by_name[name]["stats"] for name, _ in jobs)
