@@ -27,6 +27,7 @@ from posefleet.court.homography import HomographyCalibration, fit_homography
 from posefleet.court.settings import GroupSettings
 from posefleet.pipeline.schema import FrameResult
 from posefleet.serving_config import ServingConfig
+from posefleet.time_match import match_by_time
 
 HISTORY = 32  # results kept a camera to match the group's time against
 GROUPS_DIR = "_groups"  # the sink's folder of group frames: no stream id starts with "_"
@@ -130,19 +131,15 @@ class GroupFuserActor:
         return self.version
 
     def _fuse_ready(self) -> None:
-        """Fuse at the group's time: the oldest of the cameras' newest results (every camera has reached it),
-        each camera giving its result nearest to it within ``match_window_s``."""
+        """Fuse at the group's time (:func:`match_by_time`), each camera's nearest result within ``match_window_s``."""
         cams = {s: h for s, h in self.history.items() if h and s in self.fuser.streams}
         if not cams:
             return
-        now = min(h[-1][0] for h in cams.values())
+        now, nearest = match_by_time(cams, lambda e: e[0])
         if now <= self.last_time:
             return
-        frame: dict[str, FrameResult] = {}
-        for stream, h in cams.items():
-            when, result = min(h, key=lambda e: abs(e[0] - now))
-            if abs(when - now) <= self.cfg.match_window_s:
-                frame[stream] = result.model_copy(deep=True)
+        # the results are this actor's own copies: fusing may set their court_xy in place
+        frame = {s: result for s, (when, result) in nearest.items() if abs(when - now) <= self.cfg.match_window_s}
         self.last_time = now
         try:
             fused = self.fuser.fuse(frame, now)

@@ -25,6 +25,7 @@ import ray
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
 from posefleet.serving_config import ViewerConfig
+from posefleet.time_match import match_by_time
 
 
 @dataclass
@@ -152,17 +153,13 @@ class ViewerHub:
         return None if v is None or not v.latest else v.latest | {"stream_id": stream_id}
 
     def group(self, group: str) -> dict[str, Any] | None:
-        """The latest results of every camera of ``group``, aligned by time: the reference is the oldest of
-        their newest results (every camera has reached it), and each camera gives its result nearest to it."""
-        views = {sid: v for sid, v in sorted(self.views.items()) if v.group == group and v.history}
+        """The latest results of every camera of ``group``, aligned by time (:func:`match_by_time`)."""
+        views = {sid: v.history for sid, v in sorted(self.views.items()) if v.group == group and v.history}
         if not views:
             return None
-        reference = min(_when(v.history[-1]) for v in views.values())
-        cameras = []
-        for sid, v in views.items():
-            entry = min(v.history, key=lambda e: abs(_when(e) - reference))
-            cameras.append({"stream_id": sid, "skew_ms": round((_when(entry) - reference) * 1000.0, 1),
-                            "result": entry[1]})  # fmt: skip
+        reference, nearest = match_by_time(views, _when)
+        cameras = [{"stream_id": sid, "skew_ms": round((_when(entry) - reference) * 1000.0, 1), "result": entry[1]}
+                   for sid, entry in nearest.items()]  # fmt: skip
         return {"group": group, "time": reference, "cameras": cameras}
 
     def thumbnail(self, stream_id: str) -> bytes | None:
