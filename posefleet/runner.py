@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from posefleet.config import PipelineConfig
+from posefleet.image_io import Picture
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.schema import FrameResult
 from posefleet.sources import Frame, SourceError
@@ -92,7 +93,7 @@ def run_sources(
     Raises SourceError when a source fails mid-way."""
     frames = 0
     for batch in prefetched(_read_rounds(sources, max_frames)):
-        items = [(stream, f.image, f.index, f.timestamp, round(ms, 3)) for stream, f, ms in batch.frames]
+        items = [(s, Picture.decoded(f.image, round(ms, 3)), f.index, f.timestamp) for s, f, ms in batch.frames]
         results = pipeline.process_many(items)
         if on_round is not None:
             on_round(results)

@@ -42,7 +42,7 @@ def demo_results(cfg, engine) -> list[dict[str, FrameResult]]:
         for cam, cap in caps.items():
             ok, image = cap.read()
             assert ok, (cam, i)
-            items.append((cam, image, i, i / 60.0, 0.0))
+            items.append((cam, image, i, i / 60.0))
         rounds.append({r.stream_id: r for r in pipeline.process_many(items)})
     for cap in caps.values():
         cap.release()

@@ -71,7 +71,7 @@ def test_streams_batched_together_get_what_each_gets_alone(engine: LocalModels, 
     alone, together = Pipeline(cfg, models), Pipeline(cfg, models)
     for i, frame in enumerate(clip):
         a = [alone.process("clip", frame, i), alone.process("photo", photo, i)]
-        b = together.process_many([("clip", frame, i, None, 0.0), ("photo", photo, i, None, 0.0)])
+        b = together.process_many([("clip", frame, i, None), ("photo", photo, i, None)])
         for x, y in zip(a, b, strict=True):
             assert [p.model_dump() for p in x.people] == [p.model_dump() for p in y.people]
     assert sum(len(r.people) for r in b) >= 2

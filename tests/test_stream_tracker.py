@@ -26,7 +26,7 @@ def body_keypoints(b: np.ndarray, score: float = 0.9) -> np.ndarray:
 def run_frame(st: StreamState, index: int, boxes: list[list[float]], pose_score: float = 0.9):
     """One frame of a scene whose people stand at ``boxes``; pose finds them where they truly are."""
     truth = np.array(boxes, np.float32).reshape(-1, 4)
-    plan = st.plan(index)
+    plan = st.start(st.plan(index))
     if plan.detect:
         plan = st.associate(plan, Detections(truth, np.full(len(truth), 0.8, np.float32)))
     centres = (truth[:, :2] + truth[:, 2:]) / 2

@@ -7,6 +7,7 @@ frame is (the ingress) while only the input tensors travel to the model.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass, field
@@ -75,14 +76,19 @@ class DetectorDecoder(ABC):
         return [Region(x0, y0, x1, y1, size / max(x1 - x0, y1 - y0, 1)) for x0, y0, x1, y1 in self.regions(w, h)]
 
     def prepare_regions(
-        self, frame: np.ndarray, regions: list[Region]
+        self, frame: np.ndarray, regions: list[Region], scale: float = 1.0
     ) -> tuple[list[np.ndarray], list[geometry.Letterbox]]:
-        """Model inputs for regions of a frame, each with the mapping back to the frame."""
+        """Model inputs for regions of a frame, each with the mapping back to the frame; ``frame`` holds the
+        frame's pixels at ``scale`` (decoded scaled down), the regions are in the frame's own pixels."""
         tensors, boxes = [], []
         for r in regions:
-            tensor, lb = self.prepare_region(frame[r.y0 : r.y1, r.x0 : r.x1], r.long_side())
+            x0, y0 = math.floor(r.x0 * scale), math.floor(r.y0 * scale)
+            x1, y1 = math.ceil(r.x1 * scale), math.ceil(r.y1 * scale)
+            tensor, lb = self.prepare_region(frame[y0:y1, x0:x1], r.long_side())
             tensors.append(tensor)
-            boxes.append(geometry.Letterbox(lb.scale, lb.pad_x, lb.pad_y, lb.in_w, lb.in_h, r.x0, r.y0))
+            boxes.append(
+                geometry.Letterbox(lb.scale * scale, lb.pad_x, lb.pad_y, lb.in_w, lb.in_h, x0 / scale, y0 / scale)
+            )
         return tensors, boxes
 
     def regions(self, w: int, h: int) -> list[tuple[int, int, int, int]]:
@@ -205,18 +211,19 @@ class YOLOXDecoder(_MMDetStyleDecoder):
 
 
 def detect_regions(
-    decoder: DetectorDecoder, work: dict[Hashable, tuple[np.ndarray, list[Region]]]
+    decoder: DetectorDecoder, work: dict[Hashable, tuple[np.ndarray, list[Region], float]]
 ) -> Generator[list[np.ndarray], list, dict[Hashable, list[Detections]]]:
-    """Run the detector on regions of several frames at once (``work``: key -> frame, regions), yielding each
+    """Run the detector on regions of several frames at once (``work``: key -> pixels, regions, the pixels'
+    scale: :meth:`DetectorDecoder.prepare_regions`), yielding each
     round's inputs of every frame for one model call. A region whose call came back full (as many people as
     the model returns) is split in two and run again, up to ``scan.max_splits`` rounds: no output size bounds
     a frame's people. Returns each key's detections per region (in frame pixels)."""
     scan = decoder.cfg.scan
     parts: dict[Hashable, list[Detections]] = {k: [] for k in work}
-    pending = {k: regions for k, (_, regions) in work.items() if regions}
+    pending = {k: regions for k, (_, regions, _) in work.items() if regions}
     while pending:
         jobs = [(k, r) for k, regions in pending.items() for r in regions]
-        prepared = [decoder.prepare_regions(work[k][0], [r]) for k, r in jobs]
+        prepared = [decoder.prepare_regions(work[k][0], [r], work[k][2]) for k, r in jobs]
         outs = yield [t for tensors, _ in prepared for t in tensors]
         pending = {}
         for (k, r), (_, lbs), out in zip(jobs, prepared, outs, strict=True):
@@ -288,7 +295,7 @@ class Detector:
     def __call__(self, frame: np.ndarray) -> Detections:
         """One frame's people by a full scan (the frame pipeline's own loop, without a stream)."""
         h, w = frame.shape[:2]
-        steps = detect_regions(self.decoder, {0: (frame, self.decoder.scan(w, h))})
+        steps = detect_regions(self.decoder, {0: (frame, self.decoder.scan(w, h), 1.0)})
         try:
             call = next(steps)
             while True:

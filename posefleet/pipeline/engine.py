@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from posefleet.config import PipelineConfig
-from posefleet.image_io import as_bgr, decode_image
+from posefleet.image_io import Picture, check_image
 from posefleet.pipeline.frames import FrameInput, FramePipeline, LocalModels, run_sync
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
@@ -39,10 +38,9 @@ class Pipeline:
     def process_bytes(
         self, stream_id: str, data: bytes, frame_index: int | None = None, timestamp: float | None = None
     ) -> FrameResult:
-        t0 = time.perf_counter()
-        frame = decode_image(data, self.cfg.max_image_pixels, self.cfg.max_image_side)
-        decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
-        return self.process(stream_id, frame, frame_index, timestamp, decode_ms=decode_ms)
+        """An encoded frame: checked, then decoded by the pipeline at the scale its model inputs need."""
+        fmt, w, h = check_image(data, self.cfg.max_image_pixels, self.cfg.max_image_side)
+        return self.process_many([(stream_id, Picture.encoded(data, fmt, w, h), frame_index, timestamp)])[0]
 
     def process(
         self,
@@ -52,15 +50,17 @@ class Pipeline:
         timestamp: float | None = None,
         decode_ms: float = 0.0,
     ) -> FrameResult:
-        return self.process_many([(stream_id, frame, frame_index, timestamp, decode_ms)])[0]
+        """A decoded frame (``decode_ms``: what decoding it cost, for its timings)."""
+        return self.process_many([(stream_id, Picture.decoded(frame, decode_ms), frame_index, timestamp)])[0]
 
     def process_many(
-        self, frames: Sequence[tuple[str, np.ndarray, int | None, float | None, float]]
+        self, frames: Sequence[tuple[str, np.ndarray | Picture, int | None, float | None]], min_scale: float = 0.0
     ) -> list[FrameResult]:
-        """One frame each of several streams, ``(stream_id, image, frame_index, timestamp, decode_ms)``,
-        in one batched pass: one detector call and one pose call for all of them."""
+        """One frame each of several streams, ``(stream_id, image or picture, frame_index, timestamp)``, in one
+        batched pass: one detector call and one pose call for all of them. ``min_scale``: what the caller needs
+        of pictures it will read back (1: full size, to draw on)."""
         inputs = [
-            FrameInput(sid, self.stream(sid), as_bgr(image), index, ts, decode_ms)
-            for sid, image, index, ts, decode_ms in frames
+            FrameInput(sid, self.stream(sid), p if isinstance(p, Picture) else Picture.decoded(p), index, ts, min_scale)
+            for sid, p, index, ts in frames
         ]
         return run_sync(self.frames.steps(inputs), self.models)

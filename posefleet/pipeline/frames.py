@@ -11,6 +11,7 @@ the server and the bench all apply the same code to a frame.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from posefleet.config import PipelineConfig
+from posefleet.image_io import Picture
 from posefleet.pipeline import detector as detector_mod
 from posefleet.pipeline import pose as pose_mod
 from posefleet.pipeline.regions import Region, crop_regions
@@ -30,14 +32,28 @@ EMPTY_KEYPOINTS = np.zeros((0, 17, 3), np.float32)
 
 @dataclass
 class FrameInput:
-    """One decoded frame of a stream, ready to be applied to that stream's state."""
+    """One frame of a stream, ready to be applied to that stream's state: its picture is decoded by the
+    pipeline, at the scale its model inputs need (or arrives decoded)."""
 
     stream_id: str
     state: StreamState
-    image: np.ndarray  # BGR uint8
+    picture: Picture
     frame_index: int | None = None  # None: the stream's next
     timestamp: float | None = None
-    decode_ms: float = 0.0
+    min_scale: float = 0.0  # what the caller needs of the pixels itself (a picture to draw on, a thumbnail)
+
+
+@dataclass
+class DecodeCall:
+    """The frames' pictures to decode, each at the scale its regions and crops need (``needs``: image px per
+    frame px). The driver runs it where decoding does not hold up other work (a thread, in an actor)."""
+
+    pictures: list[Picture]
+    needs: list[float]
+    max_upscale: float = 1.0
+
+    def run(self) -> list[np.ndarray]:
+        return [p.decode(n, self.max_upscale) for p, n in zip(self.pictures, self.needs, strict=True)]
 
 
 @dataclass
@@ -49,7 +65,7 @@ class ModelCall:
     inputs: list[np.ndarray] | np.ndarray
 
 
-Steps = Generator[ModelCall, list, list[FrameResult]]
+Steps = Generator[ModelCall | DecodeCall, list, list[FrameResult]]
 
 
 def _ms(t0: float) -> float:
@@ -79,23 +95,36 @@ class FramePipeline:
         repeats or goes back and ValueError for a frame over the size limits."""
         start = time.perf_counter()
         for f in frames:
-            h, w = f.image.shape[:2]
+            w, h = f.picture.width, f.picture.height
             if h * w > self.cfg.max_image_pixels or max(h, w) > self.cfg.max_image_side:
                 raise ValueError(f"frame is {w}x{h}, over the configured limits")
         indexes = [f.state.last_index + 1 if f.frame_index is None else f.frame_index for f in frames]
         for f, index in zip(frames, indexes, strict=True):
             f.state.check_order(index)
         for f in frames:
-            f.state.frame_size = (f.image.shape[1], f.image.shape[0])
-        timings = [StageTimings(decode_ms=f.decode_ms) for f in frames]
+            f.state.frame_size = (f.picture.width, f.picture.height)
         t = time.perf_counter()
         plans = [f.state.plan(index) for f, index in zip(frames, indexes, strict=True)]
         track_ms = _ms(t)
-
+        t = time.perf_counter()
         due = [i for i, p in enumerate(plans) if p.detect]
+        regions = {i: self._regions(frames[i], plans[i]) for i in due}
+        regions_ms = _ms(t)
+
+        waiting = [i for i, f in enumerate(frames) if f.picture.image is None]
+        if waiting:  # decoded once, at what this frame's regions and crops need
+            needs = [self._detail(frames[i], plans[i], regions.get(i)) for i in waiting]
+            call = DecodeCall([frames[i].picture for i in waiting], needs, self.cfg.decode.max_upscale)
+            yield call
+        t = time.perf_counter()
+        plans = [f.state.start(p) for f, p in zip(frames, plans, strict=True)]  # decoded: the frames go ahead
+        track_ms += _ms(t)
+        pixels = [(f.picture.image, f.picture.scale) for f in frames]
+        timings = [StageTimings(decode_ms=f.picture.decode_ms) for f in frames]
+
         if due:
             t = time.perf_counter()
-            work = {i: (frames[i].image, self._regions(frames[i], plans[i])) for i in due}
+            work = {i: (pixels[i][0], regions[i], pixels[i][1]) for i in due}
             looking = detector_mod.detect_regions(self.detector, work)
             try:
                 inputs = next(looking)
@@ -105,19 +134,21 @@ class FramePipeline:
                 parts = done.value
             assoc_ms = 0.0
             for i in due:
-                h, w = frames[i].image.shape[:2]
-                dets = self.detector.merge(parts[i], w, h)
+                dets = self.detector.merge(parts[i], frames[i].picture.width, frames[i].picture.height)
                 t_assoc = time.perf_counter()
                 plans[i] = frames[i].state.associate(plans[i], dets)
                 assoc_ms += _ms(t_assoc)
-            detect_ms = _ms(t) - assoc_ms
+            detect_ms = _ms(t) - assoc_ms + regions_ms
             track_ms += assoc_ms
             for i in due:
                 timings[i].detect_ms = round(detect_ms, 3)
 
         if self.pose is not None and any(len(p.boxes) for p in plans):
             t = time.perf_counter()
-            cut = [self.pose.prepare(f.image, p.boxes, p.keypoints) for f, p in zip(frames, plans, strict=True)]
+            cut = [
+                self.pose.prepare(image, p.boxes, p.keypoints, scale)
+                for (image, scale), p in zip(pixels, plans, strict=True)
+            ]
             crops = np.concatenate([c for c, _ in cut])
             outs = yield ModelCall("pose", crops)
             k = 0
@@ -138,28 +169,41 @@ class FramePipeline:
         results = []
         for f, plan, (kps, scores), tm in zip(frames, plans, poses, timings, strict=True):
             people = f.state.finish(plan, kps, scores, f.timestamp)
-            h, w = f.image.shape[:2]
             result = FrameResult(
-                stream_id=f.stream_id, frame_index=plan.frame_index, timestamp=f.timestamp, width=w, height=h,
-                detected=plan.detect, people=people, timings=tm,
+                stream_id=f.stream_id, frame_index=plan.frame_index, timestamp=f.timestamp, width=f.picture.width,
+                height=f.picture.height, detected=plan.detect, people=people, timings=tm,
             )  # fmt: skip
             results.append(result)
         track_ms += _ms(t)
         total = _ms(start)
         for tm in timings:
             tm.track_ms = round(track_ms, 3)
-            tm.total_ms = round(tm.decode_ms + total, 3)
+            tm.total_ms = round(total if waiting else tm.decode_ms + total, 3)
         return results
 
     def _regions(self, f: FrameInput, plan: FramePlan) -> list[Region]:
         """Where the detector looks: the whole scan over the region of interest, or crops around the tracks
         and a part of the scan."""
-        h, w = f.image.shape[:2]
+        w, h = f.picture.width, f.picture.height
         area = f.state.scan_area(w, h)
         scan = self.detector.scan(w, h, f.state.smallest_person(h), area)
         if plan.scan:
             return scan
         return crop_regions(plan.crop_boxes, w, h, self.cfg.detector.guided) + scan[plan.scan_part :: plan.scan_parts]
+
+    def _detail(self, f: FrameInput, plan: FramePlan, regions: list[Region] | None) -> float:
+        """The scale (image px per frame px) this frame's pixels need: its detector regions' and pose crops',
+        and its caller's own. 1 (full size) with scaled decoding off."""
+        if not self.cfg.decode.scaled:
+            return 1.0
+        need = max([f.min_scale, *(r.scale for r in regions or [])])
+        if self.pose is not None:  # the tracks where they are predicted; on a detection frame, whoever is found
+            boxes = plan.crop_boxes  # too, as small as the smallest person looked for
+            if plan.detect:
+                h = f.state.smallest_person(f.picture.height)
+                boxes = np.concatenate([boxes, np.array([[0.0, 0.0, h / 2, h]], np.float32)])
+            need = max(need, self.pose.detail(boxes))
+        return min(need, 1.0)
 
     @staticmethod
     def _own_keypoints(plan: FramePlan) -> tuple[np.ndarray, np.ndarray]:
@@ -184,11 +228,11 @@ class LocalModels:
 
 
 def run_sync(steps: Steps, models: Callable[[ModelCall], list]) -> list[FrameResult]:
-    """Drive :meth:`FramePipeline.steps` with models called in this thread."""
+    """Drive :meth:`FramePipeline.steps` with models called (and pictures decoded) in this thread."""
     try:
         call = next(steps)
         while True:
-            call = steps.send(models(call))
+            call = steps.send(call.run() if isinstance(call, DecodeCall) else models(call))
     except StopIteration as done:
         return done.value
 
@@ -196,12 +240,13 @@ def run_sync(steps: Steps, models: Callable[[ModelCall], list]) -> list[FrameRes
 async def run_async(
     steps: Steps, models: Callable[[ModelCall], Awaitable[list]], check: Callable[[], None] | None = None
 ) -> list[FrameResult]:
-    """Drive :meth:`FramePipeline.steps` with models awaited (batched in this process, or Serve handles).
-    ``check`` runs after each model call, before the steps go on; what it raises stops them there."""
+    """Drive :meth:`FramePipeline.steps` with models awaited (batched in this process, or Serve handles) and
+    pictures decoded on a thread (libjpeg-turbo lets go of the GIL). ``check`` runs after each model call and
+    decode, before the steps go on; what it raises stops them there."""
     try:
         call = next(steps)
         while True:
-            outputs = await models(call)
+            outputs = await (asyncio.to_thread(call.run) if isinstance(call, DecodeCall) else models(call))
             if check is not None:
                 try:
                     check()

@@ -54,15 +54,26 @@ class PoseDecoder(ABC):
         return np.stack(mats).astype(np.float32)
 
     def prepare(
-        self, frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None
+        self, frame: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray | None = None, scale: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Crops of every person as one uint8 BGR batch (normalised where the model runs), and each
-        crop's affine (image -> crop)."""
+        crop's affine (image -> crop); ``frame`` holds the frame's pixels at ``scale``, boxes and keypoints
+        are in the frame's own pixels, as the affines are."""
         if len(boxes) == 0:
             empty = np.zeros((0, self.cfg.input_height, self.cfg.input_width, 3), np.uint8)
             return empty, np.zeros((0, 2, 3), np.float32)
         mats = self.affines(boxes, keypoints)
-        return geometry.warp_crops(frame, mats, self.cfg.input_width, self.cfg.input_height), mats
+        cut = mats.copy()
+        cut[:, :, :2] /= scale  # crop = A frame + b, frame = pixels / scale
+        return geometry.warp_crops(frame, cut, self.cfg.input_width, self.cfg.input_height), mats
+
+    def detail(self, boxes: np.ndarray, keypoints: np.ndarray | None = None) -> float:
+        """Crop px per frame px of the most magnified of these people's crops: the scale a frame's decoded
+        pixels need so that no crop of them is upscaled (0 with nobody)."""
+        if len(boxes) == 0:
+            return 0.0
+        a = self.affines(boxes, keypoints)[:, :, :2].astype(np.float64)
+        return float(np.sqrt(np.abs(np.linalg.det(a))).max())
 
     @abstractmethod
     def normalise(self, crops: np.ndarray) -> np.ndarray:

@@ -101,17 +101,31 @@ class StreamState:
             )
 
     def plan(self, frame_index: int) -> FramePlan:
+        """What this frame will get (detection or not, a whole scan or crops where), changing nothing: the
+        frame may still fail (its picture is decoded after this, at the scale the plan needs). A carried
+        frame's ``crop_boxes`` are its tracks' predictions; :meth:`start` then commits the plan."""
         self.check_order(frame_index)
-        if frame_index <= self.last_index:  # the camera restarted its count: tracks kept, boxes found again
-            self.force_detect = True
-        self.last_index = frame_index
+        restarted = frame_index <= self.last_index  # the camera restarted its count: tracks kept, boxes found again
         due = self.frames_since_detect + 1 >= self.cfg.detect_every
-        if self.force_detect or due or not self.tracker.active():
+        if self.force_detect or restarted or due or not self.tracker.active():
+            return self._detection_plan(frame_index)
+        return FramePlan(frame_index, detect=False, crop_boxes=self.tracker.predicted_boxes(0))
+
+    def start(self, plan: FramePlan) -> FramePlan:
+        """Commit a frame's plan to the stream (its picture is decoded): the counters move on and, on a carried
+        frame, the tracker advances on prediction and the plan gets its tracks."""
+        self.last_index = plan.frame_index
+        if plan.detect:
             self.frames_since_detect = 0
             self.force_detect = False
-            return self._detection_plan(frame_index)
+            if plan.scan:
+                self.frames_since_scan = 0
+                self.force_scan = False
+            else:
+                self.frames_since_scan += 1
+            return plan
         self.frames_since_detect += 1
-        plan = _tracks_to_plan(FramePlan(frame_index, detect=False), self.tracker.carry(), use_det_box=False)
+        plan = _tracks_to_plan(plan, self.tracker.carry(), use_det_box=False)
         kept = [self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids]
         plan.keypoints = np.stack(kept) if kept else np.zeros((0, 17, 3), np.float32)
         if not self.cfg.needs_pose_model:  # single-stage: the last keypoints move with the predicted box
@@ -136,12 +150,9 @@ class StreamState:
         guided = self.cfg.detector.guided
         warming = self.tracker.frame_id < guided.warmup_frames
         if not guided.enabled or self.force_scan or warming or not self.tracker.active():
-            self.frames_since_scan = 0
-            self.force_scan = False
             return FramePlan(frame_index, detect=True, scan=True)
-        self.frames_since_scan += 1
         boxes = self.tracker.predicted_boxes(guided.lost_frames)
-        part = self.frames_since_scan % guided.scan_frames
+        part = (self.frames_since_scan + 1) % guided.scan_frames
         return FramePlan(frame_index, True, False, part, guided.scan_frames, crop_boxes=boxes)
 
     def smallest_person(self, h: int) -> float:

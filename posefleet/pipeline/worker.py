@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from posefleet.config import PipelineConfig, StreamSettings
 from posefleet.errors import FrameAbandoned, FrameDropped, HeldElsewhere, InvalidRequest, OverCap, problems
-from posefleet.image_io import as_bgr, check_image, check_size, decode_checked, encode_jpeg
+from posefleet.image_io import Picture, as_bgr, check_image, check_size, encode_jpeg
 from posefleet.pipeline.admission import Budget, Policy, Turnstile
 from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_async
 from posefleet.pipeline.ordering import CallOrder, Sent
@@ -166,11 +166,11 @@ class StreamWorker:
         try:
             if settings is not None and stream.state.last_index < 0:  # a source's stream, its first frame here
                 stream.state.configure(StreamSettings.model_validate(settings))
+            picture = Picture.encoded(body, fmt, width, height) if decoded is None else Picture.decoded(decoded)
+            drawing = self._thumbnail_due(stream, thumbnail)
+            min_scale = self._thumbnail_width / width if drawing else 0.0
             async with self.pixels.hold(width * height):
-                t0 = time.perf_counter()
-                image = decoded if decoded is not None else await asyncio.to_thread(decode_checked, body, fmt)
-                decode_ms = round((time.perf_counter() - t0) * 1000.0, 3)
-                steps = self.pipeline.steps([FrameInput(stream_id, stream.state, image, index, timestamp, decode_ms)])
+                steps = self.pipeline.steps([FrameInput(stream_id, stream.state, picture, index, timestamp, min_scale)])
                 [result] = await run_async(steps, self.models, lambda: self._still_held(stream, index))
         except FrameAbandoned:
             raise
@@ -191,7 +191,7 @@ class StreamWorker:
         stream.gate.leave()
         if stream.frames == 1 or stream.frames % self.checkpointing.every == 0:
             await self._checkpoint(stream_id, stream)
-        return Served(result, await self._thumbnail(stream, image, thumbnail))
+        return Served(result, await asyncio.to_thread(self._small_jpeg, picture.image) if drawing else None)
 
     async def _checkpoint(self, stream_id: str, stream: _Stream) -> None:
         if self.checkpoints is not None:
@@ -204,19 +204,24 @@ class StreamWorker:
         if not stream.gate.holds(index):
             raise FrameAbandoned(f"frame {index} was abandoned after {self.admission.frame_timeout_s} s")
 
-    async def _thumbnail(self, stream: _Stream, image: np.ndarray, watched: bool) -> bytes | None:
+    def _thumbnail_due(self, stream: _Stream, watched: bool) -> bool:
+        """Whether this frame gets a small picture (its pixels are then decoded at least that large)."""
         if self.thumbnails is None:
-            return None
+            return False
         now = time.monotonic()
         c = self.thumbnails
         if now - stream.last_thumbnail < (c.thumbnail_interval_s if watched else c.idle_thumbnail_interval_s):
-            return None
+            return False
         stream.last_thumbnail = now
-        return await asyncio.to_thread(self._small_jpeg, image)
+        return True
+
+    @property
+    def _thumbnail_width(self) -> int:
+        return self.thumbnails.thumbnail_width if self.thumbnails is not None else 0
 
     def _small_jpeg(self, image: np.ndarray) -> bytes:
         h, w = image.shape[:2]
-        width = min(w, self.thumbnails.thumbnail_width)  # type: ignore[union-attr]
+        width = min(w, self._thumbnail_width)
         small = cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
         return encode_jpeg(small, 70)
 
