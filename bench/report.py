@@ -17,6 +17,7 @@ SECTIONS = [
     ("players.md", "Every player on the court: recall, AP and FPS per preset", "python -m bench.players"),
     ("court.md", "Court fusion on Pose2Sim's demos, beside Pose2Sim", "python -m bench.court --pose2sim-python PY"),
     ("court_served.md", "Served court fusion: a fused frame after its cameras", "python -m bench.court_served"),
+    ("camera.md", "Camera resolution: stages, scaled decode and the model-free ceiling", "python -m bench.camera"),
 ]
 FIGURES = [("throughput.png", "throughput by transport and streams"), ("scaling.png", "served FPS by Ray nodes")]
 JSON_TABLES = [  # results the bench keeps as JSON only, shown as a table of their figures

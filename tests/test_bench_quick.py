@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from posefleet.pipeline.frames import LocalModels
+
 pytestmark = pytest.mark.slow  # a real Ray and Serve: the fast subset (-m 'not slow') leaves it out
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +79,42 @@ def test_players_bench_quick_writes_its_table(tmp_path: Path) -> None:
         new, old = rows["balanced (default)"], rows["previous default (2x1 tiles, capped)"]
         assert new["fps_1080p"] > 0 and 0.0 <= new["mot"]["recall"] <= 1.0
         assert new["volleyball_court"]["recall"] > old["volleyball_court"]["recall"]  # the cap and the tiles
+
+
+def test_the_gpu_check_runs_on_cpu_with_its_gpu_parts_skipped(tmp_path: Path) -> None:
+    """``scripts/gpu-check.sh`` end to end where no GPU is: the install and the CUDA check are reported skipped,
+    the 1080p rows (limit, in-process, model-free ceiling, served) run on CPU and are written."""
+    if not (ROOT.parent / "shared/data/volleyball").is_dir():
+        pytest.skip("the court-like frames come from ../shared/data")
+    env = os.environ | {"POSEFLEET_PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--frames", "4", "--streams", "1", "--json",
+                           str(tmp_path / "gpu.json"), "--doc", str(tmp_path / "gpu.md")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert res["gpu"] is None and res["providers"]["detector"] == "CPUExecutionProvider"
+    assert "skipped" in proc.stderr and res["skipped"]
+    rows = {r["row"]: r for r in res["rows"]}
+    assert {"limit (models alone)", "in-process, scaled decode", "model-free ceiling (bench only)",
+            "served-ws, 1 streams"} <= set(rows)  # fmt: skip
+    assert all(r["fps"] > 0 for r in rows.values())
+    assert "Skipped:" in (tmp_path / "gpu.md").read_text()
+
+
+def test_the_model_free_ceiling_returns_the_same_people_at_no_model_cost(engine: LocalModels) -> None:
+    """The ceiling replays the outputs the models gave on the same frames: same people, no model time."""
+    from bench.camera import Timed, run_row
+    from conftest import DATA
+    from posefleet.config import load_pipeline_config
+    from posefleet.image_io import encode_jpeg
+    from posefleet.sources import open_source
+
+    frames = [encode_jpeg(f.image) for _, f in zip(range(12), open_source(str(DATA / "test_video_structuralize.mp4")),
+                                                    strict=False)]  # fmt: skip
+    cfg = load_pipeline_config("balanced")
+    timed = Timed(engine)
+    real = run_row("real", cfg, frames, timed, "bytes")
+    ceiling = run_row("ceiling", cfg, frames, timed, "replay")
+    assert real["model_ms"]["detector"] > 0 and ceiling["model_ms"]["detector"] == 0
+    assert ceiling["people_per_frame"] == real["people_per_frame"] > 0
+    assert timed.at == len(timed.recorded)  # every recorded call replayed, in order
