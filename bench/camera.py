@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.inprocess import machine_cpu_ms
+from bench.players import court_like as court_streams
 from posefleet.config import PipelineConfig, load_pipeline_config
 from posefleet.image_io import Picture, check_image, encode_jpeg
 from posefleet.pipeline.engine import Pipeline
@@ -42,26 +43,18 @@ from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.sources import open_source
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-VOLLEYBALL = SHARED / "volleyball" / "deepactrec_vb_39_29885" / "frames"
 CLIP = ROOT / "tests" / "data" / "test_video_structuralize.mp4"
 SIZES = {"426x240 clip": None, "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
 LIMITS = (40_000_000, 16384)
 
 
 def court_like(size: tuple[int, int] | None, count: int) -> list[bytes]:
-    """``count`` JPEG q90 frames: the basketball clip (``size`` None), or the volleyball frames forward and back
-    and MOT17-mini's 1080p sequences, resized to ``size``, cycled."""
+    """``count`` JPEG q90 frames: the basketball clip (``size`` None), or ``bench.players``' court-like streams
+    (the volleyball frames forward and back, MOT17-mini's 1080p sequences) at ``size``, one after another, cycled."""
     if size is None:
         frames = [f.image for _, f in zip(range(count), open_source(str(CLIP)), strict=False)]
     else:
-        shots = [cv2.imread(str(p)) for p in sorted(VOLLEYBALL.glob("*.jpg"))]
-        frames = shots + shots[::-1]
-        for seq in sorted(SHARED.glob("mot17-mini/*/img1")):
-            seq_frames = [cv2.imread(str(p)) for p in sorted(seq.glob("*.jpg"))]
-            if seq_frames and seq_frames[0].shape[1] == 1920:
-                frames += seq_frames
-        frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames if f is not None]
+        frames = [f for stream in court_streams(size, quick=False) for f in stream]
     if not frames:
         return []
     encoded = [encode_jpeg(f, 90) for f in frames]

@@ -119,12 +119,11 @@ class FramePipeline:
         t = time.perf_counter()
         plans = [f.state.start(p) for f, p in zip(frames, plans, strict=True)]  # decoded: the frames go ahead
         track_ms += _ms(t)
-        pixels = [(f.picture.image, f.picture.scale) for f in frames]
         timings = [StageTimings(decode_ms=f.picture.decode_ms) for f in frames]
 
         if due:
             t = time.perf_counter()
-            work = {i: (pixels[i][0], regions[i], pixels[i][1]) for i in due}
+            work = {i: (frames[i].picture.image, regions[i], frames[i].picture.scale) for i in due}
             looking = detector_mod.detect_regions(self.detector, work)
             try:
                 inputs = next(looking)
@@ -146,8 +145,8 @@ class FramePipeline:
         if self.pose is not None and any(len(p.boxes) for p in plans):
             t = time.perf_counter()
             cut = [
-                self.pose.prepare(image, p.boxes, p.keypoints, scale)
-                for (image, scale), p in zip(pixels, plans, strict=True)
+                self.pose.prepare(f.picture.image, p.boxes, p.keypoints, f.picture.scale)
+                for f, p in zip(frames, plans, strict=True)
             ]
             crops = np.concatenate([c for c, _ in cut])
             outs = yield ModelCall("pose", crops)
@@ -176,9 +175,9 @@ class FramePipeline:
             results.append(result)
         track_ms += _ms(t)
         total = _ms(start)
-        for tm in timings:
+        for i, tm in enumerate(timings):  # a frame decoded before it came here adds its decoding
             tm.track_ms = round(track_ms, 3)
-            tm.total_ms = round(total if waiting else tm.decode_ms + total, 3)
+            tm.total_ms = round(total + (0.0 if i in waiting else tm.decode_ms), 3)
         return results
 
     def _regions(self, f: FrameInput, plan: FramePlan) -> list[Region]:
