@@ -1,11 +1,14 @@
 """Cameras the cluster pulls itself: a source actor per camera, and the deploy's registry of them.
 
 A :class:`SourceActor` runs a :class:`~posefleet.camera.CameraReader` (decode where the camera is read,
-once) and hands each decoded frame to the ingress's frame path by a Serve handle call, the same path a
-POSTed frame takes after its bytes are decoded (results, sinks, viewer, metrics alike); no JPEG, no HTTP.
-One frame a source is in flight: a newer frame replaces the one waiting, as the ``drop_oldest`` policy
-does for POSTed frames, so latency stays bounded when the pipeline is behind. Ray restarts a dead source
-actor, which reconnects; its frames take the stream's next indices, so the stream goes on.
+once) and hands each decoded frame to its stream's holder in one Ray call, through its own
+:class:`~posefleet.actors.router.FrameRouter`: the same path a POSTed frame takes from an ingress replica
+(results, sinks, viewer, metrics alike); no JPEG, no HTTP, no ingress in between. Where the ingress
+replicas hold the streams themselves (``serving.workers: 0``), the holder is an ingress replica, reached by
+a Serve handle call. One frame a source is in flight: a newer frame replaces the one waiting, as the
+``drop_oldest`` policy does for POSTed frames, so latency stays bounded when the pipeline is behind. Ray
+restarts a dead source actor, which reconnects; its frames take the stream's next indices, so the stream
+goes on.
 
 The :class:`SourceRegistry` (one per deploy, removed with it by the deploy's owner) holds what was asked
 for, creates the source actors spread over the nodes, and answers the source endpoints.
@@ -32,10 +35,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from posefleet.actors import FAULTS
 from posefleet.actors.owner import ON_HEAD, actor_name
+from posefleet.actors.router import FrameRouter
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.errors import Conflict, OverCap, UnknownStream
-from posefleet.serving_config import SourcesConfig
+from posefleet.serving_config import AppConfig
 
 log = logging.getLogger("posefleet.source")
 
@@ -44,21 +48,38 @@ log = logging.getLogger("posefleet.source")
 class SourceActor:
     """Reads its camera from the moment it exists (also after Ray restarted it) until stopped."""
 
-    def __init__(self, spec: dict[str, Any], cfg: SourcesConfig, app_name: str):
+    def __init__(self, spec: dict[str, Any], app_cfg: AppConfig, deploy_id: str, app_name: str,
+                 models: tuple[Any, Any] | None = None):  # fmt: skip
+        """``models``: the model deployments' handles, as the deploy's ingress has them (None: models run in
+        the workers)."""
         self.spec = spec
         self.stream_id, self.group = spec["stream_id"], spec.get("group")
         self.settings: dict[str, Any] | None = spec.get("settings")  # the stream's own, with every frame
-        self.handle = serve.get_deployment_handle("Ingress", app_name=app_name)
+        self.router: FrameRouter | None = None
+        self.handle = None
+        if app_cfg.serving.workers > 0:  # straight to the stream's worker, from an event loop of its own
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name=f"router {self.stream_id}", daemon=True).start()
+            self.router = self._on_loop(self._make_router(app_cfg, deploy_id, models), 60)
+        else:  # the ingress replicas hold the streams
+            self.handle = serve.get_deployment_handle("Ingress", app_name=app_name)
         self.slot = threading.Condition()
         self.pending: tuple[np.ndarray, float] | None = None
         self.stopped = False
         self.dropped = self.errors = 0
         self.last_result: dict[str, Any] | None = None
         self.latency_ms: collections.deque[float] = collections.deque(maxlen=300)  # capture to result
-        self.reader = CameraReader(spec["resolved"], cfg, self._offer, spec.get("max_fps"))
+        self.reader = CameraReader(spec["resolved"], app_cfg.serving.sources, self._offer, spec.get("max_fps"))
         self.sender = threading.Thread(target=self._send_loop, name=f"send {self.stream_id}", daemon=True)
         self.reader.start()
         self.sender.start()
+
+    @staticmethod
+    async def _make_router(app_cfg: AppConfig, deploy_id: str, models: tuple[Any, Any] | None) -> FrameRouter:
+        return FrameRouter(app_cfg, deploy_id, models)  # on its loop: its feeds start their tasks there
+
+    def _on_loop(self, coro: Any, timeout_s: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout_s)
 
     def _offer(self, image: np.ndarray, index: int, ts: float) -> None:
         """From the reader's thread: the newest frame waits to be sent, replacing one not sent yet."""
@@ -68,6 +89,16 @@ class SourceActor:
             self.pending = (image, ts)
             self.slot.notify()
 
+    def _serve(self, image: np.ndarray, ts: float) -> dict[str, Any]:
+        """One frame to its holder; frame_index None: the stream's next, so a restarted source goes on where
+        the stream was."""
+        if self.router is None:
+            call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group, self.settings)
+            return call.result(timeout_s=60)
+        result = self._on_loop(self.router.frame(self.stream_id, image, None, ts, "drop_oldest", "source",
+                                                 self.group, self.settings), 60)  # fmt: skip
+        return {"frame_index": result.frame_index, "people": result.people, "dropped": result.dropped}
+
     def _send_loop(self) -> None:
         while True:
             with self.slot:
@@ -76,9 +107,8 @@ class SourceActor:
                 if self.stopped:
                     return
                 (image, ts), self.pending = self.pending, None  # type: ignore[misc]
-            try:  # frame_index None: the stream's next, so a restarted source goes on where the stream was
-                call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group, self.settings)
-                result = call.result(timeout_s=60)
+            try:
+                result = self._serve(image, ts)
                 self.latency_ms.append((time.time() - ts) * 1000.0)
                 self.last_result = {"frame_index": result["frame_index"], "people": len(result["people"]),
                                     "dropped": result["dropped"]}  # fmt: skip
@@ -102,22 +132,30 @@ class SourceActor:
                                               "last_result": self.last_result, "latency_p50_ms": p50,
                                               "latency_p99_ms": p99}  # fmt: skip
 
+    def ray_calls(self) -> dict[str, int]:
+        """Ray calls this source's frames made (to the worker, placement, viewer hub)."""
+        return self.router.ray_calls() if self.router is not None else {"ingress": len(self.latency_ms)}
+
     def stop(self) -> None:
         self.reader.stop()
         with self.slot:
             self.stopped = True
             self.slot.notify()
+        if self.router is not None:
+            with contextlib.suppress(Exception):
+                self.router.close()  # what its sinks and webhook still hold
 
 
 class SourceRegistry:
     """What sources were asked for, and their actors (get or create by name, so a restart finds them)."""
 
-    def __init__(self, deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str):
-        self.deploy_id, self.namespace, self.cfg, self.app_name = deploy_id, namespace, cfg, app_name
+    def __init__(self, app_cfg: AppConfig, deploy_id: str, app_name: str, models: tuple[Any, Any] | None = None):
+        self.app_cfg, self.deploy_id, self.app_name, self.models = app_cfg, deploy_id, app_name, models
+        self.namespace, self.cfg = app_cfg.serving.namespace, app_cfg.serving.sources
         self.specs: dict[str, dict[str, Any]] = {}
         self.actors: dict[str, ray.actor.ActorHandle] = {}
         self.recovered = False
-        self.state_file = Path(cfg.state_file).expanduser() if cfg.state_file else None
+        self.state_file = Path(self.cfg.state_file).expanduser() if self.cfg.state_file else None
         if self.state_file is not None and self.state_file.is_file():  # a new deploy, or a head restart
             for spec in json.loads(self.state_file.read_text()):
                 self.specs[spec["stream_id"]] = spec
@@ -159,7 +197,7 @@ class SourceRegistry:
         return SourceActor.options(  # type: ignore[attr-defined]
             name=actor_name(self.deploy_id, f"source-{stream_id}"), namespace=self.namespace, get_if_exists=True,
             lifetime="detached", scheduling_strategy=placement, num_cpus=self.cfg.num_cpus,
-        ).remote(spec, self.cfg, self.app_name)  # fmt: skip
+        ).remote(spec, self.app_cfg, self.deploy_id, self.app_name, self.models)  # fmt: skip
 
     def _place(self) -> str:
         """The alive node running the fewest sources, under ``max_per_node``: sources spread over the cluster."""
@@ -219,7 +257,9 @@ class SourceRegistry:
 RegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(SourceRegistry)
 
 
-def source_registry(deploy_id: str, namespace: str, cfg: SourcesConfig, app_name: str) -> ray.actor.ActorHandle:
+def source_registry(app_cfg: AppConfig, deploy_id: str, app_name: str,
+                    models: tuple[Any, Any] | None = None) -> ray.actor.ActorHandle:  # fmt: skip
     return RegistryActor.options(  # type: ignore[attr-defined]
-        name=actor_name(deploy_id, "sources"), **ON_HEAD, namespace=namespace, get_if_exists=True, lifetime="detached",
-    ).remote(deploy_id, namespace, cfg, app_name)  # fmt: skip
+        name=actor_name(deploy_id, "sources"), **ON_HEAD, namespace=app_cfg.serving.namespace, get_if_exists=True,
+        lifetime="detached",
+    ).remote(app_cfg, deploy_id, app_name, models)  # fmt: skip

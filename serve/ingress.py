@@ -22,15 +22,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from posefleet.actors.owner import app_owner
+from posefleet.actors.router import FrameRouter
 from posefleet.actors.source import source_registry
 from posefleet.pipeline.admission import Budget
-from posefleet.pipeline.ordering import Lineup
 from posefleet.pipeline.schema import Health
 from posefleet.serve.api import app
 from posefleet.serve.capacity import Caps, Shares
 from posefleet.serve.group_routes import GroupRoutes
 from posefleet.serve.management import Management
-from posefleet.serve.processor import FrameRouter
 from posefleet.serve.transports import FrameTransports
 from posefleet.serve.viewer_routes import ViewerRoutes
 from posefleet.serving_config import AppConfig
@@ -51,11 +50,11 @@ class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
         self.owner = app_owner(deploy_id, s.namespace)
         self.member = ray.get_runtime_context().get_actor_id()
         ray.get(self.owner.join.remote(self.member))
-        self.router = FrameRouter(app_cfg, deploy_id, (detector, pose) if detector is not None else None)
+        models = (detector, pose) if detector is not None else None
+        self.router = FrameRouter(app_cfg, deploy_id, models)
         self.detector, self.pose, self.hub = detector, pose, self.router.hub
         self.metrics = self.router.metrics
         self.slots = Budget(s.admission.max_inflight_frames, s.admission.frame_timeout_s, "frames")
-        self.lineup = Lineup()
         self.shares = Shares(s.admission.batch_frames_per_client)
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_tokens = s.security.api_tokens()
@@ -64,7 +63,7 @@ class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
         self.sources = None
         if s.sources.enabled:  # the cameras this deploy pulls itself
             app_name = serve.get_replica_context().app_name
-            self.sources = source_registry(deploy_id, s.namespace, s.sources, app_name)
+            self.sources = source_registry(app_cfg, deploy_id, app_name, models)
         self.viewers = Caps("viewers", caps.max_viewers, caps.max_viewers_per_client)
         self.sockets = Caps("sockets", caps.max_sockets, caps.max_sockets_per_client)
         self.uploads = Caps("uploads", caps.max_uploads, caps.max_uploads_per_client)

@@ -1,6 +1,7 @@
 """Streams, camera sources and stats over the API: a mixin of the ``Ingress`` deployment. Calls go to the
 stream holders through the frame router, or to the deploy's source registry (a restarting one retried)."""
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import ray
@@ -18,12 +19,13 @@ from posefleet.serve.auth import AUTH
 class Management:
     """The management routes of the ``Ingress`` deployment."""
 
-    async def _registry(self, method: str, *args: Any) -> Any:
+    async def _registry(self, call: Callable[[Any], Any]) -> Any:
+        """``call(registry)``: a typed call on the deploy's source registry's handle."""
         if self.sources is None:
             raise Forbidden("camera sources are off (serving.sources.enabled)")
-        call = getattr(self.sources, method)
+        registry = self.sources
         try:  # a restarting registry is retried (then 503), as a restarting stream worker is
-            return await with_retry(lambda: call.remote(*args), "source registry", self.serving.fault_retry_s)
+            return await with_retry(lambda: call(registry), "source registry", self.serving.fault_retry_s)
         except ray.exceptions.RayTaskError as exc:
             raise cause(exc) from None  # a PosefleetError: error_answer maps it
 
@@ -31,21 +33,21 @@ class Management:
     async def add_source(self, request: SourceRequest) -> SourceInfo:
         """Start pulling a camera (rtsp/http(s) URL, or a file under an allowed directory) into a stream."""
         settings = request.settings.model_dump() if request.settings is not None else None
-        return SourceInfo(
-            **await self._registry("add", request.stream_id, request.url, request.max_fps, request.group, settings)
-        )
+        r = request
+        added = await self._registry(lambda reg: reg.add.remote(r.stream_id, r.url, r.max_fps, r.group, settings))
+        return SourceInfo(**added)
 
     @app.get("/v1/sources", response_model=SourceList, dependencies=AUTH)
     async def list_sources(self) -> SourceList:
-        return SourceList(sources=[SourceInfo(**s) for s in await self._registry("list")])
+        return SourceList(sources=[SourceInfo(**s) for s in await self._registry(lambda r: r.list.remote())])
 
     @app.get("/v1/sources/{stream_id}", response_model=SourceInfo, dependencies=AUTH, responses={404: {}})
     async def get_source(self, stream_id: StreamId) -> SourceInfo:
-        return SourceInfo(**await self._registry("describe", stream_id))
+        return SourceInfo(**await self._registry(lambda r: r.describe.remote(stream_id)))
 
     @app.delete("/v1/sources/{stream_id}", status_code=204, dependencies=AUTH, responses={404: {}})
     async def delete_source(self, stream_id: StreamId) -> Response:
-        await self._registry("remove", stream_id)
+        await self._registry(lambda r: r.remove.remote(stream_id))
         return Response(status_code=204)
 
     # -- stream management ------------------------------------------------------------------

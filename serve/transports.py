@@ -73,8 +73,8 @@ class FrameTransports:
     async def _frame(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                      policy: str | None, client: str, group: str | None = None,
                      settings: dict[str, Any] | None = None) -> FrameResult:  # fmt: skip
-        async with self.lineup.turn(stream_id) as went, self._frame_slot(policy):  # a stream's frames in order
-            return await self.router.process(stream_id, body, index, ts, policy, client, group, went, settings)
+        return await self.router.frame(stream_id, body, index, ts, policy, client, group, settings,
+                                       slot=self._frame_slot(policy))  # fmt: skip
 
     async def _read_body(self, request: Request, client: str, image: bool = False) -> bytes:
         """The whole body, within ``max_body_bytes`` and ``limits.body_timeout_s``, holding an upload slot

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import ray
+from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
@@ -67,6 +68,7 @@ def nodes_of(class_fragment: str) -> set[str]:
 
 def test_replicas_and_workers_spread_over_both_nodes_and_serve(two_nodes: dict) -> None:
     assert len(two_nodes["nodes"]) == 2
+    assert set(serve.status().applications["posefleet"].deployments) == {"Ingress", "DetectorModel", "PoseModel"}
     for deployment in ("Ingress", "DetectorModel", "PoseModel"):
         assert nodes_of(f"ServeReplica:posefleet:{deployment}") == two_nodes["nodes"], deployment
     # four streams at once: each new one goes to the stream worker holding the fewest

@@ -46,6 +46,10 @@ def post(
 
 
 def test_health_and_openapi(server: dict) -> None:
+    from ray import serve
+
+    # the embedded default binds the ingress alone: streams and models live in its replica
+    assert set(serve.status().applications["posefleet"].deployments) == {"Ingress"}
     assert httpx.get(f"{server['url']}/healthz").json() == {"status": "ok"}
     spec = httpx.get(f"{server['url']}/openapi.json").json()
     assert "/v1/streams/{stream_id}/frames" in spec["paths"]

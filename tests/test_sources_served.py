@@ -1,6 +1,8 @@
 """Camera sources on a real server: a real network camera (ffmpeg serving MJPEG over HTTP on loopback)
-pulled by a source actor into a stream, its results in the JSONL sink; the allowlist, a camera that
-never answers, a camera and a source actor killed and back."""
+pulled by a source actor into a stream held by a stream worker (one Ray call a frame, no ingress between),
+its results in the JSONL sink; the allowlist, a camera that never answers, a camera and a source actor
+killed and back. (The CLI test serves the default, ``workers: 0``: sources reach the ingress replica that
+holds the streams.)"""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     receiver = Receiver(hook_port, failures=2)  # a webhook receiver that fails at first
     args = load_serve_config()["applications"][0]["args"]
     serving = {
+        "workers": 1,
         "sources": {"enabled": True, "allow_hosts": ["127.0.0.1"], "max_sources": 4, "open_timeout_s": 3.0,
                     "stall_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "max_failed_connects": 2,
                     "allow_schemes": ["rtsp", "http", "file"], "allow_dirs": [str(DATA)], "state_file": str(state)},
@@ -86,6 +89,11 @@ def test_serve_with_an_rtsp_source_shows_the_camera_and_writes_its_results(tmp_p
     assert proc.returncode == 0, out[-2000:]
 
 
+def named_actor(suffix: str) -> ray.actor.ActorHandle:
+    found = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(suffix))
+    return ray.get_actor(found["name"], namespace=found["namespace"])
+
+
 def source(url: str, stream_id: str) -> dict:
     return httpx.get(f"{url}/v1/sources/{stream_id}", timeout=30).json()
 
@@ -112,6 +120,10 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
         assert stream["frames"] >= 20 and stream["active_tracks"]  # tracked people from the camera
         listed = httpx.get(f"{url}/v1/sources", timeout=30).json()["sources"]
         assert [s["stream_id"] for s in listed] == [cam]
+        # the camera's frames went from its source actor to the worker: none through the ingress
+        routed = httpx.get(f"{url}/v1/stats", timeout=30).json()["ray_calls"]["worker"]
+        own = ray.get(named_actor(f"source-{cam}").ray_calls.remote())
+        assert own["worker"] >= 20 and own["worker"] <= info["frames"] + 2
         # a second camera of the court, posted: the group shows both, matched by time
         frame = encode_jpeg(video_frames("test_video_structuralize.mp4", 1)[0])
         for _ in range(3):
@@ -119,6 +131,7 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
             posted = httpx.post(f"{url}/v1/streams/{kind}-cam-2/frames", params=params, content=frame,
                                 headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
             assert posted.status_code == 200, posted.text
+        assert httpx.get(f"{url}/v1/stats", timeout=30).json()["ray_calls"]["worker"] == routed + 3  # the posts
         time.sleep(2.5)  # the viewer feed's flush
         grouped = httpx.get(f"{url}/v1/groups/{court}", timeout=30).json()
         assert [c["stream_id"] for c in grouped["cameras"]] == [cam, f"{kind}-cam-2"], grouped
@@ -139,17 +152,19 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
 
         # the source actor is killed: Ray restarts it, it reads again, the stream goes on
         before = source(url, cam)["frames"]
-        actor = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(f"source-{cam}"))
         camera.kill()  # one client a camera server: let the restarted actor be the one it serves
         camera.wait()
-        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
+        hooked = lambda: {r["frame_index"] for r in server["webhook"].results() if r["stream_id"] == cam}  # noqa: E731
+        sunk = lambda: {r["frame_index"] for r in sink_lines(server["sink"], cam)}  # noqa: E731
+        # what the source's webhook holds (at most its interval's worth) goes with it: let it be sent first
+        assert wait_until(lambda: sunk() and hooked() >= sunk(), 30)
+        ray.kill(named_actor(f"source-{cam}"), no_restart=False)
         camera = camera_server(port, kind, tmp_path)
         assert wait_until(lambda: source(url, cam)["frames"] >= 20, 60)  # counts anew after restart
         assert source(url, cam)["frames"] < before + 200
 
         # the registry is killed: Ray restarts it and it finds its running source again
-        registry = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-sources"))
-        ray.kill(ray.get_actor(registry["name"], namespace=registry["namespace"]), no_restart=False)
+        ray.kill(named_actor("-sources"), no_restart=False)
         listed = httpx.get(f"{url}/v1/sources", timeout=60).json()["sources"]
         assert [s["stream_id"] for s in listed] == [cam]
 
@@ -163,7 +178,6 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
         assert any(r["people"] for r in lines)
         # the webhook (which refused the first batches) got the same results, batched
         hook = server["webhook"]
-        hooked = lambda: {r["frame_index"] for r in hook.results() if r["stream_id"] == cam}  # noqa: E731
         assert wait_until(lambda: hooked() >= set(indices), 30), sorted(set(indices) - hooked())
         assert len(hook.requests) <= len(hook.results()) / 2  # batched: 15 FPS, a batch every 0.2 s
     finally:

@@ -1,10 +1,12 @@
-"""A stream's frames kept in the order they arrived, from the ingress to the turnstile at their worker.
+"""A stream's frames kept in the order they arrived, from their sender to the turnstile at their holder.
 
-Two frames of a stream are often in flight at once (a socket's pipelined frames, a batch). On their way
-they meet waits that need not end in arrival order (a frame slot, the placement lookup), and Ray runs an
-async actor's calls in any order. So an ingress replica lets a stream's frames through those waits one
-after another (:class:`Lineup`) and numbers each call (:class:`Sent`); the worker lets a call that arrives
-before the one sent just before it wait for that one (:class:`CallOrder`).
+One mechanism with two ends. Two frames of a stream are often in flight at once (a socket's pipelined
+frames, a batch). On their way they meet waits that need not end in arrival order (a frame slot, the
+placement lookup), and Ray runs an async actor's calls in any order. So the sending end (an ingress
+replica, a camera source) lets a stream's frames through its waits one after another and stamps each with
+its number and the number of the stream's frame still out before it (:class:`Lineup`, which hands out
+:class:`Ticket` s carrying the :class:`Sent` stamp); the holder's end lets a frame that arrives before the
+one sent just before it wait for that one (:class:`CallOrder`), so its turnstile sees them as sent.
 """
 
 from __future__ import annotations
@@ -12,21 +14,43 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A frame's call as its sender sent it: the sender (an ingress replica, a source), the frame's number
+    there (increasing), and the number of the stream's frame it sent just before, if that one is unanswered."""
+
+    sender: str
+    number: int
+    after: int | None = None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A frame's turn: its stamp, and ``went``, to call once its call is sent (or, where the stream is held in
+    this process, right before the frame goes to its turnstile, awaiting nothing): the next frame may go."""
+
+    sent: Sent
+    went: Callable[[], None]
+
+
 class Lineup:
-    """An ingress replica's frames of each stream, through its waits in arrival order: a frame goes on once
-    the stream's frame before it has gone (its call sent, or it ended before)."""
+    """The sending end: a sender's frames of each stream through its waits in arrival order (a frame goes
+    on once the stream's frame before it has gone: its call sent, or it ended before), each stamped."""
 
     def __init__(self) -> None:
         self.last: dict[str, asyncio.Future] = {}  # stream -> its latest frame's "gone" signal
+        self.sender, self.numbers = uuid.uuid4().hex, itertools.count()
+        self.unanswered: dict[str, int] = {}  # stream -> the number of its frame still out, the latest
 
     @contextlib.asynccontextmanager
-    async def turn(self, stream_id: str) -> AsyncIterator[Callable[[], None]]:
-        """Wait for the frame before; yields ``went``, to call once this frame's call is sent (or, where the
-        stream is held in this process, right before the frame goes to its turnstile, awaiting nothing)."""
+    async def turn(self, stream_id: str) -> AsyncIterator[Ticket]:
+        """Wait for the frame before, then hold this frame's :class:`Ticket` until it is answered."""
         before = self.last.get(stream_id)
         mine = self.last[stream_id] = asyncio.get_running_loop().create_future()
 
@@ -36,31 +60,25 @@ class Lineup:
             if self.last.get(stream_id) is mine:
                 del self.last[stream_id]
 
-        waited = before is None
+        waited, sent = before is None, None
         try:
             if before is not None:
                 await asyncio.wait({before})  # not `await before`: a cancelled frame must not cancel it
             waited = True
-            yield went
+            sent = Sent(self.sender, next(self.numbers), self.unanswered.get(stream_id))
+            self.unanswered[stream_id] = sent.number
+            yield Ticket(sent, went)
         finally:
+            if sent is not None and self.unanswered.get(stream_id) == sent.number:
+                del self.unanswered[stream_id]  # answered (or never sent): the next frame waits for none
             if waited:
                 went()
             else:  # given up while waiting (the client went away): the frames behind still wait for the one before
                 before.add_done_callback(lambda _: went())
 
 
-@dataclass(frozen=True)
-class Sent:
-    """A frame's call as its ingress replica sent it: the replica (``sender``), the frame's number there
-    (increasing), and the number of the stream's frame it sent just before, if that one is unanswered."""
-
-    sender: str
-    number: int
-    after: int | None = None
-
-
 class CallOrder:
-    """A worker's side: frames of a stream in the order each ingress replica sent them. A frame that
+    """The holder's end: frames of a stream in the order each sender sent them. A frame that
     arrives before the one sent just before it waits for that one (``wait_s`` at most, in case it never
     comes), so the turnstile sees them as sent."""
 

@@ -1,15 +1,17 @@
-"""What the ingress does with a frame's bytes: cheap checks, one call to its stream's worker, the
-viewer feed and metrics. The ingress maps the errors to HTTP answers; the bench drives this directly.
+"""A frame to its stream's holder in one Ray call, and what follows its answer (metrics, the viewer feed,
+the sinks, the group feed). One per ingress replica, and one per camera source actor (so a camera's
+decoded frames reach their holder in one Ray call, not through an ingress). The ingress maps the errors
+to HTTP answers; the bench drives this directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from posefleet.actors.group_fuser import GroupFeed
 from posefleet.actors.stream_worker import WorkerHost, checkpoint_store, with_retry, worker_pool
 from posefleet.actors.viewer_hub import HubFeed, viewer_hub
 from posefleet.errors import HeldElsewhere, PosefleetError, Unavailable, cause
-from posefleet.pipeline.ordering import Sent
+from posefleet.pipeline.ordering import Lineup, Ticket
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.worker import Served
 from posefleet.serving_config import AppConfig
@@ -57,8 +59,7 @@ class FrameRouter:
         self.hub = viewer_hub(deploy_id, s.namespace, s.viewer) if s.viewer.enabled else None
         self.feed = HubFeed(self.hub, s.viewer.flush_s, _for_viewer) if self.hub is not None else None
         self.frame_calls = 0  # Ray calls that carried a frame (one each)
-        self.sender, self.numbers = uuid.uuid4().hex, itertools.count()  # frames numbered as sent (CallOrder)
-        self.unanswered: dict[str, int] = {}  # stream -> its frame call still out, the latest sent
+        self.lineup = Lineup()  # a stream's frames in arrival order to its holder
         self.sink = JsonlSink(s.sink) if s.sink.directory else None
         self.webhook = WebhookSink(s.sink.webhook) if s.sink.webhook.url else None
         self.groups = GroupFeed(deploy_id, s, self.store) if s.groups.enabled else None
@@ -144,15 +145,23 @@ class FrameRouter:
     async def delete(self, stream_id: str) -> bool:
         return await self._on_holder(stream_id, lambda h: h.delete(stream_id), lambda w: w.delete.remote(stream_id))
 
-    async def process(
+    async def frame(
         self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None = None,
-        client: str = "", group: str | None = None, went: Callable[[], None] | None = None,
-        settings: dict[str, Any] | None = None,
+        client: str = "", group: str | None = None, settings: dict[str, Any] | None = None,
+        slot: AbstractAsyncContextManager | None = None,
     ) -> FrameResult:  # fmt: skip
-        """One encoded frame of a stream -> its result (or a ``dropped`` result). Raises PosefleetError.
-        The bytes are not looked at here: the stream's holder checks them before they touch its state.
-        ``went``: called once the frame is on its way to its stream's turnstile (its :class:`Lineup` turn)."""
-        went = went or (lambda: None)
+        """One frame of a stream (encoded, or decoded where a camera was read) -> its result (or a ``dropped``
+        result), in the stream's turn. Raises PosefleetError. ``slot``: a wait of the caller's (the ingress's
+        frame slot), taken in that turn. The bytes are not looked at here: the stream's holder checks them
+        before they touch its state."""
+        async with self.lineup.turn(stream_id) as ticket, (slot or contextlib.nullcontext()):
+            return await self._process(stream_id, body, index, ts, policy, client, group, ticket, settings)
+
+    async def _process(
+        self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None, policy: str | None,
+        client: str, group: str | None, ticket: Ticket, settings: dict[str, Any] | None,
+    ) -> FrameResult:  # fmt: skip
+        went = ticket.went
         start = time.perf_counter()
         thumbnail = self.feed is not None and self.feed.watched  # pictures often only while a viewer may look
         try:
@@ -161,7 +170,7 @@ class FrameRouter:
                 served = await self.local.process(stream_id, body, index, ts, policy, client, thumbnail, None, settings)
             else:
                 served = await self._remote_process(
-                    stream_id, body, index, ts, policy, client, thumbnail, went, settings
+                    stream_id, body, index, ts, policy, client, thumbnail, ticket, settings
                 )
         except PosefleetError as exc:
             self.metrics.frame_errors.inc(tags={"reason": exc.reason})
@@ -190,29 +199,23 @@ class FrameRouter:
 
     async def _remote_process(self, stream_id: str, body: bytes | np.ndarray, index: int | None, ts: float | None,
                               policy: str | None, client: str, thumbnail: bool,
-                              went: Callable[[], None], settings: dict[str, Any] | None = None) -> Served:  # fmt: skip
-        # numbered as sent, after this stream's frame still out if any: Ray may run the calls in any order
-        sent = Sent(self.sender, next(self.numbers), self.unanswered.get(stream_id))
-        self.unanswered[stream_id] = sent.number
-        args = (stream_id, body, index, ts, policy, client, thumbnail, sent, settings)
-        try:
-            for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
-                worker = await self.worker(stream_id)
+                              ticket: Ticket, settings: dict[str, Any] | None = None) -> Served:  # fmt: skip
+        # stamped as sent (Ray may run the calls in any order): the holder lets the frames in in that order
+        args = (stream_id, body, index, ts, policy, client, thumbnail, ticket.sent, settings)
+        for _ in range(2):  # the second time at the worker that holds the stream, if the first did not
+            worker = await self.worker(stream_id)
 
-                def call(w: ray.actor.ActorHandle = worker) -> Any:
-                    self.frame_calls += 1
-                    ref = w.process.remote(*args)
-                    went()
-                    return ref
+            def call(w: ray.actor.ActorHandle = worker) -> Any:
+                self.frame_calls += 1
+                ref = w.process.remote(*args)
+                ticket.went()
+                return ref
 
-                try:
-                    return await with_retry(call, "stream worker", self.serving.fault_retry_s)
-                except ray.exceptions.RayTaskError as exc:
-                    error = cause(exc)
-                    if not isinstance(error, HeldElsewhere):
-                        raise error from None
-                    self._remember(stream_id, error.holder)
-            raise Unavailable("the stream moved between workers while this frame looked for it; send it again")
-        finally:
-            if self.unanswered.get(stream_id) == sent.number:
-                del self.unanswered[stream_id]
+            try:
+                return await with_retry(call, "stream worker", self.serving.fault_retry_s)
+            except ray.exceptions.RayTaskError as exc:
+                error = cause(exc)
+                if not isinstance(error, HeldElsewhere):
+                    raise error from None
+                self._remember(stream_id, error.holder)
+        raise Unavailable("the stream moved between workers while this frame looked for it; send it again")
