@@ -225,7 +225,8 @@ PoseSource = Literal["single-stage", "top-down", "fused"]
 
 
 class StreamSettings(_Strict):
-    """One stream's (camera's) own settings over the pipeline's: the region of interest, the court polygon."""
+    """One stream's (camera's) own settings over the pipeline's and serving's: the region of interest, how
+    often it detects, its overload policy. None: the deploy's own."""
 
     roi: list[tuple[float, float]] | None = Field(
         None,
@@ -235,6 +236,12 @@ class StreamSettings(_Strict):
         ),
     )
     keep_outside_roi: bool = Field(False, description="return people outside the roi too, flagged outside_roi")
+    detect_every: int | None = Field(
+        None, ge=1, le=1000, description="this stream's own detect_every (a slow camera may detect every frame)"
+    )
+    policy: Literal["drop_oldest", "wait"] | None = Field(
+        None, description="this stream's overload policy, over admission.overload_policy (a frame's own still wins)"
+    )
 
     @field_validator("roi")
     @classmethod

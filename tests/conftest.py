@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -61,3 +63,12 @@ def video_frames(name: str, count: int) -> list[np.ndarray]:
     cap.release()
     assert frames, name
     return frames
+
+
+def wait_until(check: Callable[[], object], timeout_s: float, every_s: float = 0.05) -> bool:
+    """Poll ``check`` until it holds or ``timeout_s`` passes: a test waits for what it needs to have
+    happened (a checkpoint stored, a frame served), not for a guessed time."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(every_s)
+    return bool(check())

@@ -32,7 +32,11 @@ def test_bench_quick_writes_tables_plot_and_ratios(tmp_path: Path) -> None:
         assert r["cpu_ms_per_frame_by_process"]["ray::ServeReplica:posefleet:Ingress"] > 0.1, r
         assert sum(r["frames_per_worker"]) == r["frames"], r
     assert {"in-process/naive (top-down)", "served-ws 2 streams / in-process 2 streams"} <= set(res["ratios"])
-    assert res["accuracy"] and all(r["coco_AP"] >= 0 for r in res["accuracy"])
+    # AP of real models on real people: a broken decoder, mapping or evaluator scores about 0 (on the shared
+    # COCO sample the default scores 0.66, the fast preset 0.33)
+    accuracy = res["accuracy"]
+    assert accuracy[0]["preset"] == "balanced" and accuracy[0]["coco_AP"] > 0.5, accuracy
+    assert all(r["coco_AP"] > 0.2 for r in accuracy), accuracy
     assert res["variants"] and all("AP" in v for v in res["variants"])
     assert res["detect_every"][1]["detect_every"] == 3
     assert (tmp_path / "throughput.png").stat().st_size > 10_000

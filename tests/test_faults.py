@@ -17,7 +17,7 @@ import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 
-from conftest import DATA, video_frames
+from conftest import DATA, video_frames, wait_until
 from posefleet.errors import HeldElsewhere
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.client import submit
@@ -188,7 +188,8 @@ def test_a_restarted_worker_lists_its_streams_before_they_send_again(server: str
         if len(names) == 2:
             break
     assert len(names) == 2
-    time.sleep(1.5)  # the worker's checkpoint flush (every 0.5 s)
+    store = _actor("checkpoints")  # the worker's checkpoint flush (every 0.5 s) has reached the store
+    assert wait_until(lambda: set(names) <= set(ray.get(store.share.remote(0, 2))), 10)
     ray.kill(_actor("-worker-", "-0"), no_restart=False)
     deadline, quiet = time.monotonic() + 60, {}
     while time.monotonic() < deadline:  # until the listing comes from the restarted worker
@@ -208,9 +209,8 @@ def test_a_deleted_stream_frees_its_place_at_once(server: str) -> None:
     resp = httpx.post(f"{server}/v1/streams/churn/frames", content=data, timeout=60,
                       headers={"content-type": "image/jpeg", **AUTH})  # fmt: skip
     assert resp.status_code == 200
-    worker = held_by(server, "churn")
-    time.sleep(1.5)  # its first checkpoint reaches the store (the worker flushes every 0.5 s)
-    assert "churn" in ray.get(store.share.remote(worker, 2))
+    worker = held_by(server, "churn")  # its first checkpoint reaches the store (the worker flushes every 0.5 s)
+    assert wait_until(lambda: "churn" in ray.get(store.share.remote(worker, 2)), 10)
     assert httpx.delete(f"{server}/v1/streams/churn", headers=AUTH, timeout=60).status_code == 204
     assert "churn" not in ray.get(store.share.remote(worker, 2))
 
@@ -221,9 +221,10 @@ def test_a_frame_sent_where_its_stream_is_not_held_goes_on_to_its_worker(server:
     url = f"{server}/v1/streams/moved/frames"
     assert httpx.post(url, content=data, headers=headers, timeout=60).status_code == 200
     first = held_by(server, "moved")  # the ingress remembers this worker
-    assert httpx.delete(f"{server}/v1/streams/moved", headers=AUTH, timeout=60).status_code == 204
-    time.sleep(1.5)  # the deletion reaches the checkpoint actor (flushed every 0.5 s): the stream is free
     store = _actor("-checkpoints")
+    assert wait_until(lambda: "moved" in ray.get(store.share.remote(first, 2)), 10)  # its first checkpoint
+    assert httpx.delete(f"{server}/v1/streams/moved", headers=AUTH, timeout=60).status_code == 204
+    assert wait_until(lambda: "moved" not in ray.get(store.share.remote(first, 2)), 10)  # the stream is free
     ray.get(store.put_many.remote({"moved": {"last_index": -1}}, 1 - first))  # the other worker holds it now
     resp = httpx.post(url, content=data, headers=headers, timeout=60)
     assert resp.status_code == 200 and resp.json()["frame_index"] == 0, resp.text

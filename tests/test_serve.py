@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import DATA, video_frames
+from conftest import DATA, video_frames, wait_until
 from posefleet.image_io import encode_jpeg
 from posefleet.pipeline.engine import Pipeline
 from posefleet.serve.app import load_serve_config
@@ -193,7 +193,7 @@ def test_a_stream_region_of_interest_is_set_checked_and_kept(server: dict) -> No
     frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 3)]  # 426 x 240
     assert post(url, "roi-cam", frames[0], 0).status_code == 200
     settings = f"{url}/v1/streams/roi-cam/settings"
-    assert httpx.get(settings).json() == {"roi": None, "keep_outside_roi": False}
+    assert httpx.get(settings).json() == {"roi": None, "keep_outside_roi": False, "detect_every": None, "policy": None}
     crossing = httpx.put(settings, json={"roi": [[0, 0], [200, 200], [0, 200], [240, 10]]})
     assert crossing.status_code == 422 and "cross" in json.dumps(crossing.json()["detail"])
     off = httpx.put(settings, json={"roi": [[0, 0], [500, 0], [0, 200]]})
@@ -206,6 +206,14 @@ def test_a_stream_region_of_interest_is_set_checked_and_kept(server: dict) -> No
     assert httpx.post(f"{url}/v1/streams/roi-cam/reset").status_code == 200
     assert httpx.get(settings).json()["roi"] == nobody  # a reset forgets tracks, not the camera's settings
     assert httpx.put(f"{url}/v1/streams/never-seen/settings", json={"roi": nobody}).status_code == 404
+    # the stream's own detect_every and policy, checked as the config's are
+    for bad in ({"detect_every": 0}, {"policy": "sometimes"}, {"detect_every": "2"}):
+        assert httpx.put(settings, json=bad).status_code == 422, bad
+    own = httpx.put(settings, json={"detect_every": 3, "policy": "wait"})
+    assert own.status_code == 200 and own.json()["detect_every"] == 3
+    assert httpx.get(f"{url}/v1/streams/roi-cam").json()["policy"] == "wait"
+    answers = [post(url, "roi-cam", frames[i % 3], 2 + i).json() for i in range(6)]
+    assert [a["detected"] for a in answers].count(True) == 2  # every third frame, not every second (balanced)
     bad_source = httpx.post(f"{url}/v1/sources", json={"stream_id": "s", "url": "rtsp://cam/1",
                                                        "settings": {"roi": [[0, 0], [5, 5]]}})  # fmt: skip
     assert bad_source.status_code == 422 and "at least 3 points" in json.dumps(bad_source.json()["detail"])
@@ -265,7 +273,9 @@ def test_a_killed_ingress_replica_comes_back_with_its_streams(server: dict) -> N
     url = server["url"]
     frames = [encode_jpeg(f) for f in video_frames("test_video_structuralize.mp4", 4)]
     before = [post(url, "survivor", frames[i], i).json() for i in range(2)]
-    time.sleep(1.5)  # past a checkpoint flush
+    store = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-checkpoints"))
+    store = ray.get_actor(store["name"], namespace=store["namespace"])  # the stream's checkpoint is stored
+    assert wait_until(lambda: "survivor" in ray.get(store.share.remote(0, 1)), 10)
     replica = next(a for a in ray.util.list_named_actors(all_namespaces=True) if "#Ingress#" in a["name"])
     ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
     deadline, resp = time.time() + 90, None

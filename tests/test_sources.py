@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cameras import mjpeg_camera, rtsp_available, rtsp_camera
 
-from conftest import DATA
+from conftest import DATA, wait_until
 from posefleet.allowlist import check_source_url, redact
 from posefleet.camera import CameraReader
 from posefleet.errors import Forbidden, InvalidRequest
@@ -106,13 +106,6 @@ needs_rtsp = pytest.mark.skipif(
     not rtsp_available(), reason="no RTSP server (scripts/install-test-tools.sh: gir1.2-gst-rtsp-server-1.0)"
 )
 CAMERAS = [pytest.param("mjpeg", marks=needs_ffmpeg), pytest.param("rtsp", marks=needs_rtsp)]
-
-
-def wait_until(check, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return bool(check())
 
 
 @pytest.mark.slow  # seconds of work: in the full run, out of the fast subset (under a minute)

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import ray
 from ray import serve
-from test_sources import CAMERAS, CLIP, camera_server, camera_url, needs_ffmpeg, needs_rtsp, wait_until
+from test_sources import CAMERAS, CLIP, camera_server, camera_url, needs_ffmpeg, needs_rtsp
 from test_webhook import Receiver
 
-from conftest import DATA, video_frames
+from conftest import DATA, video_frames, wait_until
 from posefleet.config import deep_merge
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app, load_serve_config

@@ -49,6 +49,18 @@ def test_detects_every_n_and_carries_between() -> None:
     assert detected == [True, False, False, True, False, False, True, False, False, True]
 
 
+def test_a_streams_own_detect_every_wins_over_the_pipelines() -> None:
+    from posefleet.config import StreamSettings
+
+    cfg = PipelineConfig(pose_source="top-down", detect_every=2, streams={"slow-cam": {"detect_every": 4}})
+    own, other = StreamState(cfg, cfg.settings_for("slow-cam")), StreamState(cfg, cfg.settings_for("cam"))
+    box = [[100, 100, 160, 260]]
+    assert [run_frame(own, f, box)[0].detect for f in range(8)] == [True, False, False, False] * 2
+    assert [run_frame(other, f, box)[0].detect for f in range(4)] == [True, False] * 2
+    other.configure(StreamSettings(detect_every=1))  # set over the API: from the next frame on
+    assert [run_frame(other, f, box)[0].detect for f in range(4, 7)] == [True] * 3
+
+
 def test_carried_box_follows_the_keypoints() -> None:
     st = StreamState(PipelineConfig(pose_source="top-down", detect_every=5))
     for f in range(5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,12 +30,14 @@ def jpegs() -> list[bytes]:
 
 class SlowModels:
     """The real models behind a worker's queue, with a delay standing for a busy accelerator, a count of
-    calls in flight, and a call that hangs until released (a stalled frame)."""
+    calls in flight, a call that hangs until released (a stalled frame), and ``held``: while it is not
+    set, every call waits for it (the test then orders what arrives meanwhile by events, not time)."""
 
-    def __init__(self, engine: LocalModels, delay_s: float = 0.0):
+    def __init__(self, engine: LocalModels, delay_s: float = 0.0, held: bool = False):
         self.queue = QueuedModels(engine, {"detector": 8, "pose": 32})
         self.delay_s, self.active, self.most = delay_s, 0, 0
         self.hang: asyncio.Event | None = None  # the next call waits for it (a stalled frame)
+        self.held = asyncio.Event() if held else None
 
     async def __call__(self, call: ModelCall) -> list:
         self.active += 1
@@ -43,10 +46,21 @@ class SlowModels:
             if self.hang is not None and not self.hang.is_set():
                 hang, self.hang = self.hang, None
                 await hang.wait()
+            if self.held is not None:
+                await self.held.wait()
             await asyncio.sleep(self.delay_s)
             return await self.queue(call)
         finally:
             self.active -= 1
+
+
+async def until(condition: Callable[[], bool], turns: int = 10_000) -> None:
+    """Let the other tasks run until ``condition`` holds (event-loop turns, not time)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
 
 
 def worker(
@@ -148,7 +162,7 @@ def test_stalled_frame_is_abandoned_and_the_next_one_detects(engine: LocalModels
         gate = asyncio.Event()
         models.hang = gate
         stalled = asyncio.create_task(w.process("s", jpegs[1], 1))
-        await asyncio.sleep(0.05)
+        await until(lambda: models.active == 1)  # the stalled frame is in its model call
         nxt = await asyncio.wait_for(w.process("s", jpegs[2], 2), 10)
         assert nxt.result.detected and not stalled.done()
         gate.set()  # the stalled call returns at last: it must not touch the stream any more
@@ -161,10 +175,13 @@ def test_stalled_frame_is_abandoned_and_the_next_one_detects(engine: LocalModels
 
 def test_drop_oldest_keeps_the_newest_waiting_frame_and_reports_drops(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> list:
-        w = worker(engine, models=SlowModels(engine, delay_s=0.1))
+        models = SlowModels(engine, held=True)
+        w = worker(engine, models=models)
         first = asyncio.create_task(w.process("cam", jpegs[0], 0))
-        await asyncio.sleep(0.01)
+        await until(lambda: models.active == 1)  # the first frame is in flight
         waiting = [asyncio.create_task(w.process("cam", jpegs[i], i)) for i in (1, 2, 3)]
+        await until(lambda: w.streams["cam"].gate.dropped == 2)  # 3 arrived: 1 and 2 dropped
+        models.held.set()
         return [s.result for s in await asyncio.gather(first, *waiting)]
 
     results = asyncio.run(scenario())
@@ -174,12 +191,14 @@ def test_drop_oldest_keeps_the_newest_waiting_frame_and_reports_drops(engine: Lo
 
 def test_a_late_arrival_older_than_a_waiting_frame_is_the_one_dropped(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> list:
-        w = worker(engine, models=SlowModels(engine, delay_s=0.1))
+        models = SlowModels(engine, held=True)
+        w = worker(engine, models=models)
         first = asyncio.create_task(w.process("cam", jpegs[0], 0))
-        await asyncio.sleep(0.01)
+        await until(lambda: models.active == 1)  # the first frame is in flight
         newer = asyncio.create_task(w.process("cam", jpegs[5], 5))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(w.streams["cam"].gate.waiting) == 1)  # frame 5 waits its turn
         late = (await w.process("cam", jpegs[4], 4)).result
+        models.held.set()
         assert late.dropped and "frame 5 is already waiting" in late.note
         return [s.result.frame_index for s in await asyncio.gather(first, newer)]
 
@@ -188,13 +207,15 @@ def test_a_late_arrival_older_than_a_waiting_frame_is_the_one_dropped(engine: Lo
 
 def test_wait_policy_queues_up_to_its_bound_then_refuses(engine: LocalModels, jpegs: list) -> None:
     async def scenario() -> list:
-        w = worker(engine, models=SlowModels(engine, delay_s=0.1), overload_policy="wait", max_waiting_per_stream=2)
+        models = SlowModels(engine, held=True)
+        w = worker(engine, models=models, overload_policy="wait", max_waiting_per_stream=2)
         first = asyncio.create_task(w.process("cam", jpegs[0], 0))
-        await asyncio.sleep(0.01)
+        await until(lambda: models.active == 1)  # the first frame is in flight
         queued = [asyncio.create_task(w.process("cam", jpegs[i], i)) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(w.streams["cam"].gate.waiting) == 2)
         with pytest.raises(StreamBusy):
             await w.process("cam", jpegs[3], 3)
+        models.held.set()
         return [s.result.frame_index for s in await asyncio.gather(first, *queued)]
 
     assert asyncio.run(scenario()) == [0, 1, 2]
@@ -339,9 +360,11 @@ def test_a_new_streams_frames_reach_its_turnstile_as_sent_whatever_order_they_ar
                                               SlowModels(engine), checkpoints, shard=0)  # fmt: skip
         sent = [Sent("a", i, i - 1 if i else None) for i in range(3)]
         tasks = {}
-        for i in (2, 0, 1):  # frame 2 arrives first, then 0 (its claim pends), then 1
+        arrived = {2: lambda: (("s", "a", 1) in w.order.waiting), 0: lambda: "s" in w.creating}
+        for i in (2, 0, 1):  # frame 2 arrives first (waits for 1), then 0 (its claim pends), then 1
             tasks[i] = asyncio.create_task(w.process("s", jpegs[i], i, sent=sent[i]))
-            await asyncio.sleep(0.01)
+            if i in arrived:
+                await until(arrived[i])
         return [(await tasks[i]).result.frame_index for i in range(3)]
 
     assert asyncio.run(scenario()) == [0, 1, 2]

@@ -85,6 +85,11 @@ class StreamState:
         self.settings = settings
         self.roi = Roi(settings.roi, settings.keep_outside_roi) if settings.roi else None
 
+    @property
+    def detect_every(self) -> int:
+        """The stream's own, else the pipeline's."""
+        return self.settings.detect_every or self.cfg.detect_every
+
     # -- step 1 -------------------------------------------------------------------------------
     def restarts_at(self, frame_index: int) -> bool:
         """Whether the index is so far behind the stream's last (``index_restart_gap``) that the camera must have
@@ -106,7 +111,7 @@ class StreamState:
         frame's ``crop_boxes`` are its tracks' predictions; :meth:`start` then commits the plan."""
         self.check_order(frame_index)
         restarted = frame_index <= self.last_index  # the camera restarted its count: tracks kept, boxes found again
-        due = self.frames_since_detect + 1 >= self.cfg.detect_every
+        due = self.frames_since_detect + 1 >= self.detect_every
         if self.force_detect or restarted or due or not self.tracker.active():
             return self._detection_plan(frame_index)
         return FramePlan(frame_index, detect=False, crop_boxes=self.tracker.predicted_boxes(0))
@@ -246,7 +251,7 @@ class StreamState:
         if self.cfg.pose_source == "top-down":  # the next carried frame aligns its crops by them
             for i, tid in enumerate(plan.track_ids):
                 self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
-        elif cfg.detect_every > 1 and plan.detect:  # single-stage: carried frames move these
+        elif self.detect_every > 1 and plan.detect:  # single-stage: carried frames move these
             for i, tid in enumerate(plan.track_ids):
                 self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
                 self.keypoint_boxes[tid] = boxes[i].astype(np.float32)

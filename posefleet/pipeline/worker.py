@@ -227,7 +227,8 @@ class StreamWorker:
 
     # -- admission ----------------------------------------------------------------------------
     def _add(self, stream_id: str, state: StreamState, client: str) -> _Stream:
-        s = self.streams[stream_id] = _Stream(state, self.admission, self.admission.overload_policy, client)
+        policy = state.settings.policy or self.admission.overload_policy  # the stream's own, else the deploy's
+        s = self.streams[stream_id] = _Stream(state, self.admission, policy, client)
         self.per_client[client] = self.per_client.get(client, 0) + 1
         return s
 
@@ -351,7 +352,8 @@ class StreamWorker:
         return None if s is None else s.state.settings.model_dump()
 
     async def configure(self, stream_id: str, settings: dict[str, Any]) -> dict[str, Any] | None:
-        """Set a stream's own settings (its region of interest) from the next frame on; None: unknown stream.
+        """Set a stream's own settings (region of interest, detect_every, policy) from the next frame on; None:
+        unknown stream.
         Raises InvalidRequest with the reason for settings that do not fit its frames. Checkpointed at once."""
         s = self.streams.get(stream_id)
         if s is None:
@@ -362,6 +364,8 @@ class StreamWorker:
             raise InvalidRequest(problems(exc)) from None
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
+        if s.state.settings.policy is not None:
+            s.gate.policy = s.state.settings.policy
         await self._checkpoint(stream_id, s)
         return s.state.settings.model_dump()
 
