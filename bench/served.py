@@ -121,7 +121,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
         )  # fmt: skip
         lat: list[float] = []
         errors: dict[int, int] = {}
-        counts = {"served": 0, "dropped": 0, "skipped": 0}
+        counts = {"served": 0, "dropped": 0, "skipped": 0, "people": 0}
         ends: dict[str, float] = {}  # when each stream's last answer came, from the start
         done: list[float] = []  # when each served frame's answer came, from the start
         start = time.perf_counter()
@@ -150,6 +150,7 @@ async def _drive(url: str, transport: str, frames: list[bytes], names: list[str]
                 counts["dropped"] += 1
             else:
                 counts["served"] += 1
+                counts["people"] += text.count('"track_id"')  # one a person answered
                 lat.append((time.perf_counter() - t0) * 1000.0)
                 done.append(time.perf_counter() - start)
 
@@ -253,6 +254,7 @@ def _row(mode: str, k: int, run: dict, cpu_ms: float, rss: float) -> dict:
         "p50_ms": float(np.nanpercentile(lat, 50)),
         "p99_ms": float(np.nanpercentile(lat, 99)),
         "cpu_ms_per_frame": cpu_ms / served if served else None,
+        "people_per_frame": run.get("people", 0) / served if served else None,
         "dropped": run["dropped"],
         "skipped": run["skipped"],
         "errors": run["errors"],

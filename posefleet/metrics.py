@@ -6,6 +6,7 @@ Frames per second is ``rate(posefleet_frames_total[1m])``; by ``stream`` only wi
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 from ray.util import metrics
@@ -33,6 +34,23 @@ class Metrics:
             tag_keys=("model",),
         )
         self.queue = metrics.Gauge("posefleet_queue_length", "requests waiting or running", tag_keys=("model",))
+        self.async_errors = metrics.Counter(
+            "posefleet_async_errors",
+            "errors asyncio logged in a posefleet process: an exception no task or future retrieved, a failed "
+            "callback (none is expected: each is a bug)",
+        )
+        logging.getLogger("asyncio").addHandler(_Counted(self.async_errors))
+
+
+class _Counted(logging.Handler):
+    """Counts the error records of a logger (asyncio's: what its loops could not hand to anyone)."""
+
+    def __init__(self, counter: metrics.Counter):
+        super().__init__(logging.ERROR)
+        self.counter = counter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counter.inc()
 
 
 @cache

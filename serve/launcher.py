@@ -325,9 +325,11 @@ def local_app(
     address: str | None = None,
     metrics_port: int | None = None,
     proxy_location: str = "HeadOnly",
+    app: Any = None,
 ) -> Iterator[str]:
     """The app (AppConfig or its dict) served by a Ray started here with ``num_cpus`` (or the cluster at
-    ``address``) on a free loopback port; yields the base URL and shuts everything down after."""
+    ``address``) on a free loopback port; yields the base URL and shuts everything down after. ``app``: an
+    application bound already (a bench's variant of ``build_app(args)``), served instead."""
     from ray import serve
 
     from posefleet.serve.app import build_app
@@ -335,7 +337,7 @@ def local_app(
     start_ray(address, "127.0.0.1", num_cpus, metrics_port)
     try:
         port = start_http({"host": "127.0.0.1"}, proxy_location, any_port=True)
-        serve.run(build_app(args), name="posefleet", route_prefix="/")
+        serve.run(app if app is not None else build_app(args), name="posefleet", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_ray()

@@ -82,7 +82,7 @@ class Management:
     @app.get("/v1/streams/{stream_id}/settings", response_model=StreamSettings, responses={404: {}},
              dependencies=AUTH)  # fmt: skip
     async def get_stream_settings(self, stream_id: StreamId) -> StreamSettings:
-        """The stream's own settings: its region of interest (the court polygon)."""
+        """The stream's own settings: its region of interest (the court polygon), detect_every, policy."""
         settings = await self.router.stream_settings(stream_id)
         if settings is None:
             raise UnknownStream(f"unknown stream {stream_id!r}")

@@ -122,3 +122,19 @@ def test_the_model_free_ceiling_returns_the_same_people_at_no_model_cost(engine:
     assert real["model_ms"]["detector"] > 0 and ceiling["model_ms"]["detector"] == 0
     assert ceiling["people_per_frame"] == real["people_per_frame"] > 0
     assert timed.at == len(timed.recorded)  # every recorded call replayed, in order
+
+
+def test_the_served_ceiling_serves_every_frame_with_the_detector_replayed() -> None:
+    """The served model-free ceiling: the GPU layout with a bench-only detector deployment that replays the
+    real model's outputs; every frame is answered with people, and no model ran in the detector replica."""
+    from bench.camera import court_like
+    from bench.served_ceiling import served_ceiling
+
+    frames = court_like(None, 10)  # the basketball clip, in the repo
+    [row] = served_ceiling(frames, [1], 10)
+    assert row["frames"] == 10 and not row["errors"] and row["dropped"] == 0, row
+    assert row["people_per_frame"] >= 1.5  # two players on the clip: the real model's people, replayed
+    assert row["mode"] == "served-ws, model-free ceiling" and row["size"] == "426x240"
+    by_process = row["cpu_ms_per_frame_by_process"]
+    worker = next(v for k, v in by_process.items() if "StreamWorkerActor" in k)
+    assert worker > 0.5, by_process  # decode, regions, letterbox, tracking ran where the stream is held

@@ -207,7 +207,7 @@ def test_a_stream_region_of_interest_is_set_checked_and_kept(server: dict) -> No
     assert httpx.get(settings).json()["roi"] == nobody  # a reset forgets tracks, not the camera's settings
     assert httpx.put(f"{url}/v1/streams/never-seen/settings", json={"roi": nobody}).status_code == 404
     # the stream's own detect_every and policy, checked as the config's are
-    for bad in ({"detect_every": 0}, {"policy": "sometimes"}, {"detect_every": "2"}):
+    for bad in ({"detect_every": 0}, {"policy": "sometimes"}, {"detect_every": 2.5}, {"frames": 3}):
         assert httpx.put(settings, json=bad).status_code == 422, bad
     own = httpx.put(settings, json={"detect_every": 3, "policy": "wait"})
     assert own.status_code == 200 and own.json()["detect_every"] == 3
