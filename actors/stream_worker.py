@@ -17,6 +17,7 @@ import time
 import warnings
 from typing import Any
 
+import numpy as np
 import ray
 from ray.serve.exceptions import BackPressureError
 
@@ -54,15 +55,26 @@ async def with_retry(call: Any, what: str, retry_s: float) -> Any:
 class DeploymentModels:
     """Model calls through the Serve model deployments' handles (batched there by ``@serve.batch``)."""
 
-    def __init__(self, detector: Any, pose: Any, retry_s: float):
+    def __init__(self, detector: Any, pose: Any, retry_s: float, max_items: dict[str, int] | None = None):
+        """``max_items``: each model's ``max_batch_size``; a call with more items (a 1080p frame's many regions)
+        goes as several requests, since ``@serve.batch`` refuses a request larger than a whole batch."""
         self.handles = {"detector": detector, "pose": pose}
         self.retry_s = retry_s
+        self.max_items = max_items or {}
         self.calls = {"detector": 0, "pose": 0}
 
     async def __call__(self, call: ModelCall) -> list:
         handle = self.handles[call.model]
-        self.calls[call.model] += 1
-        return await with_retry(lambda: handle.remote(call.inputs), f"{call.model} model", self.retry_s)
+        step = self.max_items.get(call.model) or len(call.inputs) or 1
+        parts = [call.inputs[i : i + step] for i in range(0, len(call.inputs), step)] or [call.inputs]
+        self.calls[call.model] += len(parts)
+        what = f"{call.model} model"
+        outs = await asyncio.gather(*(with_retry(lambda p=p: handle.remote(p), what, self.retry_s) for p in parts))
+        if len(outs) == 1:
+            return outs[0]
+        if call.model == "detector":  # one output list per input tensor
+            return [o for out in outs for o in out]
+        return [np.concatenate([out[k] for out in outs]) for k in range(len(outs[0]))]  # pose: arrays per output
 
 
 class _RemoteCheckpoints:
@@ -137,7 +149,10 @@ class WorkerHost(StreamWorker):
                                    "pose": serving.pose.batch.max_batch_size},
                 on_batch=lambda model, items: batch_size.observe(items, tags={"model": model}),
             )  # fmt: skip
-        runs: Any = self.queued if self.queued is not None else DeploymentModels(*models, serving.fault_retry_s)
+        runs: Any = self.queued if self.queued is not None else DeploymentModels(
+            *models, serving.fault_retry_s,
+            {"detector": serving.detector.batch.max_batch_size, "pose": serving.pose.batch.max_batch_size},
+        )  # fmt: skip
         checkpoints = (
             _RemoteCheckpoints(store, serving.checkpoints.flush_s, shard, max(serving.workers, 1))
             if store is not None else None

@@ -104,13 +104,15 @@ def replay_app(cfg: AppConfig, recorded: dict[tuple[int, ...], list[list[np.ndar
     return Ingress.options(**deployment_options(s.ingress, s)).bind(cfg, uuid.uuid4().hex[:12], detector, None)
 
 
-def served_ceiling(frames: list[bytes], streams: list[int], total: int) -> list[dict[str, Any]]:
-    """WebSocket rows (each stream sends ``total`` frames cycled from ``frames``) at each stream count."""
+def served_ceiling(frames: list[bytes], streams: list[int], total: int,
+                   serving: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """WebSocket rows (each stream sends ``total`` frames cycled from ``frames``) at each stream count;
+    ``serving``: settings over the layout's."""
     from bench.served import run_transport
     from posefleet.serve.app import load_serve_config
     from posefleet.serve.launcher import local_app
 
-    args = deep_merge(load_serve_config()["applications"][0]["args"], {"serving": LAYOUT})
+    args = deep_merge(load_serve_config()["applications"][0]["args"], {"serving": deep_merge(LAYOUT, serving or {})})
     cfg = AppConfig.model_validate(args)
     recorded = record(cfg.pipeline_config(), frames)
     with tempfile.TemporaryDirectory() as folder:
