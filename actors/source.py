@@ -57,6 +57,7 @@ class SourceActor:
         self.settings: dict[str, Any] | None = spec.get("settings")  # the stream's own, with every frame
         self.router: FrameRouter | None = None
         self.handle = None
+        self.ingress_calls = 0  # frames sent to the ingress (serving.workers: 0)
         if app_cfg.serving.workers > 0:  # straight to the stream's worker, from an event loop of its own
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name=f"router {self.stream_id}", daemon=True).start()
@@ -93,6 +94,7 @@ class SourceActor:
         """One frame to its holder; frame_index None: the stream's next, so a restarted source goes on where
         the stream was."""
         if self.router is None:
+            self.ingress_calls += 1
             call = self.handle.source_frame.remote(self.stream_id, image, None, ts, self.group, self.settings)
             return call.result(timeout_s=60)
         result = self._on_loop(self.router.frame(self.stream_id, image, None, ts, "drop_oldest", "source",
@@ -134,7 +136,7 @@ class SourceActor:
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this source's frames made (to the worker, placement, viewer hub)."""
-        return self.router.ray_calls() if self.router is not None else {"ingress": len(self.latency_ms)}
+        return self.router.ray_calls() if self.router is not None else {"ingress": self.ingress_calls}
 
     def stop(self) -> None:
         self.reader.stop()

@@ -142,17 +142,16 @@ class WorkerHost(StreamWorker):
         """``models``: the model deployments' handles (None: the models run here); ``restored``: the states of
         this holder's streams after a restart (None: a first start); ``shard``: which of ``serving.workers``."""
         self.queued: QueuedModels | None = None
+        batch_items = {"detector": serving.detector.batch.max_batch_size, "pose": serving.pose.batch.max_batch_size}
         if models is None:
             batch_size = metrics.get().batch_size
             self.queued = QueuedModels(
-                LocalModels(cfg), {"detector": serving.detector.batch.max_batch_size,
-                                   "pose": serving.pose.batch.max_batch_size},
+                LocalModels(cfg), batch_items,
                 on_batch=lambda model, items: batch_size.observe(items, tags={"model": model}),
             )  # fmt: skip
         runs: Any = self.queued if self.queued is not None else DeploymentModels(
-            *models, serving.fault_retry_s,
-            {"detector": serving.detector.batch.max_batch_size, "pose": serving.pose.batch.max_batch_size},
-        )  # fmt: skip
+            *models, serving.fault_retry_s, batch_items
+        )
         checkpoints = (
             _RemoteCheckpoints(store, serving.checkpoints.flush_s, shard, max(serving.workers, 1))
             if store is not None else None

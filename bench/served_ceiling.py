@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from bench.inprocess import LIMITS
 from posefleet.actors.deployments import _BatchStats, _items
 from posefleet.config import PipelineConfig, deep_merge
 from posefleet.image_io import Picture, check_image
@@ -30,7 +31,6 @@ from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.frames import LocalModels, ModelCall
 from posefleet.serving_config import AppConfig
 
-LIMITS = (40_000_000, 8192)
 LAYOUT = {"models": "deployments", "workers": 1, "detector": {"num_cpus": 0.0}, "worker_num_cpus": 0.5}
 
 
@@ -56,7 +56,8 @@ def record(cfg: PipelineConfig, frames: list[bytes]) -> dict[tuple[int, ...], li
     recorder = Recorder(LocalModels(cfg))
     pipeline = Pipeline(cfg, recorder)  # type: ignore[arg-type]
     for i, data in enumerate(frames):
-        pipeline.process_many([("cam", Picture.encoded(data, *check_image(data, *LIMITS)), i, None)])
+        picture = Picture.encoded(data, *check_image(data, LIMITS["max_pixels"], LIMITS["max_side"]))
+        pipeline.process_many([("cam", picture, i, None)])
     return dict(recorder.by_shape)
 
 
@@ -124,7 +125,7 @@ def served_ceiling(frames: list[bytes], streams: list[int], total: int,
 
 
 def _size(jpeg: bytes) -> str:
-    _, w, h = check_image(jpeg, *LIMITS)
+    _, w, h = check_image(jpeg, LIMITS["max_pixels"], LIMITS["max_side"])
     return f"{w}x{h}"
 
 

@@ -222,6 +222,7 @@ class DecodeConfig(_Strict):
 
 
 PoseSource = Literal["single-stage", "top-down", "fused"]
+Policy = Literal["drop_oldest", "wait"]  # a stream's overload policy (admission.py says what each does)
 
 
 class StreamSettings(_Strict):
@@ -239,7 +240,7 @@ class StreamSettings(_Strict):
     detect_every: int | None = Field(
         None, ge=1, le=1000, description="this stream's own detect_every (a slow camera may detect every frame)"
     )
-    policy: Literal["drop_oldest", "wait"] | None = Field(
+    policy: Policy | None = Field(
         None, description="this stream's overload policy, over admission.overload_policy (a frame's own still wins)"
     )
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from posefleet.config import PipelineConfig, _Strict, load_pipeline_config
+from posefleet.config import PipelineConfig, Policy, _Strict, load_pipeline_config
 from posefleet.court.settings import GroupsConfig
 
 
@@ -61,7 +61,7 @@ class ModelDeploymentSettings(DeploymentSettings):
 class AdmissionConfig(_Strict):
     """How frames of a stream are let in: one in flight per stream, the rest by the overload policy."""
 
-    overload_policy: Literal["drop_oldest", "wait"] = Field(
+    overload_policy: Policy = Field(
         "drop_oldest", description="per-stream default; a request may set its stream's policy"
     )
     max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")

@@ -16,12 +16,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
+from posefleet.config import Policy
 from posefleet.errors import FrameDropped, StreamBusy, Unavailable
 from posefleet.serving_config import AdmissionConfig
-
-Policy = Literal["drop_oldest", "wait"]
 
 
 class Ordered(Protocol):
