@@ -53,7 +53,7 @@ class FrameRouter:
         # where streams are held, as the checkpoint store said (a stale entry costs one hop: the worker
         # that no longer holds the stream names the one that does); as many as the workers may hold
         self.holders: OrderedDict[str, int] = OrderedDict()
-        self.max_holders = s.limits.max_streams * max(s.workers, 1)
+        self.max_holders = s.admission.max_streams * max(s.workers, 1)
         self.placement_calls = 0
         self.metrics = metrics.get()
         self.hub = viewer_hub(deploy_id, s.namespace, s.viewer) if s.viewer.enabled else None

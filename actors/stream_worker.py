@@ -156,8 +156,9 @@ class WorkerHost(StreamWorker):
             _RemoteCheckpoints(store, serving.checkpoints.flush_s, shard, max(serving.workers, 1))
             if store is not None else None
         )  # fmt: skip
-        super().__init__(cfg, serving.admission, runs, checkpoints, restored, serving.checkpoints, serving.viewer,
-                         serving.limits, shard)  # fmt: skip
+        super().__init__(
+            cfg, serving.admission, runs, checkpoints, restored, serving.checkpoints, serving.viewer, shard=shard
+        )
 
     def batch_stats(self, reset: bool = False) -> dict[str, Any]:
         """Frames and items per inference of this worker's local models (none: models are deployments),

@@ -134,7 +134,7 @@ def run_hostile(args: argparse.Namespace) -> None:
     spec = load_serve_config(args.config)["applications"][0]
     idle_s = 5.0  # streams evicted after 5 s idle, so the churn's ids are gone within the run
     serving = {"security": {"auth_token": f"{hostile.VICTIM_TOKEN},{hostile.ATTACKER_TOKEN}"},
-               "limits": {"stream_idle_s": idle_s}}  # fmt: skip
+               "admission": {"stream_idle_s": idle_s}}  # fmt: skip
     out: dict = {}
     with local_app(deep_merge(spec.get("args") or {}, {"serving": serving})) as url:
         # the attackers' bytes over a 1 Gbit/s link (125 MB/s), and on loopback with no limit at all

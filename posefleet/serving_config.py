@@ -59,35 +59,36 @@ class ModelDeploymentSettings(DeploymentSettings):
 
 
 class AdmissionConfig(_Strict):
-    """How frames of a stream are let in: one in flight per stream, the rest by the overload policy."""
+    """What each stream's holder enforces (the ingress replica with ``workers: 0``, else the stream worker
+    holding it): one frame in flight per stream, the rest by the overload policy; decoded pixels in flight;
+    streams held, in all and per client; idle streams forgotten."""
 
     overload_policy: Policy = Field(
         "drop_oldest", description="per-stream default; a request may set its stream's policy"
     )
     max_waiting_per_stream: int = Field(4, ge=1, description="frames a 'wait' stream may queue")
-    frame_timeout_s: float = Field(10.0, gt=0.0, description="a frame in flight longer than this is abandoned")
-    max_inflight_frames: int = Field(48, ge=1, description="per ingress replica; beyond: 503 + Retry-After")
-    batch_frames_per_client: int = Field(
-        8, ge=1,
-        description=(
-            "frames of POST /v1/frames one client has in flight at once per ingress replica; the rest of its "
-            "batches wait (not refused): one client's big batch cannot queue ahead of every other stream"
-        ),
-    )  # fmt: skip
+    frame_timeout_s: float = Field(
+        10.0, gt=0.0, description="a frame in flight (or waiting for an ingress slot) longer than this is abandoned"
+    )
     order_wait_s: float = Field(
         1.0, gt=0.0, le=10.0,
         description=(
-            "a frame reaching its stream's worker before the frame its ingress sent just before it waits for "
-            "that one at most this long (Ray runs an async actor's calls in any order)"
+            "a frame reaching its stream's holder before the frame sent just before it waits for that one at "
+            "most this long (Ray runs an async actor's calls in any order)"
         ),
     )  # fmt: skip
     max_decoding_pixels: int = Field(
         4 * 4096 * 2160, ge=1,
         description=(
-            "decoded pixels in flight per stream holder (ingress replica or worker); a frame beyond waits "
-            "its turn, at most frame_timeout_s, then 503: memory stays bounded whatever the mix of sizes"
+            "decoded pixels in flight per stream holder; a frame beyond waits its turn, at most "
+            "frame_timeout_s, then 503: memory stays bounded whatever the mix of sizes"
         ),
     )  # fmt: skip
+    max_streams: int = Field(10_000, ge=1, description="streams held at once per stream holder")
+    max_streams_per_client: int = Field(5_000, ge=1, description="per client, per stream holder")
+    stream_idle_s: float = Field(
+        600.0, gt=0.0, description="a stream with no frame for this long is forgotten (state, checkpoint, view)"
+    )
 
 
 class CheckpointConfig(_Strict):
@@ -102,10 +103,24 @@ class CheckpointConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    """What a client may hold apart from frames, per client and in total on each ingress replica; beyond a
-    cap: 503 + Retry-After. A client is its bearer token (or, with auth off, its address). Long-lived
-    connections and uploads never take a frame slot (``admission.max_inflight_frames``)."""
+    """What each ingress replica enforces: frames in flight, request sizes, and what a client may hold apart
+    from frames, per client and in total; beyond a cap: 503 + Retry-After (413 for a body too large). A
+    client is its bearer token (or, with auth off, its address). Long-lived connections and uploads never
+    take a frame slot (``max_inflight_frames``)."""
 
+    max_inflight_frames: int = Field(48, ge=1, description="frames in flight per ingress replica")
+    batch_frames_per_client: int = Field(
+        8, ge=1,
+        description=(
+            "frames of POST /v1/frames one client has in flight at once per ingress replica; the rest of its "
+            "batches wait (not refused): one client's big batch cannot queue ahead of every other stream"
+        ),
+    )  # fmt: skip
+    max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
+    max_batch_frames: int = Field(64, ge=1, description="frames one POST /v1/frames may carry")
+    ws_max_inflight: int = Field(
+        4, ge=1, description="a WebSocket's frames unanswered before the server stops reading (backpressure)"
+    )
     max_viewers: int = Field(32, ge=0, description="open GET /v1/events")
     max_viewers_per_client: int = Field(8, ge=0)
     max_sockets: int = Field(256, ge=0, description="open frame WebSockets")
@@ -116,18 +131,11 @@ class LimitsConfig(_Strict):
         10.0, gt=0.0, description="a request body not read in full within this is refused (408)"
     )
     socket_idle_s: float = Field(120.0, gt=0.0, description="a WebSocket silent this long is closed")
-    max_streams: int = Field(
-        10_000, ge=1, description="streams held at once per stream holder (ingress replica or worker)"
-    )
-    max_streams_per_client: int = Field(5_000, ge=1, description="per client, per stream holder")
-    stream_idle_s: float = Field(
-        600.0, gt=0.0, description="a stream with no frame for this long is forgotten (state, checkpoint, view)"
-    )
     page_size: int = Field(100, ge=1, le=10_000, description="GET /v1/streams: the default and largest page")
 
-    def held(self, frames: int) -> int:
+    def held(self) -> int:
         """Requests the caps let one ingress replica hold open at once (beside management calls)."""
-        return self.max_viewers + self.max_sockets + self.max_uploads + frames
+        return self.max_viewers + self.max_sockets + self.max_uploads + self.max_inflight_frames
 
 
 class SourcesConfig(_Strict):
@@ -233,6 +241,18 @@ class SecurityConfig(_Strict):
         return [t.strip() for t in raw.split(",") if t.strip()]
 
 
+MOVED = {  # settings whose place changed: old -> new, under serving
+    "admission.max_inflight_frames": "limits.max_inflight_frames",
+    "admission.batch_frames_per_client": "limits.batch_frames_per_client",
+    "max_body_bytes": "limits.max_body_bytes",
+    "max_batch_frames": "limits.max_batch_frames",
+    "ws_max_inflight": "limits.ws_max_inflight",
+    "limits.max_streams": "admission.max_streams",
+    "limits.max_streams_per_client": "admission.max_streams_per_client",
+    "limits.stream_idle_s": "admission.stream_idle_s",
+}
+
+
 class ServingConfig(_Strict):
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     detector: ModelDeploymentSettings = Field(default_factory=lambda: ModelDeploymentSettings(num_cpus=0.5))
@@ -255,34 +275,43 @@ class ServingConfig(_Strict):
         ),
     )  # fmt: skip
     worker_num_cpus: float = Field(0.5, ge=0.0, description="CPUs Ray reserves for each stream worker")
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="enforced by each stream's holder (a worker, or the ingress)"
+    )
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     viewer: ViewerConfig = Field(default_factory=ViewerConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="enforced by each ingress replica")
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     groups: GroupsConfig = Field(default_factory=GroupsConfig)
     metrics_per_stream: bool = Field(
         False, description="label posefleet_frames_total by stream id (one series per stream ever seen)"
     )
-    max_body_bytes: int = Field(20_000_000, ge=1, description="a request's body (a WebSocket message: one frame)")
-    max_batch_frames: int = Field(64, ge=1, description="frames one POST /v1/frames may carry")
-    ws_max_inflight: int = Field(
-        4, ge=1, description="a WebSocket's frames unanswered before the server stops reading (backpressure)"
-    )
     access_log: bool = Field(False, description="Serve access logs cost 17-37% throughput on small machines")
     namespace: str = "posefleet"
     retry_after_s: int = Field(1, ge=1)
     fault_retry_s: float = Field(15.0, ge=0.0, description="retry calls to dead replicas/actors this long")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """A setting from before limits were grouped by the process enforcing them gets the way to its new place."""
+        if isinstance(data, dict):
+            for old, new in MOVED.items():
+                section, _, key = old.rpartition(".")
+                held = data.get(section) if section else data
+                if isinstance(held, dict) and key in held:
+                    raise ValueError(f"serving.{old} is now serving.{new}")
+        return data
+
     @model_validator(mode="after")
     def _caps_fit_serve(self) -> ServingConfig:
-        held = self.limits.held(self.admission.max_inflight_frames)
+        held = self.limits.held()
         if self.ingress.max_ongoing_requests < held:
             raise ValueError(
                 f"ingress.max_ongoing_requests ({self.ingress.max_ongoing_requests}) must be at least the ingress's "
-                f"own caps (limits.max_viewers + max_sockets + max_uploads + admission.max_inflight_frames = {held}), "
+                f"own caps (limits.max_viewers + max_sockets + max_uploads + max_inflight_frames = {held}), "
                 "else Serve queues frames behind viewers and uploads"
             )
         return self

@@ -54,8 +54,8 @@ class Ingress(FrameTransports, Management, ViewerRoutes, GroupRoutes):
         self.router = FrameRouter(app_cfg, deploy_id, models)
         self.detector, self.pose, self.hub = detector, pose, self.router.hub
         self.metrics = self.router.metrics
-        self.slots = Budget(s.admission.max_inflight_frames, s.admission.frame_timeout_s, "frames")
-        self.shares = Shares(s.admission.batch_frames_per_client)
+        self.slots = Budget(s.limits.max_inflight_frames, s.admission.frame_timeout_s, "frames")
+        self.shares = Shares(s.limits.batch_frames_per_client)
         self.node = ray.get_runtime_context().get_node_id()[:12]  # answers say which node served them
         app.state.auth_tokens = s.security.api_tokens()
         app.state.retry_after = s.retry_after_s

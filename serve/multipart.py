@@ -65,7 +65,7 @@ def frame_parts(body: bytes, content_type: str, max_parts: int) -> list[Part]:
         parser.finalize()
     except Exception as exc:  # the parser's own errors (MultipartParseError and kin), or too many parts
         if len(parts) > max_parts:
-            raise ValueError(f"more than {max_parts} parts (max_batch_frames)") from None
+            raise ValueError(f"more than {max_parts} parts (limits.max_batch_frames)") from None
         raise ValueError(f"malformed multipart body: {exc}") from None
     if not ended:
         raise ValueError("truncated multipart body: no closing boundary")

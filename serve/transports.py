@@ -56,7 +56,7 @@ class FrameTransports:
 
     @contextlib.asynccontextmanager
     async def _frame_slot(self, policy: str | None) -> AsyncIterator[None]:
-        """Each ingress replica takes at most ``admission.max_inflight_frames`` frames at once, whatever the
+        """Each ingress replica takes at most ``limits.max_inflight_frames`` frames at once, whatever the
         transport: beyond, a frame is refused (503), but one sent under the ``wait`` policy waits its turn
         (in arrival order, at most ``frame_timeout_s``): refused while a later frame of its stream, sent
         behind it on a socket or in a batch, got in, it could never be applied in order."""
@@ -82,7 +82,7 @@ class FrameTransports:
         An ``image`` body that is no image by its first bytes, or by its header once ``EARLY_HEADER_BYTES``
         are in (checked in a thread, bounded), is refused there, not gathered and parsed in full. (Serve's proxy
         still carries every byte it was sent to the replica: about 0.5 CPU-ms a MB, bench.overload --hostile.)"""
-        limit = self.serving.max_body_bytes
+        limit = self.serving.limits.max_body_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
@@ -178,7 +178,7 @@ class FrameTransports:
         policy: Annotated[Policy | None, Query(description="set the overload policy of every stream sent")] = None,
     ) -> BatchAnswer:
         """Several frames of one or many streams in one request; an answer per frame, in the request's
-        order. Streams run concurrently (a client at most ``admission.batch_frames_per_client`` frames at once),
+        order. Streams run concurrently (a client at most ``limits.batch_frames_per_client`` frames at once),
         a stream's frames one after another."""
         response.headers["x-served-by"] = self.node
         ctype = request.headers.get("content-type") or ""
@@ -186,7 +186,7 @@ class FrameTransports:
             raise WrongContentType(f"content type {ctype.split(';')[0] or '(none)'!r}: send multipart/form-data")
         body = await self._read_body(request, client)
         try:  # parsing touches every byte: off the event loop
-            parts = await asyncio.to_thread(frame_parts, body, ctype, self.serving.max_batch_frames)
+            parts = await asyncio.to_thread(frame_parts, body, ctype, self.serving.limits.max_batch_frames)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         answers: list[FrameAnswer | None] = [None] * len(parts)
@@ -248,7 +248,7 @@ class FrameTransports:
             self.sockets.leave(client)
 
     async def _socket_frames(self, websocket: WebSocket, stream_id: str, stream: FrameMeta, client: str) -> None:
-        answers: asyncio.Queue = asyncio.Queue(maxsize=self.serving.ws_max_inflight)
+        answers: asyncio.Queue = asyncio.Queue(maxsize=self.serving.limits.ws_max_inflight)
 
         async def send_in_order() -> None:
             while (task := await answers.get()) is not None:
@@ -295,8 +295,9 @@ class FrameTransports:
 
     async def _socket_frame(self, stream_id: str, data: bytes, meta: FrameMeta, client: str) -> str:
         try:
-            if len(data) > self.serving.max_body_bytes:
-                raise BodyTooLarge(f"frame of {len(data)} bytes is over the {self.serving.max_body_bytes}-byte limit")
+            limit = self.serving.limits.max_body_bytes
+            if len(data) > limit:
+                raise BodyTooLarge(f"frame of {len(data)} bytes is over the {limit}-byte limit")
             result = await self._frame(stream_id, data, meta.frame_index, meta.timestamp, meta.policy, client,
                                        meta.group)  # fmt: skip
             return result.model_dump_json()

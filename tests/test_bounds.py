@@ -22,7 +22,7 @@ from posefleet.pipeline.model_queue import QueuedModels
 from posefleet.pipeline.worker import StreamWorker
 from posefleet.serve.capacity import Caps, Shares, client_key
 from posefleet.serve.multipart import frame_parts
-from posefleet.serving_config import AdmissionConfig, LimitsConfig, ServingConfig
+from posefleet.serving_config import AdmissionConfig, ServingConfig
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,7 @@ def jpegs() -> list[bytes]:
 
 def worker(engine: LocalModels, store: CheckpointStore | None = None, **limits: object) -> StreamWorker:
     models = QueuedModels(engine, {"detector": 8, "pose": 32})
-    return StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(), models, store,
-                        limits=LimitsConfig(**limits))  # fmt: skip
+    return StreamWorker(load_pipeline_config("balanced"), AdmissionConfig(**limits), models, store)
 
 
 def test_a_far_jump_ahead_does_not_strand_the_stream(engine: LocalModels, jpegs: list) -> None:
@@ -148,6 +147,21 @@ def test_serve_caps_must_fit_under_serves_own_bound() -> None:
     with pytest.raises(ValueError, match="max_ongoing_requests"):
         ServingConfig(ingress={"max_ongoing_requests": 64})
     assert ServingConfig(ingress={"num_cpus": 1}).ingress.max_ongoing_requests == 1000  # a partial override
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [({"admission": {"max_inflight_frames": 8}}, "serving.limits.max_inflight_frames"),
+     ({"max_body_bytes": 10}, "serving.limits.max_body_bytes"),
+     ({"limits": {"stream_idle_s": 5.0}}, "serving.admission.stream_idle_s")],
+)  # fmt: skip
+def test_a_setting_from_before_limits_were_grouped_names_its_new_place(old: dict, new: str) -> None:
+    with pytest.raises(ValueError, match=new.replace(".", r"\.")):
+        ServingConfig(**old)
+    section, _, key = new.removeprefix("serving.").partition(".")
+    value = next(iter(old.values()))
+    value = next(iter(value.values())) if isinstance(value, dict) else value
+    assert getattr(getattr(ServingConfig(**{section: {key: value}}), section), key) == value  # the new place
 
 
 @pytest.mark.parametrize(

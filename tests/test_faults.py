@@ -41,8 +41,7 @@ def server() -> Iterator[str]:
             "serving": {
                 # small bounds so a burst meets the ingress's own caps (and Serve's queue bound, if reached)
                 "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 40, "max_queued_requests": 8},
-                "admission": {"max_inflight_frames": 16},
-                "limits": {"max_viewers": 2, "max_sockets": 16, "max_uploads": 6},
+                "limits": {"max_inflight_frames": 16, "max_viewers": 2, "max_sockets": 16, "max_uploads": 6},
                 "groups": {"max_groups": 2},
                 "detector": {"num_cpus": 0.25},
                 "pose": {"num_cpus": 0.25},

@@ -30,21 +30,21 @@ LIMITS = {
     "max_sockets": 6, "max_sockets_per_client": 4,
     "max_uploads": 24, "max_uploads_per_client": 12,
     "body_timeout_s": 2.0, "socket_idle_s": 3.0,
-    "max_streams": 40, "max_streams_per_client": 30, "stream_idle_s": 8.0,
     "page_size": 25,
 }  # fmt: skip
+HOLDER = {"max_streams": 40, "max_streams_per_client": 30, "stream_idle_s": 8.0}
 # CI machines are small and shared: the bench holds the 500 ms target (README); here, a bound that
 # still fails when the attack reaches the victim (a stall was seconds beyond it, an error is an error).
 # A new stream's first frame is a whole scan (on the 426x240 flood frame the frame and 2 tiles, 3 model
 # calls), so a POST of 30 new streams put about 90 calls ahead of the victim's frame: 2.8-3.1 s here, 3.2 s
-# in CI. A client's batch frames now take turns (admission.batch_frames_per_client, 8): 1.1-1.2 s here.
+# in CI. A client's batch frames now take turns (limits.batch_frames_per_client, 8): 1.1-1.2 s here.
 VICTIM_P99_MS = 3000.0
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     args = load_serve_config()["applications"][0]["args"]
-    serving = {"security": {"auth_token": f"{VICTIM},{ATTACKER}"}, "limits": LIMITS}
+    serving = {"security": {"auth_token": f"{VICTIM},{ATTACKER}"}, "limits": LIMITS, "admission": HOLDER}
     with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving})), metrics_port=METRICS) as url:
         yield url
 
@@ -166,7 +166,7 @@ def test_extreme_indexes_and_timestamps_are_refused_on_every_transport(server: s
 
 
 def test_many_stream_ids_are_capped_paged_and_evicted(server: str, frame: bytes) -> None:
-    time.sleep(LIMITS["stream_idle_s"] * 1.5)  # the streams of the tests before are evicted by now
+    time.sleep(HOLDER["stream_idle_s"] * 1.5)  # the streams of the tests before are evicted by now
     victim, got = beside_victim(server, frame, "flood", hostile.many_streams(server, 45, frame, ATTACKER))
     assert_served(victim)
     assert got == {200: 30, 503: 15}, got  # the attacker's share of streams, then 503
@@ -184,7 +184,7 @@ def test_many_stream_ids_are_capped_paged_and_evicted(server: str, frame: bytes)
     assert sum(sid.startswith("flood-") for sid in listed) == 30, listed
     full = httpx.get(f"{server}/v1/streams", params={"limit": 10_000}, headers=auth, timeout=10).json()
     assert len(full["streams"]) <= LIMITS["page_size"]  # a page never exceeds the configured size
-    time.sleep(LIMITS["stream_idle_s"] * 1.5)  # idle: evicted (also with no frame arriving)
+    time.sleep(HOLDER["stream_idle_s"] * 1.5)  # idle: evicted (also with no frame arriving)
     left = httpx.get(f"{server}/v1/streams", params={"limit": 25}, headers=auth, timeout=10).json()
     assert not any(s["stream_id"].startswith("flood-") for s in left["streams"])
     again = asyncio.run(hostile.many_streams(server, 5, frame, ATTACKER, prefix="later"))

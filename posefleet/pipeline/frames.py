@@ -84,10 +84,16 @@ def fuse_keypoints(own: np.ndarray, top_down: np.ndarray, top_down_weight: float
 class FramePipeline:
     """What a batch of frames goes through; holds decoders and settings, never models or stream state."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        detector: detector_mod.DetectorDecoder | None = None,
+        pose: pose_mod.PoseDecoder | None = None,
+    ):
+        """``detector``, ``pose``: decoders of models the config does not name (default: the config's)."""
         self.cfg = cfg
-        self.detector = detector_mod.make_decoder(cfg.detector)
-        self.pose = pose_mod.make_decoder(cfg.pose) if cfg.needs_pose_model else None
+        self.detector = detector or detector_mod.make_decoder(cfg.detector)
+        self.pose = pose or (pose_mod.make_decoder(cfg.pose) if cfg.needs_pose_model else None)
 
     def steps(self, frames: list[FrameInput]) -> Steps:
         """Apply one frame of each of several streams (at most one frame per stream: a stream's next

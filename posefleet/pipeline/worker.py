@@ -38,7 +38,7 @@ from posefleet.pipeline.frames import FrameInput, FramePipeline, ModelCall, run_
 from posefleet.pipeline.ordering import CallOrder, Sent
 from posefleet.pipeline.schema import FrameResult
 from posefleet.pipeline.tracker import StreamState
-from posefleet.serving_config import AdmissionConfig, CheckpointConfig, LimitsConfig, ViewerConfig
+from posefleet.serving_config import AdmissionConfig, CheckpointConfig, ViewerConfig
 
 AsyncModels = Callable[[ModelCall], Awaitable[list]]
 
@@ -88,7 +88,6 @@ class StreamWorker:
         restored: dict[str, dict[str, Any]] | None = None,
         checkpointing: CheckpointConfig | None = None,
         thumbnails: ViewerConfig | None = None,
-        limits: LimitsConfig | None = None,
         shard: int = 0,
     ):
         """``restored``: a restarted worker's streams as their checkpoints hold them (None: a first start);
@@ -96,7 +95,6 @@ class StreamWorker:
         self.cfg = cfg
         self.shard = shard
         self.admission = admission
-        self.limits = limits or LimitsConfig()
         self.checkpointing = checkpointing or CheckpointConfig()
         self.thumbnails = thumbnails if thumbnails is not None and thumbnails.enabled else None
         self.models = models
@@ -104,7 +102,7 @@ class StreamWorker:
         self.checkpoints = checkpoints
         self.restarted = restored is not None
         self.pixels = Budget(admission.max_decoding_pixels, admission.frame_timeout_s)
-        self.order = CallOrder(admission.order_wait_s, 4 * self.limits.max_streams)
+        self.order = CallOrder(admission.order_wait_s, 4 * admission.max_streams)
         self.streams: dict[str, _Stream] = {}
         self.per_client: dict[str, int] = {}
         self.creating: dict[str, asyncio.Future] = {}  # streams whose first frame is creating them
@@ -259,12 +257,12 @@ class StreamWorker:
             done.set_result(None)
 
     async def _create(self, stream_id: str, frame_index: int | None, client: str) -> _Stream:
-        caps = self.limits
+        caps = self.admission
         at_cap = len(self.streams) >= caps.max_streams or self.per_client.get(client, 0) >= caps.max_streams_per_client
         if at_cap and time.monotonic() - self.last_eviction > 1.0:  # a flood of new ids scans at most once a second
             await self.evict_idle()
         if len(self.streams) >= caps.max_streams:
-            raise OverCap(f"{len(self.streams)} streams are held here (limits.max_streams)")
+            raise OverCap(f"{len(self.streams)} streams are held here (admission.max_streams)")
         if self.per_client.get(client, 0) >= caps.max_streams_per_client:
             raise OverCap(f"this client holds {caps.max_streams_per_client} streams here (max_streams_per_client)")
         if self.checkpoints is not None:
@@ -291,9 +289,9 @@ class StreamWorker:
 
     # -- idle streams ---------------------------------------------------------------------------
     async def evict_idle(self) -> list[str]:
-        """Forget streams with no frame for ``limits.stream_idle_s`` (and none in flight), checkpoints too."""
+        """Forget streams with no frame for ``admission.stream_idle_s`` (and none in flight), checkpoints too."""
         self.last_eviction = time.monotonic()
-        cutoff = time.time() - self.limits.stream_idle_s
+        cutoff = time.time() - self.admission.stream_idle_s
         idle = [sid for sid, s in self.streams.items() if s.last_seen < cutoff and not s.busy()]
         for sid in idle:
             await self.delete(sid)
@@ -305,7 +303,7 @@ class StreamWorker:
 
     async def _sweep(self) -> None:
         """Evict idle streams now and then, also when no frame comes (that is when they pile up)."""
-        period = min(self.limits.stream_idle_s / 4, 30.0)
+        period = min(self.admission.stream_idle_s / 4, 30.0)
         while self.streams:
             await asyncio.sleep(period)
             await self.evict_idle()
