@@ -13,7 +13,7 @@ bounded) and checks that every stream's server-side state matches what the clien
 
     python -m bench.overload --hostile [--duration 60] [--fuzz 10000] [--churn 100000]
 
-instead runs hostile clients (``bench/hostile.py``) against the embedded default: a victim camera at
+instead runs hostile clients (``serve/attacks.py``) against the embedded default: a victim camera at
 10 FPS beside 200 viewers, 100 slow uploaders and 4 senders of pathological bodies for ``duration``;
 then a fuzz of every parameter (counting 5xx); then ``churn`` stream ids that come and go (RSS of the
 server's processes before, at the peak and after their eviction).
@@ -130,6 +130,7 @@ def run_hostile(args: argparse.Namespace) -> None:
     from bench import hostile
     from bench.served import RssSampler
     from posefleet.config import deep_merge
+    from posefleet.serve import attacks
 
     spec = load_serve_config(args.config)["applications"][0]
     idle_s = 5.0  # streams evicted after 5 s idle, so the churn's ids are gone within the run
@@ -143,7 +144,7 @@ def run_hostile(args: argparse.Namespace) -> None:
             out[name] = asyncio.run(hostile.hostile_mix(url, args.duration, link_mb_s=link))
             print(json.dumps(out[name], indent=2), flush=True)
         print(f"fuzz of {args.fuzz} requests ...", flush=True)
-        got, errors = asyncio.run(hostile.fuzz(url, args.fuzz, hostile.victim_frame(), hostile.VICTIM_TOKEN))
+        got, errors = asyncio.run(attacks.fuzz(url, args.fuzz, attacks.victim_frame(), hostile.VICTIM_TOKEN))
         out["fuzz"] = {"requests": sum(got.values()), "statuses": dict(sorted(got.items())),
                        "5xx": sum(n for s, n in got.items() if s >= 500), "first_5xx": errors}  # fmt: skip
         print(json.dumps(out["fuzz"], indent=2), flush=True)

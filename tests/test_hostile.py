@@ -14,9 +14,9 @@ import httpx
 import pytest
 import websockets
 
-from bench import hostile
 from conftest import wait_until
 from posefleet.config import deep_merge
+from posefleet.serve import attacks
 from posefleet.serve.app import load_serve_config
 from posefleet.serve.launcher import free_port, local_app
 from posefleet.serving_config import AppConfig
@@ -58,7 +58,7 @@ def metric(name: str) -> float:
 
 @pytest.fixture(scope="module")
 def frame() -> bytes:
-    return hostile.victim_frame()
+    return attacks.victim_frame()
 
 
 def beside_victim(url: str, frame: bytes, name: str, attack: Awaitable) -> tuple[dict, object]:
@@ -66,7 +66,7 @@ def beside_victim(url: str, frame: bytes, name: str, attack: Awaitable) -> tuple
 
     async def scenario() -> tuple[dict, object]:
         stop = asyncio.Event()
-        victim = hostile.Victim(url, frame, stream=f"victim-{name}", token=VICTIM)
+        victim = attacks.Victim(url, frame, stream=f"victim-{name}", token=VICTIM)
         task = asyncio.create_task(victim.run(stop))
         await asyncio.sleep(1.0)
         got = await attack
@@ -85,9 +85,9 @@ def assert_served(victim: dict) -> None:
 
 def test_viewers_beyond_the_caps_get_503_and_frames_flow(server: str, frame: bytes) -> None:
     async def attack() -> tuple:
-        mine = asyncio.create_task(hostile.viewers(server, 2, 4.0, VICTIM))
+        mine = asyncio.create_task(attacks.viewers(server, 2, 4.0, VICTIM))
         await asyncio.sleep(0.5)
-        theirs = await hostile.viewers(server, 12, 4.0, ATTACKER)
+        theirs = await attacks.viewers(server, 12, 4.0, ATTACKER)
         return await mine, theirs
 
     victim, (mine, theirs) = beside_victim(server, frame, "viewers", attack())
@@ -100,7 +100,7 @@ def test_viewers_beyond_the_caps_get_503_and_frames_flow(server: str, frame: byt
 def held(url: str) -> dict:
     """What the ingress holds now (viewers, sockets, uploads), once the last ones have been let go."""
     for _ in range(20):
-        out = httpx.get(f"{url}/v1/stats", headers=hostile.auth(VICTIM), timeout=10).json()["held"]
+        out = httpx.get(f"{url}/v1/stats", headers=attacks.auth(VICTIM), timeout=10).json()["held"]
         if not any(v["open"] for v in out.values()):
             break
         time.sleep(0.5)
@@ -110,7 +110,7 @@ def held(url: str) -> dict:
 def test_slow_and_lying_uploads_time_out_without_taking_frame_slots(server: str, frame: bytes) -> None:
     async def attack() -> tuple:
         return await asyncio.gather(
-            hostile.slow_uploaders(server, 16, 6.0, ATTACKER), hostile.lying_lengths(server, 2, ATTACKER)
+            attacks.slow_uploaders(server, 16, 6.0, ATTACKER), attacks.lying_lengths(server, 2, ATTACKER)
         )
 
     t0 = time.perf_counter()
@@ -123,13 +123,13 @@ def test_slow_and_lying_uploads_time_out_without_taking_frame_slots(server: str,
 
 
 def test_pathological_bodies_are_refused_cheaply(server: str, frame: bytes) -> None:
-    victim, got = beside_victim(server, frame, "bodies", hostile.pathological(server, 4, 8.0, ATTACKER))
+    victim, got = beside_victim(server, frame, "bodies", attacks.pathological(server, 4, 8.0, ATTACKER))
     assert_served(victim)
     assert set(got) == {400, 413}, got  # each refused, by its first bytes or its header
 
 
 def test_extreme_indexes_and_timestamps_are_refused_on_every_transport(server: str, frame: bytes) -> None:
-    url, headers = server, hostile.auth(ATTACKER)
+    url, headers = server, attacks.auth(ATTACKER)
 
     def post(**params: object) -> httpx.Response:
         return httpx.post(f"{url}/v1/streams/extreme/frames", content=frame, params=params,
@@ -167,10 +167,10 @@ def test_extreme_indexes_and_timestamps_are_refused_on_every_transport(server: s
 
 def test_many_stream_ids_are_capped_paged_and_evicted(server: str, frame: bytes) -> None:
     time.sleep(HOLDER["stream_idle_s"] * 1.5)  # the streams of the tests before are evicted by now
-    victim, got = beside_victim(server, frame, "flood", hostile.many_streams(server, 45, frame, ATTACKER))
+    victim, got = beside_victim(server, frame, "flood", attacks.many_streams(server, 45, frame, ATTACKER))
     assert_served(victim)
     assert got == {200: 30, 503: 15}, got  # the attacker's share of streams, then 503
-    auth = hostile.auth(VICTIM)
+    auth = attacks.auth(VICTIM)
     pages, after = [], None
     while True:
         params = {"limit": 10} | ({"after": after} if after else {})
@@ -187,13 +187,13 @@ def test_many_stream_ids_are_capped_paged_and_evicted(server: str, frame: bytes)
     time.sleep(HOLDER["stream_idle_s"] * 1.5)  # idle: evicted (also with no frame arriving)
     left = httpx.get(f"{server}/v1/streams", params={"limit": 25}, headers=auth, timeout=10).json()
     assert not any(s["stream_id"].startswith("flood-") for s in left["streams"])
-    again = asyncio.run(hostile.many_streams(server, 5, frame, ATTACKER, prefix="later"))
+    again = asyncio.run(attacks.many_streams(server, 5, frame, ATTACKER, prefix="later"))
     assert again == {200: 5}  # room again
 
 
 def test_sockets_are_capped_and_idle_ones_closed(server: str, frame: bytes) -> None:
     ws_base = server.replace("http://", "ws://")
-    headers = hostile.auth(ATTACKER)
+    headers = attacks.auth(ATTACKER)
 
     async def scenario() -> tuple[list, float]:
         held = [await websockets.connect(f"{ws_base}/v1/streams/sock-{i}/ws", additional_headers=headers)
@@ -226,14 +226,14 @@ def test_a_request_head_too_long_gets_a_clear_refusal(server: str, frame: bytes)
 
 
 def test_a_fuzz_of_every_parameter_finds_no_server_error(server: str, frame: bytes) -> None:
-    got, errors = asyncio.run(hostile.fuzz(server, 1500, frame, VICTIM))
+    got, errors = asyncio.run(attacks.fuzz(server, 1500, frame, VICTIM))
     assert sum(got.values()) == 1500 and not got[0]
     assert not errors, errors
     assert {200, 400, 404, 413, 415, 422} <= set(got), got  # it reached the handlers, not only validation
 
 
 def test_clients_that_go_away_mid_frame_leave_no_stray_errors(server: str, frame: bytes) -> None:
-    victim, gone = beside_victim(server, frame, "quitters", hostile.quitters(server, 24, frame, ATTACKER))
+    victim, gone = beside_victim(server, frame, "quitters", attacks.quitters(server, 24, frame, ATTACKER))
     assert_served(victim)
     assert gone == 48
     assert wait_until(lambda: held(server)["sockets"]["open"] == 0, 30)  # what they left in flight ended
@@ -242,7 +242,7 @@ def test_clients_that_go_away_mid_frame_leave_no_stray_errors(server: str, frame
     # a later frame is out, so it holds everything the quitters left.
     before = metric("posefleet_frames_total")
     after = httpx.post(f"{server}/v1/streams/after-quitters/frames", content=frame, timeout=60,
-                       headers={"content-type": "image/jpeg", **hostile.auth(VICTIM)})  # fmt: skip
+                       headers={"content-type": "image/jpeg", **attacks.auth(VICTIM)})  # fmt: skip
     assert after.status_code == 200
     assert wait_until(lambda: metric("posefleet_frames_total") > before, 60)
     assert metric("posefleet_async_errors_total") == 0
