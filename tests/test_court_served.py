@@ -18,7 +18,7 @@ import pytest
 import ray
 from test_webhook import Receiver
 
-from conftest import DATA
+from conftest import DATA, wait_until
 from posefleet.config import deep_merge
 from posefleet.court.calibration import load_calibration
 from posefleet.image_io import encode_jpeg
@@ -63,7 +63,8 @@ def server(receiver: Receiver, sink_dir: Path) -> Iterator[str]:
     calibrated = load_calibration(DEMO / "Calib.qca.txt")
     cameras = {name: cam.to_model().model_dump(mode="json") for name, cam in calibrated.items()}
     sink = {"directory": str(sink_dir), "webhook": {"url": f"http://127.0.0.1:{receiver.port}/hook", "interval_s": 0.2}}
-    serving = {"groups": {"courts": {"room": {"cameras": cameras}}}, "sink": sink}
+    # the fuser checkpoints its ids on every fused frame: the test waits for the one it needs, no guessed time
+    serving = {"groups": {"courts": {"room": {"cameras": cameras}}, "checkpoint_s": 0.001}, "sink": sink}
     with local_app(AppConfig.model_validate(deep_merge(args, {"serving": serving}))) as url:
         yield url
 
@@ -102,8 +103,12 @@ def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fus
     views = {p["group_id"]: p["views"] for p in first["people"]}
 
     # the fuser dies mid-stream (Ray restarts it): it comes back with its group ids from the checkpoint store
-    fuser = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("-group-room"))
-    time.sleep(1.2)  # a checkpoint is at most groups.checkpoint_s old: let one be taken after the first half
+    named = ray.util.list_named_actors(all_namespaces=True)
+    fuser = next(a for a in named if a["name"].endswith("-group-room"))
+    store = next(a for a in named if a["name"].endswith("-checkpoints"))
+    store = ray.get_actor(store["name"], namespace=store["namespace"])
+    checkpointed = lambda: (ray.get(store.group_state.remote("room")) or {}).get("version", -1)  # noqa: E731
+    assert wait_until(lambda: checkpointed() >= first["version"], 10)  # the first half's ids are in the store
     post_round(url, frames, FRAMES // 2)
     fused_at(url, FRAMES // 2)
     ray.kill(ray.get_actor(fuser["name"], namespace=fuser["namespace"]), no_restart=False)

@@ -133,10 +133,17 @@ def _actor(name_part: str, suffix: str = "") -> ray.actor.ActorHandle:  # one of
 def test_killed_stream_workers_restore_their_streams_and_streams_continue(server: str) -> None:
     jobs = [(f"fault-{i}", CLIP) for i in range(4)]  # placed two and two: the workers hold the fewest first
 
+    def served(frames: int) -> bool:  # every stream has had this many frames served (counted by its holder)
+        try:
+            got = [httpx.get(f"{server}/v1/streams/{name}", headers=AUTH, timeout=10) for name, _ in jobs]
+        except httpx.TransportError:
+            return False
+        return all(r.status_code == 200 and r.json()["frames"] >= frames for r in got)
+
     def killer() -> None:  # each worker holds two of the streams; Ray restarts a killed one
-        time.sleep(3)
+        assert wait_until(lambda: served(12), 60)  # every stream under way
         ray.kill(_actor("-worker-", "-0"), no_restart=False)
-        time.sleep(5)
+        assert wait_until(lambda: served(45), 60)  # worker 0's streams back from their checkpoints, going on
         ray.kill(_actor("-worker-", "-1"), no_restart=False)
 
     thread = threading.Thread(target=killer)

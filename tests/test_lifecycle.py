@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 import ray
 from ray import serve
 
-from conftest import video_frames
+from conftest import video_frames, wait_until
 from posefleet.image_io import encode_jpeg
 from posefleet.serve.app import build_app
 from posefleet.serve.launcher import free_port, listening_sockets, local_app
@@ -30,15 +29,6 @@ ONE_THREAD = {"detector": {"ort": {"intra_op_num_threads": 1}}}
 def posefleet_actors() -> set[str]:
     """Names of the live named actors that are the app's own (not Serve's replicas or controller)."""
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("posefleet-")}
-
-
-def wait_for(check, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def test_redeploy_and_delete_leave_no_orphans() -> None:
@@ -57,12 +47,12 @@ def test_redeploy_and_delete_leave_no_orphans() -> None:
 
         serve.run(build_app(second), name="posefleet", route_prefix="/")  # another config, same app
         assert post().status_code == 200
-        assert wait_for(lambda: not (posefleet_actors() & before)), posefleet_actors() & before
+        assert wait_until(lambda: not (posefleet_actors() & before), 60), posefleet_actors() & before
         after = posefleet_actors()
         assert sum("-worker-" in n for n in after) == 1, after
 
         serve.delete("posefleet")
-        assert wait_for(lambda: not posefleet_actors()), posefleet_actors()
+        assert wait_until(lambda: not posefleet_actors(), 60), posefleet_actors()
 
 
 def _descendants(pid: int) -> set[int]:
@@ -111,8 +101,8 @@ def test_serve_stops_cleanly_on_a_signal_leaving_no_process(tmp_path: Path, sig:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
-        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
-        assert wait_for(lambda: bool(_listening(metrics_port)), 60)
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
+        assert wait_until(lambda: bool(_listening(metrics_port)), 60)
         assert _listening(metrics_port) == {"127.0.0.1"}  # metrics (every stream's numbers) stay on loopback
         family = _descendants(proc.pid)
         assert len(family) >= 3  # Ray's GCS, raylet, agents, workers
@@ -120,7 +110,7 @@ def test_serve_stops_cleanly_on_a_signal_leaving_no_process(tmp_path: Path, sig:
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 0, out[-2000:]
         assert "Traceback" not in out, out[-2000:]
-        assert wait_for(lambda: not any(_alive(p) for p in family), 30), [p for p in family if _alive(p)]
+        assert wait_until(lambda: not any(_alive(p) for p in family), 30), [p for p in family if _alive(p)]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -172,7 +162,7 @@ def test_a_loopback_server_listens_on_loopback_only_and_a_hard_kill_leaves_nothi
     proc = _serve(port, tmp_path)
     again = None
     try:
-        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the server never came up"
         family = _descendants(proc.pid) | {proc.pid}
         names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in family if _alive(pid)}
         haproxy = {pid for pid, name in names.items() if name == "haproxy"}
@@ -185,9 +175,9 @@ def test_a_loopback_server_listens_on_loopback_only_and_a_hard_kill_leaves_nothi
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        assert wait_for(lambda: not any(_alive(p) for p in haproxy), 15), "HAProxy outlived its server"
+        assert wait_until(lambda: not any(_alive(p) for p in haproxy), 15), "HAProxy outlived its server"
         again = _serve(port, tmp_path)
-        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the next server did not start"
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), "the next server did not start"
         again.send_signal(signal.SIGTERM)
         out, _ = again.communicate(timeout=90)
         assert again.returncode == 0, out[-2000:]

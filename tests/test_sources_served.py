@@ -132,9 +132,10 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
                                 headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
             assert posted.status_code == 200, posted.text
         assert httpx.get(f"{url}/v1/stats", timeout=30).json()["ray_calls"]["worker"] == routed + 3  # the posts
-        time.sleep(2.5)  # the viewer feed's flush
-        grouped = httpx.get(f"{url}/v1/groups/{court}", timeout=30).json()
-        assert [c["stream_id"] for c in grouped["cameras"]] == [cam, f"{kind}-cam-2"], grouped
+        group = lambda: httpx.get(f"{url}/v1/groups/{court}", timeout=30).json()  # noqa: E731
+        both = [cam, f"{kind}-cam-2"]
+        assert wait_until(lambda: [c["stream_id"] for c in group()["cameras"]] == both, 10)  # the feeds' flush
+        grouped = group()
         assert all(abs(c["skew_ms"]) < 5000 for c in grouped["cameras"])
         assert httpx.get(f"{url}/v1/groups/court-9", timeout=30).status_code == 404
         # live results of the stream, as server-sent events
@@ -170,7 +171,8 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
 
         assert httpx.delete(f"{url}/v1/sources/{cam}", timeout=30).status_code == 204
         assert httpx.get(f"{url}/v1/sources/{cam}", timeout=30).status_code == 404
-        time.sleep(1.0)
+        gone = lambda: not any(f"source-{cam}" in a["name"] for a in ray.util.list_named_actors(all_namespaces=True))  # noqa: E731
+        assert wait_until(gone, 30)  # the actor is gone, its sink closed
         lines = sink_lines(server["sink"], cam)
         indices = [r["frame_index"] for r in lines]
         assert len(indices) >= 40 and indices == sorted(set(indices))  # every answered frame once, in order
