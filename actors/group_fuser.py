@@ -7,6 +7,10 @@ given), fuses each group frame (:class:`posefleet.court.fusion.GroupFuser`), kee
 it to the group's JSONL sink and webhook, and checkpoints its group ids and API-set calibrations in the deploy's
 checkpoint store, so a restarted fuser keeps its ids. Named after its deploy, it is removed with the deploy's other
 actors by the deploy's owner (:mod:`posefleet.actors.owner`).
+
+The feed also places each answered result on the court (every person's ``court_xy``) before it leaves the replica,
+with the group's calibrations as the fuser holds them: fetched once a group, again whenever a push answers that
+they changed (set or deleted over the API, on any replica).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -29,6 +36,7 @@ from posefleet.pipeline.schema import FrameResult
 from posefleet.serving_config import ServingConfig
 from posefleet.time_match import match_by_time
 
+log = logging.getLogger("posefleet.groups")
 HISTORY = 32  # results kept a camera to match the group's time against
 GROUPS_DIR = "_groups"  # the sink's folder of group frames: no stream id starts with "_"
 
@@ -83,6 +91,7 @@ class GroupFuserActor:
 
             self.webhook = WebhookSink(serving.sink.webhook, f"group-{group}", key="group_frames")
         self.fuser = self._build()
+        self.placement = uuid.uuid4().hex  # names the calibrations held now: a new one each time they change
         self._restored: asyncio.Task | None = None
 
     async def _restore(self) -> None:
@@ -92,6 +101,7 @@ class GroupFuserActor:
             if state:
                 self.api = state.get("cameras", {})
                 self.fuser = self._build()
+                self.placement = uuid.uuid4().hex
                 self.fuser.tracker.restore(state["tracker"])
                 self.version = state.get("version", 0)
 
@@ -100,8 +110,8 @@ class GroupFuserActor:
             self._restored = asyncio.get_running_loop().create_task(self._restore())
         await self._restored
 
-    def _build(self) -> GroupFuser:
-        """The fuser from the config's cameras with the API's over them (a camera is one kind or the other)."""
+    def _settings(self) -> GroupSettings:
+        """The group's settings: the config's cameras with the API's over them (a camera is one kind or the other)."""
         cameras = dict(self.base.cameras)
         points = dict(self.base.court_points)
         for stream, entry in self.api.items():
@@ -111,24 +121,32 @@ class GroupFuserActor:
                 cameras[stream] = CameraCalibration(**entry["calibration"])
             else:
                 points[stream] = HomographyCalibration(**entry["calibration"])
-        settings = self.base.model_copy(update={"cameras": cameras, "court_points": points})
-        fuser = GroupFuser(self.group, settings)
+        return self.base.model_copy(update={"cameras": cameras, "court_points": points})
+
+    def _build(self) -> GroupFuser:
+        fuser = GroupFuser(self.group, self._settings())
         if hasattr(self, "fuser"):
             fuser.tracker = self.fuser.tracker  # the players keep their ids through a camera's recalibration
         return fuser
 
     # -- results in ---------------------------------------------------------------------------------------------
 
-    async def push(self, results: list[tuple[float, FrameResult]]) -> int:
+    async def push(self, results: list[tuple[float, FrameResult]]) -> dict[str, Any]:
         """Results of the group's streams (each with when it was served); fuses every group frame now complete.
-        Returns the latest version."""
+        Returns the latest version and the name of the calibrations held (:meth:`placing`)."""
         await self._ready()
         for served, result in results:
             if result.stream_id in self.fuser.streams and result.stream_id not in self.errors:
                 when = result.timestamp if result.timestamp is not None else served
                 self.history.setdefault(result.stream_id, collections.deque(maxlen=HISTORY)).append((when, result))
         self._fuse_ready()
-        return self.version
+        return {"version": self.version, "placement": self.placement}
+
+    async def placing(self) -> dict[str, Any]:
+        """What a feed needs to place its results on the court as this fuser does: the group's settings with every
+        calibration, and their name (a new one each time they change)."""
+        await self._ready()
+        return {"placement": self.placement, "settings": self._settings().model_dump(mode="json")}
 
     def _fuse_ready(self) -> None:
         """Fuse at the group's time (:func:`match_by_time`), each camera's nearest result within ``match_window_s``."""
@@ -201,6 +219,7 @@ class GroupFuserActor:
         except CalibrationError as exc:
             return {"ok": False, "reason": str(exc)}
         self.errors.pop(stream, None)
+        self.placement = uuid.uuid4().hex
         self._checkpoint()
         return {"ok": True, "stream_id": stream, "kind": entry["kind"], "reprojection_px": entry["reprojection_px"]}
 
@@ -223,6 +242,7 @@ class GroupFuserActor:
             return False
         self.fuser = self._build()
         self.history.pop(stream, None)
+        self.placement = uuid.uuid4().hex
         self._checkpoint()
         return True
 
@@ -248,8 +268,17 @@ def group_fuser(deploy_id: str, group: str, serving: ServingConfig, store: Any) 
     ).remote(group, settings, serving, store)  # fmt: skip
 
 
+@dataclass
+class Placer:
+    """A group's calibrations as its fuser held them when fetched (``placement`` names them)."""
+
+    placement: str
+    fuser: GroupFuser
+
+
 class GroupFeed:
-    """An ingress replica's side of the group fusers: one call out at a time a group, the newest results kept."""
+    """An ingress replica's side of the group fusers: one call out at a time a group, the newest results kept;
+    and the placing of its answered results on the court."""
 
     def __init__(self, deploy_id: str, serving: ServingConfig, store: Any) -> None:
         self.deploy_id, self.serving, self.store = deploy_id, serving, store
@@ -260,6 +289,9 @@ class GroupFeed:
         self.calls = 0
         self.refused: set[str] = set()  # groups past max_groups (told once in the log)
         self.missing: dict[str, float] = {}  # group -> when it was found to have no fuser
+        self.placers: dict[str, Placer] = {}
+        self.fetching: dict[str, asyncio.Task] = {}
+        self.tried: dict[str, float] = {}  # group -> when its calibrations were last asked for
 
     def fuser(self, group: str, create: bool = False) -> Any | None:
         """The group's fuser: made for a group of the config's (or with ``create``: a calibration set over the
@@ -302,4 +334,54 @@ class GroupFeed:
             batch = [item for q in self.pending.pop(group).values() for item in q]
             self.calls += 1
             with contextlib.suppress(*FAULTS):
-                await self.fusers[group].push.remote(batch)
+                got = await self.fusers[group].push.remote(batch)
+                held = self.placers.get(group)
+                if held is not None and held.placement != got["placement"]:  # recalibrated: fetched behind the frames
+                    self._fetch(group)
+
+    async def place(self, group: str, result: FrameResult) -> None:
+        """Each person of ``result`` placed on the court (``court_xy``, ``outside_court``) as the group's fuser
+        places them. A stream the group has no calibration of, or whose frame size does not fit its own, is left
+        as it is."""
+        placer = self.placers.get(group) or await self._first_placer(group)
+        if placer is not None and result.stream_id in placer.fuser.streams:
+            with contextlib.suppress(CalibrationError):
+                placer.fuser.place(result)
+
+    async def _first_placer(self, group: str) -> Placer | None:
+        """A group of the config is placed at once with the config's calibrations, then with the fuser's (those set
+        over the API over them), fetched behind the frames; a group made over the API has its first frame here wait
+        for them (at most ``placement_wait_s``). Later frames never wait: a fuser away is asked now and then."""
+        if self.fuser(group) is None:
+            return None
+        first = group not in self.tried
+        if not first and time.monotonic() - self.tried[group] < LOOKUP_S:
+            return None
+        self.tried[group] = time.monotonic()
+        fetch = self._fetch(group)
+        if first and group in self.cfg.courts:
+            with contextlib.suppress(CalibrationError):
+                self.placers.setdefault(group, Placer("", GroupFuser(group, self.cfg.courts[group])))
+        elif first:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fetch), self.cfg.placement_wait_s)
+        return self.placers.get(group)
+
+    def _fetch(self, group: str) -> asyncio.Task:
+        """The group's calibrations fetched from its fuser (one fetch at a time a group)."""
+        task = self.fetching.get(group)
+        if task is None or task.done():
+            task = self.fetching[group] = asyncio.get_running_loop().create_task(self._fetched(group))
+        return task
+
+    async def _fetched(self, group: str) -> None:
+        try:
+            got = await self.fusers[group].placing.remote()
+        except FAULTS:  # the fuser is restarting: its next push or frame asks again
+            return
+        try:
+            fuser = GroupFuser(group, GroupSettings(**got["settings"]))
+        except CalibrationError:  # the fuser held them: they were checked there
+            log.warning("group %s: its calibrations do not build here", group)
+            return
+        self.placers[group] = Placer(got["placement"], fuser)

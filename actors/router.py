@@ -181,6 +181,8 @@ class FrameRouter:
             if self.feed is not None:
                 self.feed.add(stream_id, dropped=1)
             return result
+        if group is not None and self.groups is not None:  # court positions in the answer, as the fused frames have
+            await self.groups.place(group, result)
         result.timings.total_ms = round((time.perf_counter() - start) * 1000.0, 3)
         self.metrics.frames.inc(tags={"stream": stream_id if self.serving.metrics_per_stream else "all"})
         for stage, value in result.timings.model_dump().items():

@@ -69,12 +69,16 @@ def server(receiver: Receiver, sink_dir: Path) -> Iterator[str]:
         yield url
 
 
-def post_round(url: str, frames: dict[str, list[bytes]], i: int, group: str = "room") -> None:
+def post_round(url: str, frames: dict[str, list[bytes]], i: int, group: str = "room") -> list[dict]:
+    """Frame ``i`` of every camera; their answers."""
+    answers = []
     for cam in CAMS:
         r = httpx.post(f"{url}/v1/streams/{cam}/frames", content=frames[cam][i % FRAMES], timeout=60,
                        params={"frame_index": i, "timestamp": i / 60.0, "group": group},
                        headers={"content-type": "image/jpeg"})  # fmt: skip
         assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return answers
 
 
 def fused_at(url: str, index: int, group: str = "room", timeout_s: float = 20.0) -> dict:
@@ -93,8 +97,11 @@ def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fus
 ):
     url = server
     ids_seen: set[int] = set()
-    for i in range(FRAMES // 2):
-        post_round(url, frames, i)
+    answers = [a for i in range(FRAMES // 2) for a in post_round(url, frames, i)]
+    # each camera's answer places its people on the court, from the first frame on, as the fused frames do
+    people = [p for a in answers for p in a["people"]]
+    assert people and all(p["court_xy"] is not None for p in people), people[:2]
+    assert all(abs(x) < 10 for p in people for x in p["court_xy"])  # metres in the room
     first = fused_at(url, FRAMES // 2 - 1)
     assert first["group"] == "room" and len(first["people"]) == 2
     for person in first["people"]:
@@ -138,6 +145,7 @@ def test_served_group_gives_two_people_with_3d_and_keeps_their_ids_through_a_fus
         time.sleep(0.2)
     assert at_the_end() and {p["group_id"] for x in receiver.group_frames for p in x["people"]} == ids_seen
     assert all(x["stream_id"] in CAMS for x in receiver.results())  # the streams' own results beside them
+    assert all(p["court_xy"] is not None for x in receiver.results() for p in x["people"])
 
 
 def test_calibrations_over_the_api_are_checked_with_the_reason(server):
@@ -162,7 +170,19 @@ def test_calibrations_over_the_api_are_checked_with_the_reason(server):
     # a second camera where the first stands: no baseline, refused; the first is kept
     r = httpx.put(f"{url}/v1/groups/court-b/cameras/cam10/calibration", json={"camera": good})
     assert r.status_code == 422 and "same place" in r.json()["detail"], r.text
+    # the camera's answers carry court positions from its calibration over the API, and none once it is deleted
+    photo = encode_jpeg(cv2.resize(cv2.imread(str(DATA / "000000000785.jpg")), (1920, 1080)))
+    index = itertools.count()
+
+    def placed() -> list:
+        r = httpx.post(f"{url}/v1/streams/cam09/frames", params={"group": "court-b", "frame_index": next(index)},
+                       content=photo, headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+        assert r.status_code == 200 and r.json()["people"], r.text
+        return [p["court_xy"] for p in r.json()["people"]]
+
+    assert all(xy is not None for xy in placed())  # the first frame of the group here waited for them
     assert httpx.delete(base).status_code == 204
+    assert wait_until(lambda: all(xy is None for xy in placed()), 10)  # the next push tells the feed of the change
     assert httpx.get(base).status_code == 404 and httpx.delete(base).status_code == 404
     # the config's cameras are read back too, and the config says where they came from
     got = httpx.get(f"{url}/v1/groups/room/cameras/cam02/calibration").json()

@@ -93,30 +93,39 @@ class GroupFuser:
         return ~self.template.inside(xy, self.cfg.court_margin_m)
 
     def place(self, result: FrameResult) -> FrameResult:
-        """``result`` with each person's ``court_xy`` (and ``outside_court`` where the court is known) set."""
-        self._view(result)
+        """``result`` with each person's ``court_xy`` (and ``outside_court`` where the court is known) set; raises
+        CalibrationError for a frame whose size does not fit its camera's calibration."""
+        self._placed(result)
         return result
+
+    def _placed(self, result: FrameResult) -> tuple[list, np.ndarray, np.ndarray]:
+        """A camera's people (those inside its region of interest), their keypoints ``[N, 17, 3]`` and court points
+        ``[N, 2]`` (NaN where none), each person's ``court_xy`` set on the way."""
+        people = [p for p in result.people if not p.outside_roi]
+        n = len(people)
+        kp = np.array([p.keypoints for p in people], dtype=np.float64).reshape(n, N_KEYPOINTS, 3)
+        boxes = np.array([p.box for p in people], dtype=np.float64).reshape(n, 4)
+        self._check_size(result)
+        xy = self.court_xy(result.stream_id, *ground_pixels(kp, boxes, self.cfg.min_score)) if n else np.zeros((0, 2))
+        if xy is None:
+            return people, kp, np.full((n, 2), np.nan)
+        out = self.outside(xy)
+        placed = np.round(xy, 3).tolist()
+        finite = np.isfinite(xy).all(axis=1).tolist()
+        for i, p in enumerate(people):
+            if finite[i]:
+                p.court_xy = tuple(placed[i])
+                p.outside_court = None if out is None else bool(out[i])
+        return people, kp, xy
 
     def _view(self, result: FrameResult) -> View:
         """A camera's people as arrays, placed on the court (each person's ``court_xy`` set on the way)."""
-        people = [p for p in result.people if not p.outside_roi]
-        J = N_KEYPOINTS
-        n = len(people)
-        kp = np.array([p.keypoints for p in people], dtype=np.float64).reshape(n, J, 3)
-        boxes = np.array([p.box for p in people], dtype=np.float64).reshape(n, 4)
-        stream = result.stream_id
-        self._check_size(result)
-        xy = self.court_xy(stream, *ground_pixels(kp, boxes, self.cfg.min_score)) if n else np.zeros((0, 2))
-        out = self.outside(xy)
-        placed = np.round(xy, 3).tolist()
-        for i, p in enumerate(people):
-            if np.isfinite(xy[i]).all():
-                p.court_xy = tuple(placed[i])
-                p.outside_court = None if out is None else bool(out[i])
+        people, kp, xy = self._placed(result)
+        n, stream = len(people), result.stream_id
         norm = None
         if stream in self.cameras:
-            flat = self.cameras[stream].normalised(kp[..., :2].reshape(-1, 2)).reshape(n, J, 2)
-            norm = np.concatenate([flat, np.ones((n, J, 1))], axis=2)
+            flat = self.cameras[stream].normalised(kp[..., :2].reshape(-1, 2)).reshape(n, N_KEYPOINTS, 2)
+            norm = np.concatenate([flat, np.ones((n, N_KEYPOINTS, 1))], axis=2)
         ids = np.array([p.track_id for p in people], dtype=np.int64)
         return View(stream, ids, kp, xy, norm)
 

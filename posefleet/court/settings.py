@@ -76,3 +76,7 @@ class GroupsConfig(BaseModel):
         8, ge=1, description="results a feed holds for its group while the fuser is busy (the newest kept)"
     )
     checkpoint_s: float = Field(1.0, gt=0.0, description="how often a fuser saves its group ids (restart-safe)")
+    placement_wait_s: float = Field(
+        2.0, gt=0.0, description="a group's first frame on a replica waits this long at most for its calibrations, "
+        "to answer with court positions (later changes are fetched behind the frames)",
+    )  # fmt: skip
