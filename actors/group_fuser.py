@@ -91,7 +91,6 @@ class GroupFuserActor:
 
             self.webhook = WebhookSink(serving.sink.webhook, f"group-{group}", key="group_frames")
         self.fuser = self._build()
-        self.placement = uuid.uuid4().hex  # names the calibrations held now: a new one each time they change
         self._restored: asyncio.Task | None = None
 
     async def _restore(self) -> None:
@@ -101,7 +100,6 @@ class GroupFuserActor:
             if state:
                 self.api = state.get("cameras", {})
                 self.fuser = self._build()
-                self.placement = uuid.uuid4().hex
                 self.fuser.tracker.restore(state["tracker"])
                 self.version = state.get("version", 0)
 
@@ -124,9 +122,11 @@ class GroupFuserActor:
         return self.base.model_copy(update={"cameras": cameras, "court_points": points})
 
     def _build(self) -> GroupFuser:
+        """The fuser of the calibrations held now; they get a new name (``placement``, what feeds compare)."""
         fuser = GroupFuser(self.group, self._settings())
         if hasattr(self, "fuser"):
             fuser.tracker = self.fuser.tracker  # the players keep their ids through a camera's recalibration
+        self.placement = uuid.uuid4().hex
         return fuser
 
     # -- results in ---------------------------------------------------------------------------------------------
@@ -219,7 +219,6 @@ class GroupFuserActor:
         except CalibrationError as exc:
             return {"ok": False, "reason": str(exc)}
         self.errors.pop(stream, None)
-        self.placement = uuid.uuid4().hex
         self._checkpoint()
         return {"ok": True, "stream_id": stream, "kind": entry["kind"], "reprojection_px": entry["reprojection_px"]}
 
@@ -242,7 +241,6 @@ class GroupFuserActor:
             return False
         self.fuser = self._build()
         self.history.pop(stream, None)
-        self.placement = uuid.uuid4().hex
         self._checkpoint()
         return True
 
