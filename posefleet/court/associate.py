@@ -46,28 +46,43 @@ def _skew(t: np.ndarray) -> np.ndarray:
     return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
 
 
-def essential(a: Camera, b: Camera) -> np.ndarray:
-    """``E`` with ``x_b^T E x_a = 0`` for normalised coordinates of one world point."""
-    R = b.R @ a.R.T
-    return _skew(b.t - R @ a.t) @ R
+def essentials(cameras: list[Camera]) -> np.ndarray:
+    """``E [V, V, 3, 3]`` with ``x_b^T E[a, b] x_a = 0`` for normalised coordinates of one world point."""
+    V = len(cameras)
+    out = np.zeros((V, V, 3, 3))
+    for a, ca in enumerate(cameras):
+        for b, cb in enumerate(cameras):
+            if a != b:
+                R = cb.R @ ca.R.T
+                out[a, b] = _skew(cb.t - R @ ca.t) @ R
+    return out
 
 
-def epipolar_costs(E: np.ndarray, a: View, b: View, min_score: float, min_joints: int = 3) -> np.ndarray:
-    """``[Na, Nb]``: each pair's score-weighted mean symmetric epipolar distance (normalised units) over the
-    keypoints both see with at least ``min_score``; :data:`UNMATCHED` where fewer than ``min_joints`` are shared."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    xa, xb = a.norm, b.norm  # [N, J, 3]
-    sa, sb = a.keypoints[..., 2], b.keypoints[..., 2]  # [N, J]
-    lb = xa @ E.T  # epipolar lines in b of a's points [Na, J, 3]
-    la = xb @ E  # in a of b's points [Nb, J, 3]
-    num = np.abs(np.einsum("njk,mjk->nmj", lb, xb))  # |x_b . (E x_a)| [Na, Nb, J]
-    d = 0.5 * num * (1 / np.hypot(lb[..., 0], lb[..., 1])[:, None] + 1 / np.hypot(la[..., 0], la[..., 1])[None])
-    w = np.minimum(sa[:, None], sb[None]) * ((sa[:, None] >= min_score) & (sb[None] >= min_score))
-    shared = (w > 0).sum(axis=2)
+def epipolar_costs(E: np.ndarray, norm: np.ndarray, score: np.ndarray, min_score: float,
+                   min_joints: int = 3) -> np.ndarray:  # fmt: skip
+    """Every pair of views at once: ``norm [V, N, J, 3]`` (each view's people, undistorted, normalised and
+    homogeneous; padded), ``score [V, N, J]`` (0 for padding). ``[V, V, N, N]``: each pair's score-weighted mean
+    symmetric epipolar distance (normalised units) over the keypoints both see with at least ``min_score``;
+    :data:`UNMATCHED` where fewer than ``min_joints`` are shared. Each unordered pair is computed once (the
+    distance is symmetric: ``E[b, a] = E[a, b]^T``), joints leading so the products are batched matmuls."""
+    V, N = norm.shape[:2]
+    ia, ib = np.triu_indices(V, 1)
+    pair_E = E[ia, ib]  # [P, 3, 3]
+    x = norm.transpose(0, 2, 1, 3)  # [V, J, N, 3]
+    xa, xb = x[ia], x[ib]  # [P, J, N, 3]
+    lb = xa @ pair_E.transpose(0, 2, 1)[:, None]  # epipolar lines in b of a's points [P, J, N, 3]
+    la = xb @ pair_E[:, None]  # in a of b's points [P, J, M, 3]
+    num = np.abs(lb @ xb.swapaxes(-1, -2))  # |x_b . (E x_a)| [P, J, N, M]
+    seen = (score * (score >= min_score)).transpose(0, 2, 1)  # [V, J, N]
+    w = np.minimum(seen[ia][..., :, None], seen[ib][..., None, :])  # [P, J, N, M]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cost = (d * w).sum(axis=2) / w.sum(axis=2)
-    return np.where(shared >= min_joints, cost, UNMATCHED)
+        inv_b, inv_a = 1 / np.hypot(lb[..., 0], lb[..., 1]), 1 / np.hypot(la[..., 0], la[..., 1])
+        weighted = np.where(w > 0, num * (inv_b[..., :, None] + inv_a[..., None, :]) * w, 0.0)
+        cost = 0.5 * weighted.sum(axis=1) / w.sum(axis=1)
+    cost = np.where((w > 0).sum(axis=1) >= min_joints, cost, UNMATCHED)
+    out = np.full((V, V, N, N), UNMATCHED)
+    out[ia, ib], out[ib, ia] = cost, cost.transpose(0, 2, 1)
+    return out
 
 
 def ground_costs(a: View, b: View) -> np.ndarray:

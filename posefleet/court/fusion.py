@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from posefleet.court.associate import UNMATCHED, View, cluster_views, epipolar_costs, essential, ground_costs
+from posefleet.court.associate import UNMATCHED, View, cluster_views, epipolar_costs, essentials, ground_costs
 from posefleet.court.calibration import CalibrationError, Camera, camera_from_model, check_rig, check_size
 from posefleet.court.group_tracker import Candidate, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
-from posefleet.court.triangulate import Triangulated, project_all, triangulate_points
+from posefleet.court.triangulate import Rig, Triangulated, triangulate_points
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -29,7 +29,7 @@ N_KEYPOINTS = 17
 def ground_pixels(keypoints: np.ndarray, boxes: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     """Where people stand in the image ``[N, 2]``: between the ankles when both are seen (``[N]`` True), else the
     box's bottom centre. ``keypoints [N, 17, 3]``, ``boxes [N, 4]``."""
-    ankles = keypoints[:, [LEFT_ANKLE, RIGHT_ANKLE]]
+    ankles = keypoints[:, LEFT_ANKLE : RIGHT_ANKLE + 1]
     seen = (ankles[..., 2] >= min_score).all(axis=1)
     bottom = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1)
     return np.where(seen[:, None], ankles[..., :2].mean(axis=1), bottom), seen
@@ -65,8 +65,9 @@ class GroupFuser:
         )  # fmt: skip
         self._last_views: dict[tuple[str, int], int] = {}  # (stream, track id) -> group id on the last frame
         self._checked: set[str] = set()
-        self._essential: dict[tuple[str, str], np.ndarray] = {}
         self._camera_order = sorted(self.cameras)
+        self._rig = Rig.of([self.cameras[s] for s in self._camera_order])  # stacked once for the batched maths
+        self._essentials = essentials(list(self._rig.cameras))
 
     @property
     def streams(self) -> set[str]:
@@ -82,10 +83,11 @@ class GroupFuser:
         if stream not in self.cameras:
             return None
         cam = self.cameras[stream]
-        xy = cam.floor_points(pixels, self.cfg.floor_z)[:, :2]
-        if ankles is not None and ankles.any():
-            xy[ankles] = cam.floor_points(pixels[ankles], self.cfg.floor_z + self.cfg.ankle_height_m)[:, :2]
-        return xy
+        return cam.floor_of_normalised(cam.normalised(pixels), self._floor_z(ankles))[:, :2]
+
+    def _floor_z(self, ankles: np.ndarray | None) -> float | np.ndarray:
+        """The height a ground point lies at: the floor's, an ankle's over it."""
+        return self.cfg.floor_z + (0.0 if ankles is None else np.where(ankles, self.cfg.ankle_height_m, 0.0))
 
     def outside(self, xy: np.ndarray) -> np.ndarray | None:
         if self.template is None:
@@ -95,39 +97,55 @@ class GroupFuser:
     def place(self, result: FrameResult) -> FrameResult:
         """``result`` with each person's ``court_xy`` (and ``outside_court`` where the court is known) set; raises
         CalibrationError for a frame whose size does not fit its camera's calibration."""
-        self._placed(result)
+        if result.stream_id in self.streams:
+            self._views([result], normalise=False)
         return result
 
-    def _placed(self, result: FrameResult) -> tuple[list, np.ndarray, np.ndarray]:
-        """A camera's people (those inside its region of interest), their keypoints ``[N, 17, 3]`` and court points
-        ``[N, 2]`` (NaN where none), each person's ``court_xy`` set on the way."""
-        people = [p for p in result.people if not p.outside_roi]
-        n = len(people)
-        kp = np.array([p.keypoints for p in people], dtype=np.float64).reshape(n, N_KEYPOINTS, 3)
-        boxes = np.array([p.box for p in people], dtype=np.float64).reshape(n, 4)
-        self._check_size(result)
-        xy = self.court_xy(result.stream_id, *ground_pixels(kp, boxes, self.cfg.min_score)) if n else np.zeros((0, 2))
-        if xy is None:
-            return people, kp, np.full((n, 2), np.nan)
+    def _views(self, results: list[FrameResult], normalise: bool = True) -> dict[str, View]:
+        """Each camera's people (those inside its region of interest) as arrays, placed on the court (each person's
+        ``court_xy`` set on the way): every camera's people in one batch, a calibrated camera's keypoints and
+        ground points undistorted in one call (``normalise``: the keypoints too, for the association and
+        triangulation)."""
+        for result in results:
+            self._check_size(result)
+        people = [[p for p in r.people if not p.outside_roi] for r in results]
+        flat = [p for ps in people for p in ps]
+        n = len(flat)
+        kp = np.array([p.keypoints for p in flat], dtype=np.float64).reshape(n, N_KEYPOINTS, 3)
+        boxes = np.array([p.box for p in flat], dtype=np.float64).reshape(n, 4)
+        ids = np.array([p.track_id for p in flat], dtype=np.int64)
+        pixels, ankles = ground_pixels(kp, boxes, self.cfg.min_score)
+        z = self._floor_z(ankles)
+        xy = np.full((n, 2), np.nan)
+        norm = np.ones((n, N_KEYPOINTS, 3))
+        ends = np.cumsum([len(ps) for ps in people]).tolist()
+        spans = [slice(end - len(ps), end) for ps, end in zip(people, ends, strict=True)]
+        for result, at in zip(results, spans, strict=True):
+            stream, m = result.stream_id, at.stop - at.start
+            if not m:
+                continue
+            if stream in self.homographies:
+                xy[at] = self.homographies[stream].to_court(pixels[at])
+                continue
+            cam = self.cameras[stream]
+            if normalise:
+                both = cam.normalised(np.concatenate([kp[at, :, :2].reshape(-1, 2), pixels[at]]))
+                norm[at, :, :2] = both[: m * N_KEYPOINTS].reshape(m, N_KEYPOINTS, 2)
+                ground = both[m * N_KEYPOINTS :]
+            else:
+                ground = cam.normalised(pixels[at])
+            xy[at] = cam.floor_of_normalised(ground, z[at])[:, :2]
         out = self.outside(xy)
         placed = np.round(xy, 3).tolist()
         finite = np.isfinite(xy).all(axis=1).tolist()
-        for i, p in enumerate(people):
-            if finite[i]:
-                p.court_xy = tuple(placed[i])
-                p.outside_court = None if out is None else bool(out[i])
-        return people, kp, xy
-
-    def _view(self, result: FrameResult) -> View:
-        """A camera's people as arrays, placed on the court (each person's ``court_xy`` set on the way)."""
-        people, kp, xy = self._placed(result)
-        n, stream = len(people), result.stream_id
-        norm = None
-        if stream in self.cameras:
-            flat = self.cameras[stream].normalised(kp[..., :2].reshape(-1, 2)).reshape(n, N_KEYPOINTS, 2)
-            norm = np.concatenate([flat, np.ones((n, N_KEYPOINTS, 1))], axis=2)
-        ids = np.array([p.track_id for p in people], dtype=np.int64)
-        return View(stream, ids, kp, xy, norm)
+        outs = [None] * n if out is None else out.tolist()
+        for p, xy_p, ok, o in zip(flat, placed, finite, outs, strict=True):
+            if ok:
+                p.court_xy, p.outside_court = tuple(xy_p), o
+        return {
+            r.stream_id: View(r.stream_id, ids[at], kp[at], xy[at], norm[at] if r.stream_id in self.cameras else None)
+            for r, at in zip(results, spans, strict=True)
+        }
 
     def _check_size(self, result: FrameResult) -> None:
         stream = result.stream_id
@@ -141,19 +159,31 @@ class GroupFuser:
 
     # -- per group frame ----------------------------------------------------------------------------------------
 
-    def _pair_costs(self, views: dict[str, View]) -> Callable[[str, str], np.ndarray]:
+    def _stacked(self, views: dict[str, View]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The calibrated views' people padded into one array each, in camera order: keypoints ``[V, N, J, 3]``
+        (score 0 for padding) and normalised keypoints ``[V, N, J, 3]``, and each view's count ``[V]``."""
+        order = self._camera_order
+        counts = np.array([len(views[s]) if s in views else 0 for s in order])
+        N = int(counts.max(initial=0))
+        kp, norm = np.zeros((len(order), N, N_KEYPOINTS, 3)), np.zeros((len(order), N, N_KEYPOINTS, 3))
+        for v, s in enumerate(order):
+            if counts[v]:
+                kp[v, : counts[v]], norm[v, : counts[v]] = views[s].keypoints, views[s].norm
+        return kp, norm, counts
+
+    def _pair_costs(self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray) -> Callable[[str, str], np.ndarray]:
         """Costs in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit). Two
         people who were one player on the last frame have theirs scaled by ``hint_factor``: that keeps the
-        association stable where costs are close."""
+        association stable where costs are close. Every calibrated pair's costs come from one batched call."""
         cfg = self.cfg
         last = {s: np.array([self._last_views.get((s, t), -1) for t in v.track_ids.tolist()]) for s, v in views.items()}
+        epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score) if kp.shape[1] else None
+        index = {s: v for v, s in enumerate(self._camera_order)}
 
         def costs(sa: str, sb: str) -> np.ndarray:
-            if sa in self.cameras and sb in self.cameras:
-                key = (sa, sb)
-                if key not in self._essential:
-                    self._essential[key] = essential(self.cameras[sa], self.cameras[sb])
-                raw, limit = epipolar_costs(self._essential[key], views[sa], views[sb], cfg.min_score), cfg.max_epipolar
+            if sa in index and sb in index and epipolar is not None:
+                raw = epipolar[index[sa], index[sb], : len(views[sa]), : len(views[sb])]
+                limit = cfg.max_epipolar
             else:
                 raw, limit = ground_costs(views[sa], views[sb]), cfg.max_ground_m
             same = (last[sa][:, None] == last[sb][None]) & (last[sa][:, None] >= 0)
@@ -165,20 +195,11 @@ class GroupFuser:
     def fuse(self, results: Mapping[str, FrameResult], timestamp: float | None = None) -> GroupFrame:
         """One group frame from each camera's time-matched result (streams without a camera are left out)."""
         t0 = time.perf_counter()
-        views = {
-            stream: self._view(result)
-            for stream, result in results.items()
-            if stream in self.streams and not result.dropped
-        }
-        costs = self._pair_costs(views)
+        views = self._views([r for s, r in results.items() if s in self.streams and not r.dropped])
+        kp, norm, _ = self._stacked(views)
+        costs = self._pair_costs(views, kp, norm)
         clusters = [c.members for c in cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)]
-        solved = self._triangulate(views, clusters)
-        people, candidates = [], []
-        for k, members in enumerate(clusters):
-            person, candidate = self._fused(views, members, solved.get(k))
-            if candidate is not None:
-                people.append(person)
-                candidates.append(candidate)
+        people, candidates = self._people(views, clusters, self._triangulate(kp, norm, clusters))
         now = timestamp if timestamp is not None else time.time()
         ids = self.tracker.update(now, candidates)
         kept = []
@@ -195,106 +216,123 @@ class GroupFuser:
             court=self.outline,
         )
 
-    def _fused(
-        self, views: dict[str, View], members: dict[str, int], tri: Solved | None
-    ) -> tuple[GroupPerson, Candidate | None]:
-        kp3d = np.zeros((N_KEYPOINTS, 4))
-        reproj: list[float | None] = [None] * N_KEYPOINTS
-        n_views = [0] * N_KEYPOINTS
-        xy = None
-        if tri is not None:
-            # a view that disagrees with the others was another person: it leaves this one
-            members = {s: i for s, i in members.items() if s not in tri.dropped}
-            ok = np.isfinite(tri.points).all(axis=1)
-            kp3d[ok, :3], kp3d[ok, 3] = tri.points[ok], tri.score[ok]
-            reproj = [None if e != e else e for e in np.round(tri.reprojection_px, 2).tolist()]  # NaN: none
-            n_views = tri.n_views.tolist()
-            for joints in ([LEFT_ANKLE, RIGHT_ANKLE], [LEFT_HIP, RIGHT_HIP]):
-                if ok[joints].all():
-                    xy = tri.points[joints, :2].mean(axis=0)
-                    break
-            else:
-                xy = tri.points[ok, :2].mean(axis=0) if ok.any() else None
-        if xy is None:
-            grounds = [views[s].ground[i] for s, i in members.items() if np.isfinite(views[s].ground[i]).all()]
-            xy = np.mean(grounds, axis=0) if grounds else None
-        view_ids = {s: int(views[s].track_ids[i]) for s, i in members.items()}
-        has3d = any(n_views)
-        out = self.outside(xy) if xy is not None else None
-        person = GroupPerson.model_construct(  # built from checked numbers: no validation needed
-            group_id=0, views=view_ids,
-            court_xy=None if xy is None else (round(float(xy[0]), 3), round(float(xy[1]), 3)),
-            outside_court=None if out is None else bool(out[0]),
-            keypoints3d=np.round(kp3d, 4).tolist() if has3d else None,
-            reprojection_px=reproj if has3d else None, n_views=n_views,
-        )  # fmt: skip
-        if xy is None:
-            return person, None
-        return person, Candidate(np.asarray(xy, dtype=np.float64), view_ids, len(members))
+    def _people(
+        self, views: dict[str, View], clusters: list[dict[str, int]], solved: Solved | None
+    ) -> tuple[list[GroupPerson], list[Candidate]]:
+        """Each cluster as a person (3D where it was triangulated, its court position from its 3D feet, else hips,
+        else any joint, else its views' ground points), and as a candidate for the group tracker (those placed)."""
+        K = len(clusters)
+        row = np.full(K, -1)
+        xy = np.full((K, 2), np.nan)
+        kp3d: list = [None] * K
+        reproj: list = [None] * K
+        n_views: list = [[0] * N_KEYPOINTS] * K
+        if solved is not None:
+            row[solved.people] = np.arange(len(solved.people))
+            ok = np.isfinite(solved.points).all(axis=2)  # [P, J]
+            pts = np.where(ok[..., None], solved.points, np.nan)
+            feet, hips = ok[:, [LEFT_ANKLE, RIGHT_ANKLE]].all(axis=1), ok[:, [LEFT_HIP, RIGHT_HIP]].all(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a person without a joint: NaN, placed below
+                anywhere = np.where(ok[..., None], pts[..., :2], 0.0).sum(axis=1) / ok.sum(axis=1)[:, None]
+            at_hips = np.where(hips[:, None], pts[:, [LEFT_HIP, RIGHT_HIP], :2].mean(axis=1), anywhere)
+            xy[solved.people] = np.where(feet[:, None], pts[:, [LEFT_ANKLE, RIGHT_ANKLE], :2].mean(axis=1), at_hips)
+            full = np.zeros((*ok.shape, 4))
+            full[ok] = np.c_[solved.points[ok], solved.score[ok]]
+            kp3d_rows = np.round(full, 4).tolist()
+            err = np.round(solved.reprojection_px, 2)
+            reproj_rows = np.where(np.isfinite(err), err, None).tolist()
+            views_rows = solved.n_views.tolist()
+            for p, k in enumerate(solved.people):
+                kp3d[k], reproj[k], n_views[k] = kp3d_rows[p], reproj_rows[p], views_rows[p]
+        members = [
+            {s: i for s, i in m.items() if s not in solved.dropped[row[k]]} if row[k] >= 0 else m  # type: ignore[union-attr]
+            for k, m in enumerate(clusters)
+        ]
+        for k in np.flatnonzero(~np.isfinite(xy).all(axis=1)).tolist():
+            grounds = [views[s].ground[i] for s, i in members[k].items() if np.isfinite(views[s].ground[i]).all()]
+            if grounds:
+                xy[k] = np.mean(grounds, axis=0)
+        placed = np.isfinite(xy).all(axis=1)
+        out = self.outside(xy)
+        outs = [None] * K if out is None else out.tolist()
+        court = np.round(xy, 3).tolist()
+        people, candidates = [], []
+        for k in range(K):
+            view_ids = {s: int(views[s].track_ids[i]) for s, i in members[k].items()}
+            if not placed[k]:
+                continue
+            has3d = row[k] >= 0
+            people.append(GroupPerson.model_construct(  # built from checked numbers: no validation needed
+                group_id=0, views=view_ids, court_xy=tuple(court[k]), outside_court=outs[k],
+                keypoints3d=kp3d[k] if has3d else None, reprojection_px=reproj[k] if has3d else None,
+                n_views=n_views[k],
+            ))  # fmt: skip
+            candidates.append(Candidate(xy[k], view_ids, len(members[k])))
+        return people, candidates
 
-    def _triangulate(self, views: dict[str, View], clusters: list[dict[str, int]]) -> dict[int, Solved]:
-        """Every person seen by two or more calibrated cameras triangulated in one batch (index in ``clusters`` ->
-        result). A view whose person reprojects further than ``max_view_px`` (median) was another person: it is
-        dropped and that person solved again; a person whose two views disagree gets no 3D."""
+    def _triangulate(self, kp: np.ndarray, norm: np.ndarray, clusters: list[dict[str, int]]) -> Solved | None:
+        """Every person seen by two or more calibrated cameras triangulated in one batch (None: nobody). A view
+        whose person reprojects further than ``max_view_px`` (median) was another person: it is dropped and that
+        person solved again; a person whose two views disagree gets no 3D."""
         order = self._camera_order
-        cams = [self.cameras[s] for s in order]
         people = [k for k, m in enumerate(clusters) if sum(s in self.cameras for s in m) >= 2]
         if not people:
-            return {}
+            return None
         P, V, J = len(people), len(order), N_KEYPOINTS
-        pix, nrm, sc = np.zeros((P, V, J, 2)), np.zeros((P, V, J, 2)), np.zeros((P, V, J))
-        for p, k in enumerate(people):
-            for v, s in enumerate(order):
-                if s in clusters[k]:
-                    view, i = views[s], clusters[k][s]
-                    pix[p, v], nrm[p, v], sc[p, v] = (
-                        view.keypoints[i, :, :2],
-                        view.norm[i, :, :2],
-                        view.keypoints[i, :, 2],
-                    )
+        idx = np.array([[clusters[k].get(s, -1) for s in order] for k in people])  # [P, V]
+        seen = idx >= 0
+        got = kp[np.arange(V)[None], np.maximum(idx, 0)]  # [P, V, J, 3]
+        pix = got[..., :2]
+        nrm = norm[np.arange(V)[None], np.maximum(idx, 0)][..., :2]
+        sc = np.where(seen[..., None], got[..., 2], 0.0)
         dropped: list[set[str]] = [set() for _ in people]
         cfg = self.cfg
         for _ in range(V - 1):
             tri = triangulate_points(
-                cams, pix.transpose(0, 2, 1, 3).reshape(P * J, V, 2), sc.transpose(0, 2, 1).reshape(P * J, V),
+                self._rig, pix.transpose(0, 2, 1, 3).reshape(P * J, V, 2), sc.transpose(0, 2, 1).reshape(P * J, V),
                 nrm.transpose(0, 2, 1, 3).reshape(P * J, V, 2), cfg.min_score, cfg.outlier_px,
             )  # fmt: skip
-            points = tri.points.reshape(P, J, 3)
-            median = self._view_errors(cams, points, pix, sc)  # [P, V]
+            median = self._view_errors(tri, P, sc)  # [P, V]
             worst = np.nan_to_num(median, nan=-1.0).argmax(axis=1)
             bad = np.flatnonzero(median[np.arange(P), worst] > cfg.max_view_px)
             if not len(bad):
                 break
-            for p in bad:
+            for p in bad.tolist():
                 present = (sc[p].max(axis=1) >= cfg.min_score).sum()
                 if present <= 2:
                     sc[p] = 0.0  # two views that disagree: no 3D for this person
                 else:
                     sc[p, worst[p]] = 0.0
                     dropped[p].add(order[worst[p]])
-        out = {}
-        for p, k in enumerate(people):
-            rows = slice(p * J, (p + 1) * J)
-            if tri.n_views[rows].any():
-                out[k] = Solved(
-                    tri.points[rows], tri.score[rows], tri.reprojection_px[rows], tri.views[rows], dropped[p]
-                )
-        return out
+        n_views = tri.views.reshape(P, J, V).sum(axis=2)
+        solved = np.flatnonzero(n_views.any(axis=1))
+        if not len(solved):
+            return None
+        return Solved(
+            people=[people[p] for p in solved.tolist()], points=tri.points.reshape(P, J, 3)[solved],
+            score=tri.score.reshape(P, J)[solved], reprojection_px=tri.reprojection_px.reshape(P, J)[solved],
+            n_views=n_views[solved], dropped=[dropped[p] for p in solved.tolist()],
+        )  # fmt: skip
 
-    def _view_errors(self, cams: list[Camera], points: np.ndarray, pix: np.ndarray, sc: np.ndarray) -> np.ndarray:
+    def _view_errors(self, tri: Triangulated, P: int, sc: np.ndarray) -> np.ndarray:
         """``[P, V]``: the median pixel error of each person's keypoints in each view that sees it (NaN: none)."""
-        P, J = points.shape[:2]
-        px, _ = project_all(cams, points.reshape(-1, 3))  # [V, P*J, 2]
-        err = np.linalg.norm(px.reshape(len(cams), P, J, 2) - pix.transpose(1, 0, 2, 3), axis=3)  # [V, P, J]
+        err = tri.view_px.reshape(P, N_KEYPOINTS, -1).transpose(2, 0, 1)  # type: ignore[union-attr]  # [V, P, J]
         seen = (sc.transpose(1, 0, 2) >= self.cfg.min_score) & np.isfinite(err)
         return nan_median(np.where(seen, err, np.nan)).T
 
 
 @dataclass
-class Solved(Triangulated):
-    """One person's triangulation, with the calibrated views dropped from it as another person's."""
+class Solved:
+    """The people triangulated on a group frame (their cluster indices), per keypoint: ``points [P, J, 3]``
+    (NaN where none), ``score [P, J]``, ``reprojection_px [P, J]``, ``n_views [P, J]``; and the calibrated views
+    dropped from each as another person's."""
 
-    dropped: set[str] = field(default_factory=set)
+    people: list[int]
+    points: np.ndarray
+    score: np.ndarray
+    reprojection_px: np.ndarray
+    n_views: np.ndarray
+    dropped: list[set[str]] = field(default_factory=list)
 
 
 def nan_median(values: np.ndarray) -> np.ndarray:

@@ -5,11 +5,22 @@ a player had on the previous frame is the same player, unless it moved implausib
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from posefleet.court.associate import UNMATCHED
+
+
+@lru_cache(maxsize=64)
+def _motion(dt: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """The constant-velocity model over ``dt``: transition ``F`` and process noise ``Q`` (a group's frames come
+    at a few steady intervals: cached)."""
+    F = np.eye(4)
+    F[0, 2] = F[1, 3] = dt
+    G = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
+    return F, G @ G.T * accel_std**2
 
 
 @dataclass
@@ -52,10 +63,7 @@ class GroupTracker:
     def _predict(self, dt: float) -> None:
         if not self.tracks:
             return
-        F = np.eye(4)
-        F[0, 2] = F[1, 3] = dt
-        G = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
-        Q = G @ G.T * self.accel_std**2
+        F, Q = _motion(dt, self.accel_std)
         mean = np.stack([t.mean for t in self.tracks]) @ F.T
         cov = F @ np.stack([t.cov for t in self.tracks]) @ F.T + Q
         for t, m, c in zip(self.tracks, mean, cov, strict=True):
@@ -86,8 +94,15 @@ class GroupTracker:
             pred = np.array([t.mean[:2] for t in self.tracks])
             dist = np.linalg.norm(xy[:, None] - pred[None], axis=2)
             # a camera's track id kept is strong evidence; a player may stray further the longer it is unseen
-            track_views = [set(t.views.items()) for t in self.tracks]
-            kept = np.array([[len(c.views.items() & tv) for tv in track_views] for c in candidates])
+            kept = np.zeros((len(candidates), len(self.tracks)))
+            holders: dict[tuple[str, int], list[int]] = {}
+            for j, t in enumerate(self.tracks):
+                for pair in t.views.items():
+                    holders.setdefault(pair, []).append(j)
+            for i, c in enumerate(candidates):
+                for pair in c.views.items():
+                    for j in holders.get(pair, ()):
+                        kept[i, j] += 1
             unseen = now - np.array([t.last_seen for t in self.tracks])
             reach = self.max_distance_m + 0.5 * self.accel_std * unseen**2
             with np.errstate(invalid="ignore"):
