@@ -130,9 +130,11 @@ class SourceActor:
             if lat
             else (None, None)
         )
+        hook = self.router.webhook if self.router is not None else None  # this source's own, when it has one
         return asdict(self.reader.status) | {"dropped": self.dropped, "errors": self.errors, "node": node,
                                               "last_result": self.last_result, "latency_p50_ms": p50,
-                                              "latency_p99_ms": p99}  # fmt: skip
+                                              "latency_p99_ms": p99,
+                                              "webhook": hook.snapshot() if hook is not None else None}  # fmt: skip
 
     def ray_calls(self) -> dict[str, int]:
         """Ray calls this source's frames made (to the worker, placement, viewer hub)."""

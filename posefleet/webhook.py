@@ -96,17 +96,30 @@ class WebhookSink:
 
     # -- the sending task -------------------------------------------------------------------------
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.cfg.timeout_s) as client:
-            while True:
-                if not self.queue:
-                    self._queued.clear()
-                    await self._queued.wait()
-                if len(self.queue) < self.cfg.batch_max:  # let a batch fill for up to interval_s
-                    self._full.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), self.cfg.interval_s)
-                await self._deliver(client, *self._next_batch())
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=self.cfg.timeout_s) as client:
+                    await self._send_all(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a fault here must not end delivery for good: the batch it hit is dropped
+                log.exception("webhook %s: a batch of %d not sent, dropped", redact(self.url), len(self.pending))
+                self._error(f"{type(exc).__name__}: {exc}")
+                self.stats.rejected += len(self.pending)
                 self.pending = []
+                await asyncio.sleep(self.cfg.retry_min_s)
+
+    async def _send_all(self, client: httpx.AsyncClient) -> None:
+        while True:
+            if not self.queue:
+                self._queued.clear()
+                await self._queued.wait()
+            if len(self.queue) < self.cfg.batch_max:  # let a batch fill for up to interval_s
+                self._full.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.cfg.interval_s)
+            await self._deliver(client, *self._next_batch())
+            self.pending = []
 
     def _next_batch(self) -> tuple[list[str], str]:
         """The batch in flight (kept until the receiver answers, so a stop loses none of it), else the next."""

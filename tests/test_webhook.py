@@ -46,7 +46,10 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 64  # many senders at once (replicas, sources, fusers): none refused at connect
+
+        self.server = Server(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def results(self) -> list[dict]:
@@ -109,6 +112,26 @@ def test_results_arrive_batched_in_order_once_through_failures(receiver: Receive
         assert [r["frame_index"] for r in got if r["stream_id"] == cam] == list(range(150))  # in order, once
     assert sink.stats.retries == 3 and sink.stats.last_error == "HTTP 503 from " + sink.url
     assert {h["authorization"] for _, _, h in receiver.requests} == {"Bearer s3cret"}
+
+
+def test_a_batch_that_cannot_be_sent_is_dropped_and_the_rest_still_go(port: int) -> None:
+    """A fault other than the receiver's (here a result that is no JSON text, a caller's bug) costs its own batch,
+    not the sending task: what comes after it is delivered."""
+    receiver = Receiver(port)
+    sink = WebhookSink(config(port, batch_max=1))
+
+    async def go() -> None:
+        sink.add(b"not text")  # type: ignore[arg-type]
+        assert await until(lambda: sink.stats.rejected == 1), sink.snapshot()
+        sink.add(result("cam", 1))
+        assert await until(lambda: sink.stats.sent == 1), sink.snapshot()
+
+    try:
+        asyncio.run(go())
+        assert [r["frame_index"] for r in receiver.results()] == [1]
+        assert sink.stats.last_error is not None and "TypeError" in sink.stats.last_error
+    finally:
+        receiver.stop()
 
 
 def test_a_receiver_down_then_up_gets_everything(port: int) -> None:

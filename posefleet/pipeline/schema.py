@@ -107,6 +107,9 @@ class SourceInfo(BaseModel):
     last_result: dict[str, Any] | None = None
     latency_p50_ms: float | None = Field(None, description="capture to result, over the last 300 frames")
     latency_p99_ms: float | None = None
+    webhook: dict[str, Any] | None = Field(
+        None, description="the webhook of this source's results (sent, retries, queued, last error), where it has one"
+    )
 
 
 class SourceList(BaseModel):
