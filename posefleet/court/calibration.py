@@ -100,14 +100,11 @@ class Camera:
             return np.zeros((0, 2))
         return cv2.undistortPoints(px, self.K, self.dist).reshape(-1, 2)
 
-    def floor_points(self, pixels: np.ndarray, floor_z: float = 0.0) -> np.ndarray:
-        """Where the rays through ``pixels`` meet the floor ``z = floor_z``: world ``[N, 3]``; NaN where a ray
-        runs parallel to the floor or meets it behind the camera."""
-        return self.floor_of_normalised(self.normalised(pixels), floor_z)
-
     def floor_of_normalised(self, norm: np.ndarray, floor_z: float | np.ndarray = 0.0) -> np.ndarray:
-        """:meth:`floor_points` of points already undistorted (``[N, 2]``), a floor height each if ``floor_z`` is
-        ``[N]``: the fuser undistorts a view's keypoints and ground points in one call."""
+        """Where the rays through undistorted points ``norm [N, 2]`` (:meth:`normalised`) meet the floor
+        ``z = floor_z`` (a height each if ``[N]``): world ``[N, 3]``; NaN where a ray runs parallel to the floor or
+        meets it behind the camera. Undistorting is the caller's: the fuser does a view's keypoints and ground
+        points in one call."""
         rays = np.hstack([norm, np.ones((len(norm), 1))]) @ self.R  # R^T applied to each row
         origin = self.center
         with np.errstate(divide="ignore", invalid="ignore"):

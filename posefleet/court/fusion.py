@@ -75,16 +75,6 @@ class GroupFuser:
 
     # -- per camera ---------------------------------------------------------------------------------------------
 
-    def court_xy(self, stream: str, pixels: np.ndarray, ankles: np.ndarray | None = None) -> np.ndarray | None:
-        """Image points of ``stream`` on the court (metres, ``[N, 2]``), or None for a stream with no camera.
-        ``ankles [N]``: the points are ankles, which a calibrated camera places at ankle height over the floor."""
-        if stream in self.homographies:
-            return self.homographies[stream].to_court(pixels)
-        if stream not in self.cameras:
-            return None
-        cam = self.cameras[stream]
-        return cam.floor_of_normalised(cam.normalised(pixels), self._floor_z(ankles))[:, :2]
-
     def _floor_z(self, ankles: np.ndarray | None) -> float | np.ndarray:
         """The height a ground point lies at: the floor's, an ankle's over it."""
         return self.cfg.floor_z + (0.0 if ankles is None else np.where(ankles, self.cfg.ankle_height_m, 0.0))
@@ -159,9 +149,9 @@ class GroupFuser:
 
     # -- per group frame ----------------------------------------------------------------------------------------
 
-    def _stacked(self, views: dict[str, View]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _stacked(self, views: dict[str, View]) -> tuple[np.ndarray, np.ndarray]:
         """The calibrated views' people padded into one array each, in camera order: keypoints ``[V, N, J, 3]``
-        (score 0 for padding) and normalised keypoints ``[V, N, J, 3]``, and each view's count ``[V]``."""
+        (score 0 for padding) and normalised keypoints ``[V, N, J, 3]``."""
         order = self._camera_order
         counts = np.array([len(views[s]) if s in views else 0 for s in order])
         N = int(counts.max(initial=0))
@@ -169,7 +159,7 @@ class GroupFuser:
         for v, s in enumerate(order):
             if counts[v]:
                 kp[v, : counts[v]], norm[v, : counts[v]] = views[s].keypoints, views[s].norm
-        return kp, norm, counts
+        return kp, norm
 
     def _pair_costs(self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray) -> Callable[[str, str], np.ndarray]:
         """Costs in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit). Two
@@ -196,7 +186,7 @@ class GroupFuser:
         """One group frame from each camera's time-matched result (streams without a camera are left out)."""
         t0 = time.perf_counter()
         views = self._views([r for s, r in results.items() if s in self.streams and not r.dropped])
-        kp, norm, _ = self._stacked(views)
+        kp, norm = self._stacked(views)
         costs = self._pair_costs(views, kp, norm)
         clusters = [c.members for c in cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)]
         people, candidates = self._people(views, clusters, self._triangulate(kp, norm, clusters))
@@ -316,7 +306,7 @@ class GroupFuser:
 
     def _view_errors(self, tri: Triangulated, P: int, sc: np.ndarray) -> np.ndarray:
         """``[P, V]``: the median pixel error of each person's keypoints in each view that sees it (NaN: none)."""
-        err = tri.view_px.reshape(P, N_KEYPOINTS, -1).transpose(2, 0, 1)  # type: ignore[union-attr]  # [V, P, J]
+        err = tri.view_px.reshape(P, N_KEYPOINTS, -1).transpose(2, 0, 1)  # [V, P, J]
         seen = (sc.transpose(1, 0, 2) >= self.cfg.min_score) & np.isfinite(err)
         return nan_median(np.where(seen, err, np.nan)).T
 

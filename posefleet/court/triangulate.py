@@ -57,7 +57,7 @@ class Triangulated:
     score: np.ndarray
     reprojection_px: np.ndarray
     views: np.ndarray
-    view_px: np.ndarray | None = None
+    view_px: np.ndarray
 
     @property
     def n_views(self) -> np.ndarray:
