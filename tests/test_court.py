@@ -343,3 +343,21 @@ def test_court_bench_quick_writes_its_table(tmp_path):
     assert set(multi["sync"]) == set(CAMS) and multi["sync"]["cam01"]["lag_frames"] == 0
     assert res["replay_12"]["people_per_frame"] >= 11.5 and res["replay_12"]["group_ids"] == 12
     assert "| MultiPerson | 30 | 2 |" in (tmp_path / "court.md").read_text()
+
+
+def test_a_group_placed_by_court_points_alone_fuses_with_no_calibrated_camera():
+    """A court camera with only court points (no full calibration) makes an empty rig: the fuser still builds,
+    places people on the court and fuses them (the served API made such a fuser on its first PUT)."""
+    d = _court_points()
+    points = HomographyCalibration(template=d["template"], points=d["points"])
+    fuser = GroupFuser("court", GroupSettings(court_points={"broadcast": points}))
+    (x0, y0), (x1, y1) = d["net_image_line"]
+    foot = [(x0 + x1) / 2 - 200, (y0 + y1) / 2]  # a player on side A, left of the net
+    kp = [(foot[0], foot[1] - 150, 0.9)] * 15 + [(foot[0] - 5, foot[1], 0.9), (foot[0] + 5, foot[1], 0.9)]
+    person = {"track_id": 3, "box": (foot[0] - 40, foot[1] - 180, foot[0] + 40, foot[1]), "score": 0.9,
+              "keypoints": kp}  # fmt: skip
+    result = FrameResult(stream_id="broadcast", frame_index=0, width=1920, height=1080, people=[person])
+    frame = fuser.fuse({"broadcast": result}, timestamp=0.0)
+    assert len(frame.people) == 1 and frame.people[0].court_xy is not None
+    x, y = frame.people[0].court_xy
+    assert 0 < x < 9 and 0 <= y <= 9, frame.people[0].court_xy

@@ -35,10 +35,12 @@ class Rig:
         dist = np.zeros((len(cameras), 5))
         for v, c in enumerate(cameras):
             dist[v, : min(len(c.dist), 5)] = c.dist[:5]
-        proj = np.stack([c.extrinsic for c in cameras])
+        # a group whose cameras are all placed by court points (or none yet) has an empty rig
+        stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0, *shape))  # noqa: E731
+        proj = stack([c.extrinsic for c in cameras], (3, 4))
         return cls(
-            tuple(cameras), np.stack([c.R for c in cameras]), np.stack([c.t for c in cameras]), proj,
-            np.stack([c.K for c in cameras]), dist, tuple(v for v, c in enumerate(cameras) if len(c.dist) > 5),
+            tuple(cameras), stack([c.R for c in cameras], (3, 3)), stack([c.t for c in cameras], (3,)), proj,
+            stack([c.K for c in cameras], (3, 3)), dist, tuple(v for v, c in enumerate(cameras) if len(c.dist) > 5),
             _normal_terms(proj),
         )  # fmt: skip
 
