@@ -15,6 +15,7 @@ from posefleet.court.calibration import CalibrationError, CameraCalibration, cam
 from posefleet.court.fusion import GroupFuser
 from posefleet.court.homography import HomographyCalibration, fit_homography
 from posefleet.court.settings import GroupSettings
+from posefleet.court.skeleton import BONES
 from posefleet.court.triangulate import triangulate
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.schema import FrameResult
@@ -361,3 +362,22 @@ def test_a_group_placed_by_court_points_alone_fuses_with_no_calibrated_camera():
     assert len(frame.people) == 1 and frame.people[0].court_xy is not None
     x, y = frame.people[0].court_xy
     assert 0 < x < 9 and 0 <= y <= 9, frame.people[0].court_xy
+
+
+def test_each_players_limbs_keep_their_length_in_3d(cameras, demo_results):
+    """Bones held (fusion.bones): each limb's length over the demo varies less than as triangulated, under 10%."""
+
+    def worst_cv(bones: bool) -> float:
+        settings = GroupSettings.model_validate({"fusion": {"bones": {"enabled": bones}}})
+        _, frames = _fused(cameras, demo_results, GroupFuser("room", settings, cameras))
+        cvs = []
+        for gid in {p.group_id for f in frames for p in f.people}:
+            k = np.array([p.keypoints3d for f in frames for p in f.people if p.group_id == gid and p.keypoints3d])
+            for a, b in BONES:
+                seen = (k[:, a, 3] > 0) & (k[:, b, 3] > 0)
+                lengths = np.linalg.norm(k[seen, a, :3] - k[seen, b, :3], axis=1)
+                cvs.append(lengths.std() / lengths.mean())
+        return max(cvs)
+
+    raw, held = worst_cv(False), worst_cv(True)
+    assert held < 0.10 and held < 0.6 * raw, (raw, held)

@@ -18,7 +18,8 @@ from posefleet.court.group_tracker import Candidate, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
-from posefleet.court.triangulate import Rig, Triangulated, triangulate_points
+from posefleet.court.skeleton import BoneLengths, bone_lengths, hold_lengths
+from posefleet.court.triangulate import Rig, Triangulated, nan_median, project_all, triangulate_points
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -68,6 +69,7 @@ class GroupFuser:
         self._camera_order = sorted(self.cameras)
         self._rig = Rig.of([self.cameras[s] for s in self._camera_order])  # stacked once for the batched maths
         self._essentials = essentials(list(self._rig.cameras))
+        self.bones = BoneLengths(self.cfg.bones.window, self.cfg.bones.min_samples)
 
     @property
     def streams(self) -> set[str]:
@@ -189,9 +191,14 @@ class GroupFuser:
         kp, norm = self._stacked(views)
         costs = self._pair_costs(views, kp, norm)
         clusters = [c.members for c in cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)]
-        people, candidates = self._people(views, clusters, self._triangulate(kp, norm, clusters))
+        solved = self._triangulate(views, kp, norm, clusters)
+        people, candidates, rows = self._people(views, clusters, solved)
         now = timestamp if timestamp is not None else time.time()
         ids = self.tracker.update(now, candidates)
+        if solved is not None and self.cfg.bones.enabled:
+            measured = [(gid, r) for gid, r in zip(ids, rows, strict=True) if gid is not None and r >= 0]
+            self.bones.add([gid for gid, _ in measured], solved.bones[[r for _, r in measured]])
+            self.bones.keep({t.group_id for t in self.tracker.tracks})
         kept = []
         for person, gid in zip(people, ids, strict=True):
             if gid is not None:
@@ -208,9 +215,10 @@ class GroupFuser:
 
     def _people(
         self, views: dict[str, View], clusters: list[dict[str, int]], solved: Solved | None
-    ) -> tuple[list[GroupPerson], list[Candidate]]:
+    ) -> tuple[list[GroupPerson], list[Candidate], list[int]]:
         """Each cluster as a person (3D where it was triangulated, its court position from its 3D feet, else hips,
-        else any joint, else its views' ground points), and as a candidate for the group tracker (those placed)."""
+        else any joint, else its views' ground points), and as a candidate for the group tracker (those placed),
+        with its row in ``solved`` (-1: no 3D)."""
         K = len(clusters)
         row = np.full(K, -1)
         xy = np.full((K, 2), np.nan)
@@ -246,7 +254,7 @@ class GroupFuser:
         out = self.outside(xy)
         outs = [None] * K if out is None else out.tolist()
         court = np.round(xy, 3).tolist()
-        people, candidates = [], []
+        people, candidates, rows = [], [], []
         for k in range(K):
             view_ids = {s: int(views[s].track_ids[i]) for s, i in members[k].items()}
             if not placed[k]:
@@ -258,12 +266,16 @@ class GroupFuser:
                 n_views=n_views[k],
             ))  # fmt: skip
             candidates.append(Candidate(xy[k], view_ids, len(members[k])))
-        return people, candidates
+            rows.append(int(row[k]))
+        return people, candidates, rows
 
-    def _triangulate(self, kp: np.ndarray, norm: np.ndarray, clusters: list[dict[str, int]]) -> Solved | None:
+    def _triangulate(
+        self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray, clusters: list[dict[str, int]]
+    ) -> Solved | None:
         """Every person seen by two or more calibrated cameras triangulated in one batch (None: nobody). A view
         whose person reprojects further than ``max_view_px`` (median) was another person: it is dropped and that
-        person solved again; a person whose two views disagree gets no 3D."""
+        person solved again; a person whose two views disagree gets no 3D. A person who was one player on the last
+        frame has its limbs fitted to that player's bone lengths (:mod:`posefleet.court.skeleton`)."""
         order = self._camera_order
         people = [k for k, m in enumerate(clusters) if sum(s in self.cameras for s in m) >= 2]
         if not people:
@@ -298,11 +310,35 @@ class GroupFuser:
         solved = np.flatnonzero(n_views.any(axis=1))
         if not len(solved):
             return None
+        points, reproj = tri.points.reshape(P, J, 3)[solved], tri.reprojection_px.reshape(P, J)[solved]
+        measured = bone_lengths(points)
+        if cfg.bones.enabled:
+            last = [self._last_player(views, clusters[people[p]]) for p in solved.tolist()]
+            held = self.bones.estimate(last)
+            if np.isfinite(held).any():
+                points = hold_lengths(points, held, cfg.bones.tolerance)
+                used = tri.views.reshape(P, J, V)[solved]
+                reproj = self._reprojection(points, pix.transpose(0, 2, 1, 3)[solved], used)
         return Solved(
-            people=[people[p] for p in solved.tolist()], points=tri.points.reshape(P, J, 3)[solved],
-            score=tri.score.reshape(P, J)[solved], reprojection_px=tri.reprojection_px.reshape(P, J)[solved],
-            n_views=n_views[solved], dropped=[dropped[p] for p in solved.tolist()],
+            people=[people[p] for p in solved.tolist()], points=points, score=tri.score.reshape(P, J)[solved],
+            reprojection_px=reproj, n_views=n_views[solved], dropped=[dropped[p] for p in solved.tolist()],
+            bones=measured,
         )  # fmt: skip
+
+    def _last_player(self, views: dict[str, View], members: dict[str, int]) -> int | None:
+        """The group id this person's camera tracks had on the last frame (None: none had one, or they differ)."""
+        ids = {self._last_views.get((s, int(views[s].track_ids[i]))) for s, i in members.items()} - {None}
+        return ids.pop() if len(ids) == 1 else None
+
+    def _reprojection(self, points: np.ndarray, pixels: np.ndarray, used: np.ndarray) -> np.ndarray:
+        """``[P, J]`` the mean pixel error of ``points [P, J, 3]`` in the views ``used [P, J, V]`` of their
+        ``pixels [P, J, V, 2]`` (NaN where no point)."""
+        P, J, V = used.shape
+        px, _ = project_all(self._rig, points.reshape(P * J, 3))  # [V, P*J, 2]
+        err = np.linalg.norm(px.transpose(1, 0, 2).reshape(P, J, V, 2) - pixels, axis=3)
+        n = used.sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, np.where(used, err, 0.0).sum(axis=2) / n, np.nan)
 
     def _view_errors(self, tri: Triangulated, P: int, sc: np.ndarray) -> np.ndarray:
         """``[P, V]``: the median pixel error of each person's keypoints in each view that sees it (NaN: none)."""
@@ -323,12 +359,5 @@ class Solved:
     reprojection_px: np.ndarray
     n_views: np.ndarray
     dropped: list[set[str]] = field(default_factory=list)
+    bones: np.ndarray | None = None  # [P, B] each bone's length as triangulated, before it was held
 
-
-def nan_median(values: np.ndarray) -> np.ndarray:
-    """The median over the last axis, NaNs left out (NaN where all are): numpy's nanmedian is ~1 ms here."""
-    s = np.sort(values, axis=-1)  # NaN sorts last
-    n = np.isfinite(values).sum(axis=-1, keepdims=True)
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis=-1)
-    hi = np.take_along_axis(s, np.maximum(n // 2, 0), axis=-1)
-    return np.where(n > 0, (lo + hi) / 2, np.nan)[..., 0]

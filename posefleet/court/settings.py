@@ -8,6 +8,21 @@ from posefleet.court.calibration import CameraCalibration
 from posefleet.court.homography import HomographyCalibration
 
 
+class BonesConfig(BaseModel):
+    """A player's arm and leg bones keep their length in 3D (posefleet/court/skeleton.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        True, description="fit each 3D pose to its player's bone lengths (the median of its recent measurements)"
+    )
+    window: int = Field(60, ge=1, description="a player's last measurements of a bone that its length is taken from")
+    min_samples: int = Field(5, ge=1, description="measurements of a bone before its length is held")
+    tolerance: float = Field(
+        0.05, ge=0.0, lt=1.0, description="a bone may measure this fraction more or less than its held length"
+    )
+
+
 class FusionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +51,7 @@ class FusionConfig(BaseModel):
         0.5, gt=0.0, le=1.0, description="the association cost of two views that were one person a frame ago, scaled"
     )
     court_margin_m: float = Field(1.0, ge=0.0, description="a player this far beyond the lines is still on court")
+    bones: BonesConfig = Field(default_factory=BonesConfig)
 
 
 class GroupSettings(BaseModel):

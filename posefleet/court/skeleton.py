@@ -1,0 +1,77 @@
+"""A player's limbs keep their length: each group id's arm and leg bones estimated over time (the median of the
+lengths its triangulated joints gave lately), and each new 3D pose fitted to them.
+
+Triangulated joints jitter along the bone as much as across it, so a forearm seen by four cameras measures
+20% longer or shorter from frame to frame. A person's bones do not change: once a player has enough samples,
+each child joint (elbow, wrist, knee, ankle) is placed on the sphere of its bone's length around its parent,
+at the point nearest to where it was triangulated. The direction the views saw is kept; only the length is
+held. Plain numpy, no state but the samples (``BoneLengths``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from posefleet.court.triangulate import nan_median
+
+# (parent, child) COCO joints, each child after its parent: shoulder -> elbow -> wrist, hip -> knee -> ankle
+BONES: tuple[tuple[int, int], ...] = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
+BONE_NAMES = ("upper arm L", "forearm L", "upper arm R", "forearm R", "thigh L", "shank L", "thigh R", "shank R")
+_PARENT = np.array([a for a, _ in BONES])
+_CHILD = np.array([b for _, b in BONES])
+
+
+def bone_lengths(points: np.ndarray) -> np.ndarray:
+    """``points [P, J, 3]`` (NaN where a joint is missing) -> each bone's length ``[P, B]`` (NaN: not seen)."""
+    return np.linalg.norm(points[:, _CHILD] - points[:, _PARENT], axis=2)
+
+
+def hold_lengths(points: np.ndarray, lengths: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """``points [P, J, 3]`` with each bone's child placed within ``tolerance`` (a fraction) of ``lengths [P, B]``
+    from its (already placed) parent, along the direction it was seen in; a NaN length, or a joint missing, leaves
+    the child where it is."""
+    out = points.copy()
+    for b, (parent, child) in enumerate(BONES):
+        d = out[:, child] - out[:, parent]
+        n = np.linalg.norm(d, axis=1)
+        ok = np.isfinite(lengths[:, b]) & np.isfinite(n) & (n > 1e-9)
+        if ok.any():
+            length = np.clip(n[ok], lengths[ok, b] * (1 - tolerance), lengths[ok, b] * (1 + tolerance))
+            out[ok, child] = out[ok, parent] + d[ok] * (length / n[ok])[:, None]
+    return out
+
+
+class BoneLengths:
+    """Each group id's last ``window`` measured lengths a bone; its estimate is their median once it has
+    ``min_samples`` of them (NaN before)."""
+
+    def __init__(self, window: int, min_samples: int) -> None:
+        self.window, self.min_samples = window, min_samples
+        self.samples: dict[int, np.ndarray] = {}  # group id -> [window, B], NaN where none yet
+        self.at: dict[int, int] = {}  # group id -> the next row written (a ring)
+
+    def estimate(self, ids: list[int | None]) -> np.ndarray:
+        """``[P, B]`` the lengths held for each id (NaN: unknown id, or too few samples of that bone)."""
+        out = np.full((len(ids), len(BONES)), np.nan)
+        rows = [p for p, gid in enumerate(ids) if gid in self.samples]
+        if rows:
+            s = np.stack([self.samples[ids[p]] for p in rows]).transpose(0, 2, 1)  # type: ignore[index]
+            enough = np.isfinite(s).sum(axis=2) >= self.min_samples
+            out[rows] = np.where(enough, nan_median(s), np.nan)
+        return out
+
+    def add(self, ids: list[int], lengths: np.ndarray) -> None:
+        """Each id's measured ``lengths [P, B]`` (NaN where the bone was not seen) join its samples."""
+        for gid, row in zip(ids, lengths, strict=True):
+            if not np.isfinite(row).any():
+                continue
+            if gid not in self.samples:
+                self.samples[gid], self.at[gid] = np.full((self.window, len(BONES)), np.nan), 0
+            at = self.at[gid]
+            self.samples[gid][at] = np.where(np.isfinite(row), row, self.samples[gid][at])
+            self.at[gid] = (at + 1) % self.window
+
+    def keep(self, ids: set[int]) -> None:
+        """Forget the players no longer tracked."""
+        for gid in set(self.samples) - ids:
+            del self.samples[gid], self.at[gid]
+
