@@ -6,8 +6,9 @@ person in one demo and two in the other) and beside Pose2Sim's own association a
 1. posefleet's 2D (the default preset) on every camera, in process;
 2. whether the cameras start in sync: each camera's frames shifted against cam01's, the offset whose two-view
    triangulation reprojects best (0 everywhere: in sync);
-3. posefleet's fusion: group ids, reprojection error (median, p90), limb-length coefficient of variation,
-   CPU-ms per group frame; and at 4 cameras x 12 people, the demo's real 3D poses replayed at 12 places;
+3. posefleet's fusion: group ids, reprojection error (median, p90), limb-length coefficient of variation (with
+   each player's bone lengths held, the default, and as triangulated), CPU-ms per group frame; and at 4 cameras
+   x 12 people, the demo's real 3D poses replayed at 12 places;
 4. Pose2Sim 0.10.49's association and triangulation of the same 2D (OpenPose JSON, our calibration written as
    its TOML), run with the interpreter of an environment holding the ``pose2sim`` extra (``--pose2sim-python``,
    or ``POSEFLEET_POSE2SIM_PYTHON``); its reprojection error and the distance between the two 3D results.
@@ -77,8 +78,10 @@ def run_2d(folder: Path, frames: int | None, preset: str = "balanced") -> list[d
     return rounds
 
 
-def fuse(cameras: dict[str, Camera], rounds: list[dict[str, FrameResult]]) -> list[GroupFrame]:
-    fuser = GroupFuser("room", GroupSettings(), cameras)
+def fuse(cameras: dict[str, Camera], rounds: list[dict[str, FrameResult]], bones: bool = True) -> list[GroupFrame]:
+    """The group's frames; ``bones``: with each player's bone lengths held (the default), else as triangulated."""
+    settings = GroupSettings.model_validate({"fusion": {"bones": {"enabled": bones}}})
+    fuser = GroupFuser("room", settings, cameras)
     return [fuser.fuse({s: r.model_copy(deep=True) for s, r in rs.items()}, i / FPS) for i, rs in enumerate(rounds)]
 
 
@@ -258,17 +261,20 @@ def compare(cameras: dict[str, Camera], rounds: list[dict[str, FrameResult]], fu
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lines = ["| demo | frames | group ids | people/frame | reproj median px | p90 px | worst limb CV | fusion ms |"
-             " same views: posefleet median / p90 px | Pose2Sim median / p90 px | Pose2Sim worst limb CV |"
+    lines = ["| demo | frames | group ids | people/frame | reproj median px | p90 px |"
+             " worst limb CV: held / as triangulated | fusion ms | same views: posefleet median / p90 px |"
+             " Pose2Sim median / p90 px | Pose2Sim worst limb CV |"
              " median 3D distance to Pose2Sim mm |", "|" + "---|" * 12]  # fmt: skip
     for demo, r in res["demos"].items():
         f, p = r["fusion"], r.get("pose2sim", {})
         worst = max(f["limb_cv_max"].items(), key=lambda kv: kv[1]) if f["limb_cv_max"] else ("-", 0)
+        unheld = f.get("limb_cv_max_unheld") or {}
+        raw = "{1:.3f} ({0})".format(*max(unheld.items(), key=lambda kv: kv[1])) if unheld else "-"
         theirs = p.get("pose2sim_limb_cv_max") or {}
         their_worst = "{1:.3f} ({0})".format(*max(theirs.items(), key=lambda kv: kv[1])) if theirs else "-"
         lines.append(
             f"| {demo} | {f['frames']} | {f['group_ids']} | {f['people_per_frame']} | {f['reproj_median_px']} | "
-            f"{f['reproj_p90_px']} | {worst[1]:.3f} ({worst[0]}) | {f['fusion_ms_median']} | "
+            f"{f['reproj_p90_px']} | {worst[1]:.3f} ({worst[0]}) / {raw} | {f['fusion_ms_median']} | "
             f"{p.get('posefleet_reproj_median_px_same_views', '-')} / "
             f"{p.get('posefleet_reproj_p90_px_same_views', '-')} | "
             f"{p.get('pose2sim_reproj_median_px', p.get('skipped', str(p.get('error', '-'))[-60:]))} / "
@@ -313,6 +319,8 @@ def main() -> None:
             fused = fuse(cameras, rounds)
             replayed = replayed or (cameras, fused)
             res["demos"][demo] = {"fusion": fusion_stats(fused), "sync": sync_offsets(cameras, rounds, fused)}
+            unheld = fusion_stats(fuse(cameras, rounds, bones=False))["limb_cv_max"]
+            res["demos"][demo]["fusion"]["limb_cv_max_unheld"] = unheld
             bar.update(1)
             if python:
                 # Pose2Sim's single-person association fails on COCO-17 (IndexError in 0.10.49): multi-person for both

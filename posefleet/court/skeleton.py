@@ -18,6 +18,7 @@ BONES: tuple[tuple[int, int], ...] = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13),
 BONE_NAMES = ("upper arm L", "forearm L", "upper arm R", "forearm R", "thigh L", "shank L", "thigh R", "shank R")
 _PARENT = np.array([a for a, _ in BONES])
 _CHILD = np.array([b for _, b in BONES])
+_LEVELS = (np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7]))  # bones from the torso, then the bones below them
 
 
 def bone_lengths(points: np.ndarray) -> np.ndarray:
@@ -28,15 +29,17 @@ def bone_lengths(points: np.ndarray) -> np.ndarray:
 def hold_lengths(points: np.ndarray, lengths: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     """``points [P, J, 3]`` with each bone's child placed within ``tolerance`` (a fraction) of ``lengths [P, B]``
     from its (already placed) parent, along the direction it was seen in; a NaN length, or a joint missing, leaves
-    the child where it is."""
+    the child where it is. Bones from the torso first, then the ones hanging from them: two batched steps."""
     out = points.copy()
-    for b, (parent, child) in enumerate(BONES):
-        d = out[:, child] - out[:, parent]
-        n = np.linalg.norm(d, axis=1)
-        ok = np.isfinite(lengths[:, b]) & np.isfinite(n) & (n > 1e-9)
-        if ok.any():
-            length = np.clip(n[ok], lengths[ok, b] * (1 - tolerance), lengths[ok, b] * (1 + tolerance))
-            out[ok, child] = out[ok, parent] + d[ok] * (length / n[ok])[:, None]
+    for level in _LEVELS:
+        parent, child = out[:, _PARENT[level]], out[:, _CHILD[level]]
+        d = child - parent
+        n = np.linalg.norm(d, axis=2)
+        target = lengths[:, level]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.clip(n, target * (1 - tolerance), target * (1 + tolerance)) / n
+        ok = np.isfinite(ratio)
+        out[:, _CHILD[level]] = np.where(ok[..., None], parent + d * np.where(ok, ratio, 1.0)[..., None], child)
     return out
 
 
