@@ -154,7 +154,7 @@ def test_killed_stream_workers_restore_their_streams_and_streams_continue(server
             jobs,
             fps=6,
             max_inflight=2,
-            max_frames=100,
+            max_frames=130,  # after the second kill, 85 frames (14 s) for its worker to come back: 7 s seen under CI
             progress=False,
             keep=True,
             token=TOKEN,
@@ -163,7 +163,7 @@ def test_killed_stream_workers_restore_their_streams_and_streams_continue(server
     )
     thread.join()
     for r in reports:
-        late = [x.frame_index for x in r.results if x.frame_index >= 85]
+        late = [x.frame_index for x in r.results if x.frame_index >= 115]
         assert late, f"{r.stream} stopped being served: {r.line()}"  # every stream continues
         # retry-later, or a frame abandoned while its worker restarted; never 500 or a hang
         unexpected = {code: n for code, n in r.errors.items() if code not in (503, 409)}
