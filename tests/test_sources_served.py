@@ -155,6 +155,7 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
         before = source(url, cam)["frames"]
         camera.kill()  # one client a camera server: let the restarted actor be the one it serves
         camera.wait()
+        assert wait_until(lambda: source(url, cam)["state"] != "running", 30)  # it reads no more frames
         hooked = lambda: {r["frame_index"] for r in server["webhook"].results() if r["stream_id"] == cam}  # noqa: E731
         sunk = lambda: {r["frame_index"] for r in sink_lines(server["sink"], cam)}  # noqa: E731
         # what the source's webhook holds (at most its interval's worth) goes with it: let it be sent first
@@ -162,8 +163,8 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
                                                                         source(url, cam)["webhook"])  # fmt: skip
         # the source's status shows its own webhook's figures: it sent them. Not counted to the result: in about one
         # run in four here (under load, with retries) the receiver held a frame or two more than the source counted
-        figures = source(url, cam)["webhook"]
-        assert figures["sent"] >= 0.8 * len(sunk()), (figures, len(sunk()))
+        figures, checked = source(url, cam)["webhook"], sunk()
+        assert figures["sent"] >= 0.8 * len(checked), (figures, len(checked))
         ray.kill(named_actor(f"source-{cam}"), no_restart=False)
         camera = camera_server(port, kind, tmp_path)
         assert wait_until(lambda: source(url, cam)["frames"] >= 20, 60)  # counts anew after restart
@@ -185,7 +186,9 @@ def test_a_camera_pulled_by_the_cluster_gives_tracked_poses_in_the_sinks(
         assert any(r["people"] for r in lines)
         # the webhook (which refused the first batches) got the same results, batched
         hook = server["webhook"]
-        assert wait_until(lambda: hooked() >= set(indices), 30), sorted(set(indices) - hooked())
+        # but for a frame or two the killed source had in flight after the check above: their lines went with it
+        in_flight = set(range(max(checked) + 1, max(checked) + 3))
+        assert wait_until(lambda: hooked() >= set(indices) - in_flight, 30), sorted(set(indices) - hooked())
         assert len(hook.requests) <= len(hook.results()) / 2  # batched: 15 FPS, a batch every 0.2 s
     finally:
         camera.kill()
