@@ -19,7 +19,7 @@ from posefleet.court.homography import CourtTemplate, Homography, court_template
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, Triangulated, nan_median, project_all, triangulate_points
+from posefleet.court.triangulate import Rig, Triangulated, nan_median, pixel_errors, triangulate_points
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -311,8 +311,9 @@ class GroupFuser:
         if not len(solved):
             return None
         points, reproj = tri.points.reshape(P, J, 3)[solved], tri.reprojection_px.reshape(P, J)[solved]
-        measured = bone_lengths(points)
+        measured = None
         if cfg.bones.enabled:
+            measured = bone_lengths(points)
             last = [self._last_player(views, clusters[people[p]]) for p in solved.tolist()]
             held = self.bones.estimate(last)
             if np.isfinite(held).any():
@@ -334,8 +335,7 @@ class GroupFuser:
         """``[P, J]`` the mean pixel error of ``points [P, J, 3]`` in the views ``used [P, J, V]`` of their
         ``pixels [P, J, V, 2]`` (NaN where no point)."""
         P, J, V = used.shape
-        px, _ = project_all(self._rig, points.reshape(P * J, 3))  # [V, P*J, 2]
-        err = np.linalg.norm(px.transpose(1, 0, 2).reshape(P, J, V, 2) - pixels, axis=3)
+        err = pixel_errors(self._rig, points.reshape(P * J, 3), pixels.reshape(P * J, V, 2))[0].reshape(P, J, V)
         n = used.sum(axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, np.where(used, err, 0.0).sum(axis=2) / n, np.nan)

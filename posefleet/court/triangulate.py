@@ -121,10 +121,9 @@ def triangulate_points(
     todo = np.flatnonzero(used.sum(axis=1) >= min_views)  # the points (re)solved this round
     while len(todo):
         points[todo] = _dlt(rig, norm[todo], np.where(used[todo], score[todo], 0.0))
-        px, depth = project_all(rig, points[todo])  # [V, m, 2], [V, m]
-        err = np.linalg.norm(px.transpose(1, 0, 2) - pixels[todo], axis=2)  # [m, V]
+        err, depth = pixel_errors(rig, points[todo], pixels[todo])  # [m, V]
         view_px[todo] = err
-        errors[todo] = np.where(used[todo], np.where(depth.T > 0, err, np.inf), np.nan)
+        errors[todo] = np.where(used[todo], np.where(depth > 0, err, np.inf), np.nan)
         worst = np.where(used[todo], np.nan_to_num(errors[todo], nan=-1.0), -1.0)
         bad = (worst.max(axis=1) > outlier_px) & (used[todo].sum(axis=1) > min_views)
         todo, worst = todo[bad], worst[bad]
@@ -155,6 +154,13 @@ def triangulate(
     norm = np.stack([c.normalised(kp[v, :, :2]) for v, c in enumerate(cameras)], axis=1)  # [J, V, 2]
     return triangulate_points(cameras, kp[..., :2].transpose(1, 0, 2), kp[..., 2].T, norm, min_score, outlier_px,
                               min_views)  # fmt: skip
+
+
+def pixel_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How far ``points [M, 3]`` project from where each view saw them, ``pixels [M, V, 2]``: errors ``[M, V]``
+    (px) and depths ``[M, V]``."""
+    px, depth = project_all(rig, points)
+    return np.linalg.norm(px.transpose(1, 0, 2) - pixels, axis=2), depth.T
 
 
 def project_all(cameras: Sequence[Camera] | Rig, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
