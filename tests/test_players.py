@@ -202,3 +202,22 @@ def test_new_settings_keep_the_tracks_and_their_carried_keypoints(engine: LocalM
     assert carried and state.tracker.active()
     state.configure(StreamSettings(roi=[[0, 0], [426, 0], [426, 240], [0, 240]]))
     assert state.keypoints.keys() == carried.keys() and state.keypoint_boxes and state.roi is not None
+
+
+def test_a_person_seen_by_several_regions_keeps_the_sharpest_copy_and_the_best_score() -> None:
+    """The whole frame (coarse) and a tile (sharp) both see one person; the coarse copy scores higher. The
+    merge keeps the tile's box and keypoints with the better score, and a second person apart from them."""
+    from posefleet.pipeline.detector import Detections
+
+    decoder = detector().decoder
+    person = np.array([[100, 100, 160, 260]], np.float32)
+    kps_coarse, kps_sharp = np.full((1, 17, 3), 0.5, np.float32), np.full((1, 17, 3), 0.6, np.float32)
+    kps_coarse[..., :2], kps_sharp[..., :2] = 120.0, 130.0
+    boxes, kps = np.concatenate([person + 4, [[400, 100, 460, 260]]]), np.concatenate([kps_coarse, kps_coarse + 300])
+    coarse = Detections(boxes, np.array([0.6, 0.3], np.float32), kps, detail=np.full(2, 0.25, np.float32))
+    sharp = Detections(person, np.array([0.4], np.float32), kps_sharp, detail=np.full(1, 1.0, np.float32))
+    merged = decoder.merge([coarse, sharp], 640, 480)
+    assert len(merged) == 2
+    assert merged.boxes[0].tolist() == person[0].tolist()
+    assert merged.keypoints is not None and merged.keypoints[0, 0, 0] == 130.0
+    assert merged.scores.tolist() == pytest.approx([0.6, 0.3])

@@ -29,13 +29,15 @@ class Detections:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     keypoints: np.ndarray | None = None  # [N, 17, 3] when the detector gives them
     capacity: int | None = None  # the most people the model call that made these can return
+    detail: np.ndarray | None = None  # per detection, its region's scale (model input px per frame px)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, idx: np.ndarray) -> Detections:
         kps = None if self.keypoints is None else self.keypoints[idx]
-        return Detections(self.boxes[idx], self.scores[idx], kps)
+        detail = None if self.detail is None else self.detail[idx]
+        return Detections(self.boxes[idx], self.scores[idx], kps, detail=detail)
 
     @staticmethod
     def concat(parts: list[Detections]) -> Detections:
@@ -45,7 +47,9 @@ class Detections:
         kps = None
         if all(p.keypoints is not None for p in parts):
             kps = np.concatenate([p.keypoints for p in parts])  # type: ignore[misc]
-        return Detections(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]), kps)
+        detail = np.concatenate([np.zeros(len(p), np.float32) if p.detail is None else p.detail for p in parts])
+        boxes, scores = np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts])
+        return Detections(boxes, scores, kps, detail=detail)
 
 
 class DetectorDecoder(ABC):
@@ -117,8 +121,8 @@ class DetectorDecoder(ABC):
         dets.boxes = geometry.clip_boxes(dets.boxes, w, h)
         sizes = dets.boxes[:, 2:] - dets.boxes[:, :2]
         dets = dets.take(np.flatnonzero((sizes > 1).all(axis=1)))
-        keep = geometry.nms(dets.boxes, dets.scores, self.cfg.nms_iou, self.cfg.max_people)
-        dets = dets.take(keep)
+        keep = geometry.nms_sharpest(dets.boxes, dets.scores, dets.detail, self.cfg.nms_iou)
+        dets = dets.take(keep[: self.cfg.max_people])
         max_contained = self.cfg.tiling.max_contained
         if len(parts) > 1 and max_contained < 1.0 and len(dets) > 1:  # regions overlap: people cut by an edge
             dets = dets.take(np.sort(geometry.suppress_contained(dets.boxes, dets.scores, max_contained)))
@@ -228,6 +232,7 @@ def detect_regions(
         pending = {}
         for (k, r), (_, lbs), out in zip(jobs, prepared, outs, strict=True):
             dets = decoder.decode(out, lbs[0])
+            dets.detail = np.full(len(dets), r.scale, np.float32)
             parts[k].append(dets)
             room = r.split_depth < scan.max_splits and min(r.x1 - r.x0, r.y1 - r.y0) >= 64
             if scan.split_full and room and decoder.full(dets):

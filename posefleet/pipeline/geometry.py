@@ -162,6 +162,28 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, max_keep: int | None 
     return keep[:max_keep] if max_keep else keep
 
 
+def nms_sharpest(boxes: np.ndarray, scores: np.ndarray, detail: np.ndarray | None, iou: float) -> np.ndarray:
+    """Greedy NMS, best score first, where each person kept is the sharpest of its duplicates: the copy its
+    region showed largest (``detail``, model input px per frame px; ties to the score), ranked by the group's
+    best score. Overlapping regions (the whole frame and its tiles) see one person at several scales, and
+    the best-scored copy is often the coarsest, with the least exact keypoints."""
+    if detail is None or len(boxes) < 2:
+        return nms(boxes, scores, iou)
+    overlap = iou_matrix(boxes, boxes)
+    taken = np.zeros(len(boxes), bool)
+    keep: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if taken[i]:
+            continue
+        group = np.flatnonzero(~taken & (overlap[i] > iou))
+        group = group if len(group) else np.array([i])
+        taken[group] = True
+        best = group[np.lexsort((-scores[group], -detail[group]))[0]]
+        scores[best] = scores[i]
+        keep.append(int(best))
+    return np.array(keep, dtype=np.int64)
+
+
 def suppress_contained(boxes: np.ndarray, scores: np.ndarray, max_ios: float) -> np.ndarray:
     """Indices kept when a box lying mostly inside a better-scored one (intersection over the smaller
     area above ``max_ios``) is dropped: on tiled frames a person cut by a tile edge yields a partial box
