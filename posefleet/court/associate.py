@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -58,6 +59,12 @@ def essentials(cameras: list[Camera]) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=16)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unordered pairs of ``n`` views (numpy builds them in ~0.1 ms; a group's view count rarely changes)."""
+    return np.triu_indices(n, 1)
+
+
 def epipolar_costs(E: np.ndarray, norm: np.ndarray, score: np.ndarray, min_score: float,
                    min_joints: int = 3) -> np.ndarray:  # fmt: skip
     """Every pair of views at once: ``norm [V, N, J, 3]`` (each view's people, undistorted, normalised and
@@ -66,12 +73,13 @@ def epipolar_costs(E: np.ndarray, norm: np.ndarray, score: np.ndarray, min_score
     :data:`UNMATCHED` where fewer than ``min_joints`` are shared. Each unordered pair is computed once (the
     distance is symmetric: ``E[b, a] = E[a, b]^T``), joints leading so the products are batched matmuls."""
     V, N = norm.shape[:2]
-    ia, ib = np.triu_indices(V, 1)
+    ia, ib = _pairs(V)
     pair_E = E[ia, ib]  # [P, 3, 3]
     x = norm.transpose(0, 2, 1, 3)  # [V, J, N, 3]
     xa, xb = x[ia], x[ib]  # [P, J, N, 3]
-    lb = xa @ pair_E.transpose(0, 2, 1)[:, None]  # epipolar lines in b of a's points [P, J, N, 3]
-    la = xb @ pair_E[:, None]  # in a of b's points [P, J, M, 3]
+    # one matmul a pair over all its joints and people (a batch of 3x3 products costs per matrix)
+    lb = (xa.reshape(len(ia), -1, 3) @ pair_E.transpose(0, 2, 1)).reshape(xa.shape)  # lines in b of a's points
+    la = (xb.reshape(len(ia), -1, 3) @ pair_E).reshape(xb.shape)  # in a of b's points [P, J, M, 3]
     num = np.abs(lb @ xb.swapaxes(-1, -2))  # |x_b . (E x_a)| [P, J, N, M]
     seen = (score * (score >= min_score)).transpose(0, 2, 1)  # [V, J, N]
     w = np.minimum(seen[ia][..., :, None], seen[ib][..., None, :])  # [P, J, N, M]

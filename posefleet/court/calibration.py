@@ -100,19 +100,6 @@ class Camera:
             return np.zeros((0, 2))
         return cv2.undistortPoints(px, self.K, self.dist).reshape(-1, 2)
 
-    def floor_of_normalised(self, norm: np.ndarray, floor_z: float | np.ndarray = 0.0) -> np.ndarray:
-        """Where the rays through undistorted points ``norm [N, 2]`` (:meth:`normalised`) meet the floor
-        ``z = floor_z`` (a height each if ``[N]``): world ``[N, 3]``; NaN where a ray runs parallel to the floor or
-        meets it behind the camera. Undistorting is the caller's: the fuser does a view's keypoints and ground
-        points in one call."""
-        rays = np.hstack([norm, np.ones((len(norm), 1))]) @ self.R  # R^T applied to each row
-        origin = self.center
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = (floor_z - origin[2]) / rays[:, 2]
-        out = origin + s[:, None] * rays
-        out[~np.isfinite(s) | (s <= 0)] = np.nan
-        return out
-
     def to_model(self) -> CameraCalibration:
         return CameraCalibration(
             size=self.size,

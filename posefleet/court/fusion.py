@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -67,6 +68,7 @@ class GroupFuser:
         self._last_views: dict[tuple[str, int], int] = {}  # (stream, track id) -> group id on the last frame
         self._checked: set[str] = set()
         self._camera_order = sorted(self.cameras)
+        self._view_index = {s: v for v, s in enumerate(self._camera_order)}
         self._rig = Rig.of([self.cameras[s] for s in self._camera_order])  # stacked once for the batched maths
         self._essentials = essentials(list(self._rig.cameras))
         self.bones = BoneLengths(self.cfg.bones.window, self.cfg.bones.min_samples)
@@ -103,13 +105,16 @@ class GroupFuser:
         people = [[p for p in r.people if not p.outside_roi] for r in results]
         flat = [p for ps in people for p in ps]
         n = len(flat)
-        kp = np.array([p.keypoints for p in flat], dtype=np.float64).reshape(n, N_KEYPOINTS, 3)
-        boxes = np.array([p.box for p in flat], dtype=np.float64).reshape(n, 4)
-        ids = np.array([p.track_id for p in flat], dtype=np.int64)
+        # numbers straight out of the people's lists: numpy's nested-sequence conversion is the slow part here
+        kp = np.fromiter(chain.from_iterable(chain.from_iterable(p.keypoints for p in flat)), np.float64,
+                         count=n * N_KEYPOINTS * 3).reshape(n, N_KEYPOINTS, 3)  # fmt: skip
+        boxes = np.fromiter(chain.from_iterable(p.box for p in flat), np.float64, count=n * 4).reshape(n, 4)
+        ids = np.fromiter((p.track_id for p in flat), np.int64, count=n)
         pixels, ankles = ground_pixels(kp, boxes, self.cfg.min_score)
-        z = self._floor_z(ankles)
         xy = np.full((n, 2), np.nan)
         norm = np.ones((n, N_KEYPOINTS, 3))
+        ground = np.full((n, 2), np.nan)
+        view = np.full(n, -1)  # each person's camera in the rig (-1: placed by court points)
         ends = np.cumsum([len(ps) for ps in people]).tolist()
         spans = [slice(end - len(ps), end) for ps, end in zip(people, ends, strict=True)]
         for result, at in zip(results, spans, strict=True):
@@ -120,20 +125,24 @@ class GroupFuser:
                 xy[at] = self.homographies[stream].to_court(pixels[at])
                 continue
             cam = self.cameras[stream]
+            view[at] = self._view_index[stream]
             if normalise:
                 both = cam.normalised(np.concatenate([kp[at, :, :2].reshape(-1, 2), pixels[at]]))
                 norm[at, :, :2] = both[: m * N_KEYPOINTS].reshape(m, N_KEYPOINTS, 2)
-                ground = both[m * N_KEYPOINTS :]
+                ground[at] = both[m * N_KEYPOINTS :]
             else:
-                ground = cam.normalised(pixels[at])
-            xy[at] = cam.floor_of_normalised(ground, z[at])[:, :2]
+                ground[at] = cam.normalised(pixels[at])
+        calibrated = view >= 0
+        if calibrated.any():  # every calibrated camera's ground points onto the floor in one batch
+            xy[calibrated] = self._rig.floor(view[calibrated], ground[calibrated], self._floor_z(ankles[calibrated]))
         out = self.outside(xy)
         placed = np.round(xy, 3).tolist()
         finite = np.isfinite(xy).all(axis=1).tolist()
         outs = [None] * n if out is None else out.tolist()
         for p, xy_p, ok, o in zip(flat, placed, finite, outs, strict=True):
-            if ok:
-                p.court_xy, p.outside_court = tuple(xy_p), o
+            if ok:  # plain attributes: these are the fuser's own results, and pydantic's checked setattr costs here
+                object.__setattr__(p, "court_xy", tuple(xy_p))
+                object.__setattr__(p, "outside_court", o)
         return {
             r.stream_id: View(r.stream_id, ids[at], kp[at], xy[at], norm[at] if r.stream_id in self.cameras else None)
             for r, at in zip(results, spans, strict=True)

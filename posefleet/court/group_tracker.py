@@ -75,7 +75,9 @@ class GroupTracker:
             return
         mean, cov = np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks])
         S = cov[:, :2, :2] + np.eye(2) * self.measure_std**2
-        K = cov[:, :, :2] @ np.linalg.inv(S)  # [N, 4, 2]
+        a, b, c, d = S[:, 0, 0], S[:, 0, 1], S[:, 1, 0], S[:, 1, 1]
+        inv = np.stack([d, -b, -c, a], axis=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]  # 2x2 by hand
+        K = cov[:, :, :2] @ inv  # [N, 4, 2]
         mean = mean + (K @ (xy - mean[:, :2])[..., None])[..., 0]
         cov = cov - K @ cov[:, :2, :]
         for t, m, c in zip(tracks, mean, cov, strict=True):

@@ -27,6 +27,7 @@ class Rig:
     dist: np.ndarray
     opencv: tuple[int, ...]
     normal_terms: np.ndarray
+    center: np.ndarray  # [V, 3] each camera's position in the world
 
     @classmethod
     def of(cls, cameras: Sequence[Camera] | Rig) -> Rig:
@@ -41,11 +42,23 @@ class Rig:
         return cls(
             tuple(cameras), stack([c.R for c in cameras], (3, 3)), stack([c.t for c in cameras], (3,)), proj,
             stack([c.K for c in cameras], (3, 3)), dist, tuple(v for v, c in enumerate(cameras) if len(c.dist) > 5),
-            _normal_terms(proj),
+            _normal_terms(proj), stack([c.center for c in cameras], (3,)),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.cameras)
+
+    def floor(self, view: np.ndarray, norm: np.ndarray, floor_z: float | np.ndarray = 0.0) -> np.ndarray:
+        """Where the rays through undistorted normalised points ``norm [N, 2]``, each seen by camera ``view [N]``,
+        meet the floor ``z = floor_z`` (a height each if ``[N]``): floor ``[N, 2]``; NaN where a ray runs parallel
+        to the floor or meets it behind its camera. Every camera's points in one batch."""
+        R, origin = self.R[view], self.center[view]
+        rays = norm[:, 0, None] * R[:, 0] + norm[:, 1, None] * R[:, 1] + R[:, 2]  # R^T (x, y, 1), each row
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = (floor_z - origin[:, 2]) / rays[:, 2]
+            out = origin[:, :2] + s[:, None] * rays[:, :2]
+        out[~np.isfinite(s) | (s <= 0)] = np.nan
+        return out
 
 
 @dataclass
@@ -120,12 +133,14 @@ def triangulate_points(
     view_px = np.full((M, V), np.nan)
     todo = np.flatnonzero(used.sum(axis=1) >= min_views)  # the points (re)solved this round
     while len(todo):
-        points[todo] = _dlt(rig, norm[todo], np.where(used[todo], score[todo], 0.0))
+        use = used[todo]
+        points[todo] = _dlt(rig, norm[todo], np.where(use, score[todo], 0.0))
         err, depth = pixel_errors(rig, points[todo], pixels[todo])  # [m, V]
         view_px[todo] = err
-        errors[todo] = np.where(used[todo], np.where(depth > 0, err, np.inf), np.nan)
-        worst = np.where(used[todo], np.nan_to_num(errors[todo], nan=-1.0), -1.0)
-        bad = (worst.max(axis=1) > outlier_px) & (used[todo].sum(axis=1) > min_views)
+        behind = np.where(depth > 0, err, np.inf)  # a point behind a camera that saw it fits no view
+        errors[todo] = np.where(use, behind, np.nan)
+        worst = np.fmax(np.where(use, behind, -1.0), -1.0)  # NaN (no point) counts as no error
+        bad = (worst.max(axis=1) > outlier_px) & (use.sum(axis=1) > min_views)
         todo, worst = todo[bad], worst[bad]
         used[todo, worst.argmax(axis=1)] = False
     with np.errstate(invalid="ignore"):
