@@ -6,6 +6,7 @@ of tests/data, twice), more than MoveNet MultiPose returns in one call (6).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -85,6 +86,66 @@ def test_crops_hold_at_most_max_people_and_cover_every_track() -> None:
     assert all(covered)
     assert len(regions) < len(boxes)  # neighbours share a crop
     assert max(r.scale for r in regions) == pytest.approx(0.8)  # 100 px people -> 80 px in the input
+
+
+def _crops_one_pair_at_a_time(boxes: np.ndarray, w: int, h: int, cfg: GuidedConfig) -> list[tuple]:
+    """The crop merging as the rule says it, a pair at a time in plain Python: grow each box by its margin; while
+    some pair of crops saves input pixels (within max_input and max_people), merge the best pair (ties: the pair
+    that became possible first); each crop seen at the scale that makes its smallest person min_person_px."""
+    boxes = boxes.astype(np.float32)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+
+    def cost(c: tuple) -> tuple[float, float]:
+        (x0, y0, x1, y1), small = c
+        s = min(cfg.max_upscale, cfg.min_person_px / max(small, 1.0))
+        return max(32.0, (x1 - x0) * s) * max(32.0, (y1 - y0) * s) + cfg.call_px, max(x1 - x0, y1 - y0) * s
+
+    def gain(a: tuple, b: tuple) -> tuple[float, tuple] | None:
+        (ra, sa), (rb, sb) = a, b
+        rect = (min(ra[0], rb[0]), min(ra[1], rb[1]), max(ra[2], rb[2]), max(ra[3], rb[3]))
+        merged = (rect, min(sa, sb))
+        people = sum(rect[0] <= x < rect[2] and rect[1] <= y < rect[3] for x, y in centres.tolist())
+        saved = cost(a)[0] + cost(b)[0] - cost(merged)[0]
+        ok = cost(merged)[1] <= cfg.max_input and people <= cfg.max_people and saved > 0
+        return (saved, merged) if ok else None
+
+    live: dict[int, tuple] = {}
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        bh = max(float(y1 - y0), 1.0)
+        m = cfg.margin * bh
+        rect = (max(0, math.floor(x0 - m)), max(0, math.floor(y0 - m)),
+                min(w, math.ceil(x1 + m)), min(h, math.ceil(y1 + m)))  # fmt: skip
+        if rect[2] - rect[0] >= 2 and rect[3] - rect[1] >= 2:  # a crop with no area in the frame: none
+            live[i] = (tuple(float(v) for v in rect), bh)
+    pairs = {(i, j): g for i in live for j in live if i < j and (g := gain(live[i], live[j]))}
+    nxt = len(boxes)
+    while pairs:
+        (i, j), (_, merged) = max(pairs.items(), key=lambda item: item[1][0])
+        del live[i], live[j]
+        pairs = {k: v for k, v in pairs.items() if i not in k and j not in k}
+        pairs |= {(k, nxt): g for k in live if (g := gain(live[k], merged))}
+        live[nxt], nxt = merged, nxt + 1
+    return sorted((tuple(math.floor(v) for v in rect), small) for rect, small in live.values())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crops_merge_as_the_rule_says_ties_included(seed: int) -> None:
+    """crop_regions does the greedy merging in arrays: the same crops as the rule done a pair at a time, on rows of
+    equal people (every pair ties with its neighbours) and on scattered ones."""
+    rng = np.random.default_rng(seed)
+    cfg = GuidedConfig(enabled=True, max_people=int(rng.integers(2, 5)), min_person_px=80, margin=0.3)
+    for trial in range(40):
+        n = int(rng.integers(1, 14))
+        if trial % 2:
+            k, tall = int(rng.integers(1, 6)), float(rng.choice([60, 100, 140]))
+            x, y = 100 + 60 * (np.arange(n) % k), 150 + 170 * (np.arange(n) // k)
+            boxes = np.c_[x, y, x + 40, y + tall].astype(float)
+        else:
+            xy = np.c_[rng.uniform(0, 1700, n), rng.uniform(0, 900, n)]
+            boxes = np.c_[xy, xy + rng.uniform(20, 200, (n, 2))]
+        got = sorted(((r.x0, r.y0, r.x1, r.y1), r.scale) for r in crop_regions(boxes, 1920, 1080, cfg))
+        want = _crops_one_pair_at_a_time(boxes, 1920, 1080, cfg)
+        assert [rect for rect, _ in got] == [rect for rect, _ in want]
 
 
 def test_scan_tiles_grow_finer_for_smaller_people_and_splits_keep_the_scale() -> None:

@@ -92,10 +92,18 @@ def _assign(cost: np.ndarray, thresh: float) -> tuple[list[tuple[int, int]], lis
     return matches, [i for i in range(rows) if i not in mr], [j for j in range(cols) if j not in mc]
 
 
+def track_boxes(tracks: list[Track]) -> np.ndarray:
+    """``[N, 4]`` the tracks' boxes (x1, y1, x2, y2) from their states, in one batch (a track's own ``box`` is a
+    few numpy calls, and the tracker asks for all of them many times a frame)."""
+    if not tracks:
+        return np.zeros((0, 4), np.float32)
+    return xyah_to_tlbr(np.stack([t.mean for t in tracks]))
+
+
 def _iou_cost(tracks: list[Track], boxes: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
     if not tracks or len(boxes) == 0:
         return np.zeros((len(tracks), len(boxes)))
-    sim = iou_matrix(np.stack([t.box for t in tracks]), boxes).astype(np.float64)
+    sim = iou_matrix(track_boxes(tracks), boxes).astype(np.float64)
     if scores is not None:  # ByteTrack's fuse_score
         sim = sim * scores[None, :]
     return 1.0 - sim
@@ -165,7 +173,7 @@ class ByteTracker:
         """Reference ``remove_duplicate_stracks``: a tracked/lost pair over 0.85 IoU keeps the older."""
         if not self.tracked or not self.lost:
             return
-        iou = iou_matrix(np.stack([t.box for t in self.tracked]), np.stack([t.box for t in self.lost]))
+        iou = iou_matrix(track_boxes(self.tracked), track_boxes(self.lost))
         drop_t, drop_l = set(), set()
         for p, q in zip(*np.nonzero(iou > 0.85), strict=True):
             a, b = self.tracked[p], self.lost[q]
@@ -252,7 +260,7 @@ class ByteTracker:
         mean[~moving, 7] = 0.0
         predicted, _ = _KF.multi_predict(mean, cov)
         predicted = np.where(np.array([t.is_activated for t in tracks])[:, None], predicted, mean)
-        return np.stack([xyah_to_tlbr(m) for m in predicted]).astype(np.float32)
+        return xyah_to_tlbr(predicted)
 
     # -- frames between detections --------------------------------------------------------
     def carry(self) -> list[Track]:

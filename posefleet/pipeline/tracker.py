@@ -22,7 +22,7 @@ import numpy as np
 
 from posefleet.config import PipelineConfig, StreamSettings
 from posefleet.errors import FrameOrderError
-from posefleet.pipeline.bytetrack import ByteTracker, Track
+from posefleet.pipeline.bytetrack import ByteTracker, Track, track_boxes
 from posefleet.pipeline.detector import Detections
 from posefleet.pipeline.geometry import keypoint_box
 from posefleet.pipeline.roi import Roi, check_polygon, ground_points
@@ -51,7 +51,7 @@ class FramePlan:
 def _tracks_to_plan(plan: FramePlan, tracks: list[Track], use_det_box: bool) -> FramePlan:
     plan.track_ids = [t.track_id for t in tracks]
     if tracks:
-        plan.boxes = np.stack([t.det_box if use_det_box else t.box for t in tracks]).astype(np.float32)
+        plan.boxes = np.stack([t.det_box for t in tracks]).astype(np.float32) if use_det_box else track_boxes(tracks)
         plan.scores = np.array([t.score for t in tracks], np.float32)
     return plan
 
@@ -165,9 +165,9 @@ class StreamState:
         with nobody tracked, ``scan.person_height`` of the frame, halved for each scan in a row that found
         nobody (a stream's first scan is coarse; it looks finer until somebody is found)."""
         scan = self.cfg.detector.scan
-        heights = [float(t.box[3] - t.box[1]) for t in self.tracker.active()]
-        if heights:
-            return max(min(heights) * scan.track_margin, scan.min_person_height * h)
+        boxes = track_boxes(self.tracker.active())
+        if len(boxes):
+            return max(float((boxes[:, 3] - boxes[:, 1]).min()) * scan.track_margin, scan.min_person_height * h)
         return max(scan.person_height * 0.5**self.empty_scans, scan.min_person_height) * h
 
     def scan_area(self, w: int, h: int) -> tuple[int, int, int, int] | None:
@@ -179,8 +179,8 @@ class StreamState:
         box = self.roi.bounds(w, h)
         if box is None:
             return None
-        heights = [float(t.box[3] - t.box[1]) for t in self.tracker.active()]
-        rise = 1.2 * max(heights) if heights else self.cfg.detector.scan.roi_rise * h
+        boxes = track_boxes(self.tracker.active())
+        rise = 1.2 * float((boxes[:, 3] - boxes[:, 1]).max()) if len(boxes) else self.cfg.detector.scan.roi_rise * h
         return box[0], max(0, int(box[1] - rise)), box[2], box[3]
 
     def in_roi(self, dets: Detections) -> np.ndarray:
