@@ -179,7 +179,7 @@ class GroupFuser:
         cfg = self.cfg
         last = {s: np.array([self._last_views.get((s, t), -1) for t in v.track_ids.tolist()]) for s, v in views.items()}
         epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score) if kp.shape[1] else None
-        index = {s: v for v, s in enumerate(self._camera_order)}
+        index = self._view_index
 
         def costs(sa: str, sb: str) -> np.ndarray:
             if sa in index and sb in index and epipolar is not None:

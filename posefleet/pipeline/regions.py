@@ -92,31 +92,41 @@ def split(region: Region, overlap: float) -> list[Region]:
     return [Region(x0, y0, x1, a, region.scale, depth), Region(x0, b, x1, y1, region.scale, depth)]
 
 
+def _crop_scale(smallest: np.ndarray | float, cfg: GuidedConfig) -> np.ndarray:
+    """The scale a crop is seen at: its smallest person ``min_person_px`` tall, enlarged at most ``max_upscale``."""
+    return np.minimum(cfg.max_upscale, cfg.min_person_px / np.maximum(smallest, 1.0))
+
+
 def _crop_costs(rects: np.ndarray, smallest: np.ndarray, cfg: GuidedConfig) -> tuple[np.ndarray, np.ndarray]:
     """What calls on crops ``rects [..., 4]`` whose smallest person is ``smallest [...]`` px tall cost: input
     pixels (plus a call's own cost in pixels), and their input's long side."""
-    s = np.minimum(cfg.max_upscale, cfg.min_person_px / np.maximum(smallest, 1.0))
+    s = _crop_scale(smallest, cfg)
     w, h = rects[..., 2] - rects[..., 0], rects[..., 3] - rects[..., 1]
     return np.maximum(32.0, w * s) * np.maximum(32.0, h * s) + cfg.call_px, np.maximum(w, h) * s
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rects ``[..., 4]`` holding both ``a`` and ``b`` (broadcast)."""
+    return np.concatenate(np.broadcast_arrays(np.minimum(a[..., :2], b[..., :2]), np.maximum(a[..., 2:], b[..., 2:])),
+                          axis=-1)  # fmt: skip
 
 
 def _pair_gains(
     a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray], centres: np.ndarray,
     cfg: GuidedConfig,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Input pixels saved by merging each crop of ``a`` with each of ``b`` (each: rects ``[n, 4]``, smallest
     person ``[n]``, cost ``[n]``): ``[na, nb]``, -inf where not allowed (the merge is larger than ``max_input``,
-    holds more than ``max_people`` tracked centres, or saves nothing); and the merged rects ``[na, nb, 4]``."""
+    holds more than ``max_people`` tracked centres, or saves nothing)."""
     (ra, sa, pa), (rb, sb, pb) = a, b
-    ra, rb = ra[:, None], rb[None]
-    merged = np.concatenate([np.minimum(ra[..., :2], rb[..., :2]), np.maximum(ra[..., 2:], rb[..., 2:])], axis=2)
+    merged = _union(ra[:, None], rb[None])
     merged_px, long_side = _crop_costs(merged, np.minimum(sa[:, None], sb[None]), cfg)
     m = merged.astype(np.float32)[..., None, :]  # the centres are float32: compared as they are
     cx, cy = centres[:, 0], centres[:, 1]
     inside = ((cx >= m[..., 0]) & (cx < m[..., 2]) & (cy >= m[..., 1]) & (cy < m[..., 3])).sum(axis=2)
     saved = pa[:, None] + pb[None] - merged_px
     ok = (long_side <= cfg.max_input) & (inside <= cfg.max_people) & (saved > 0)
-    return np.where(ok, saved, -np.inf), merged
+    return np.where(ok, saved, -np.inf)
 
 
 def crop_regions(boxes: np.ndarray, w: int, h: int, cfg: GuidedConfig) -> list[Region]:
@@ -149,10 +159,8 @@ def crop_regions(boxes: np.ndarray, w: int, h: int, cfg: GuidedConfig) -> list[R
     live = np.zeros(size, bool)
     live[:n] = True
     gains = np.full((size, size), -np.inf)
-    merged_rects = np.zeros((size, size, 4))
     first = (r[:n], sm[:n], px[:n])
-    g, merged_rects[:n, :n] = _pair_gains(first, first, centres, cfg)
-    gains[:n, :n] = np.where(np.triu(np.ones((n, n), bool), 1), g, -np.inf)
+    gains[:n, :n] = np.where(np.triu(np.ones((n, n), bool), 1), _pair_gains(first, first, centres, cfg), -np.inf)
     nxt = n
     while True:
         best = gains.max()
@@ -164,21 +172,20 @@ def crop_regions(boxes: np.ndarray, w: int, h: int, cfg: GuidedConfig) -> list[R
             tied = tied[np.lexsort((np.where(later, tied[:, 0], tied[:, 1]), np.where(later, tied[:, 1], tied[:, 0]),
                                     later))]  # fmt: skip
         i, j = tied[0]
-        r[nxt], sm[nxt] = merged_rects[i, j], min(sm[i], sm[j])
+        r[nxt], sm[nxt] = _union(r[i], r[j]), min(sm[i], sm[j])
         px[nxt] = _crop_costs(r[nxt], sm[nxt], cfg)[0]
         live[[i, j]], live[nxt] = False, True
         gains[[i, j]], gains[:, [i, j]] = -np.inf, -np.inf
         alive = np.flatnonzero(live[:nxt])
         if len(alive):
-            g, mr = _pair_gains((r[alive], sm[alive], px[alive]), (r[nxt : nxt + 1], sm[nxt : nxt + 1],
-                                                                    px[nxt : nxt + 1]), centres, cfg)  # fmt: skip
-            gains[alive, nxt], merged_rects[alive, nxt] = g[:, 0], mr[:, 0]
+            new = (r[nxt : nxt + 1], sm[nxt : nxt + 1], px[nxt : nxt + 1])
+            gains[alive, nxt] = _pair_gains((r[alive], sm[alive], px[alive]), new, centres, cfg)[:, 0]
         nxt += 1
     out = []
     for k in np.flatnonzero(live).tolist():
         x0, y0, x1, y1 = r[k].tolist()
-        s = min(cfg.max_upscale, cfg.min_person_px / max(float(sm[k]), 1.0))
-        if max(x1 - x0, y1 - y0) * s > cfg.max_input:  # one person larger than max_input allows: seen smaller
+        s = float(_crop_scale(sm[k], cfg))
+        if _crop_costs(r[k], sm[k], cfg)[1] > cfg.max_input:  # one person larger than max_input allows: seen smaller
             s = cfg.max_input / max(x1 - x0, y1 - y0)
         out.append(Region(*_clip_rect(x0, y0, x1, y1, w, h), s))
     return sorted(out, key=lambda r: (r.y0, r.x0))
