@@ -4,6 +4,7 @@ calibration formats, triangulation, association, group ids, court homography and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ from posefleet.court.fusion import GroupFuser
 from posefleet.court.homography import HomographyCalibration, fit_homography
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BONES
-from posefleet.court.triangulate import triangulate
+from posefleet.court.triangulate import Rig, project_all, triangulate, triangulate_people
 from posefleet.pipeline.engine import Pipeline
 from posefleet.pipeline.schema import FrameResult
 
@@ -139,6 +140,35 @@ def test_triangulation_recovers_a_known_skeleton_and_drops_a_wrong_view(cameras)
     tri = triangulate(cams, kp)
     assert (tri.n_views == 3).all() and not tri.views[:, 1].any()
     np.testing.assert_allclose(tri.points, X, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [4, 5, 8, 12, 14])
+def test_the_compiled_projection_is_opencvs_in_every_distortion_model(cameras, n):
+    """The triangulation projects through its own compiled copy of OpenCV's camera model (radial k1-k6,
+    tangential, thin prism, tilted sensor): each model's coefficients give the pixels cv2.projectPoints gives."""
+    rng = np.random.default_rng(n)
+    coefficients = [-0.2, 0.05, 0.001, -0.002, 0.01, 0.02, -0.01, 0.005, 0.001, -0.002, 0.002, 0.001, 0.02, -0.03]
+    cams = [replace(cameras[c], dist=np.array(coefficients[:n]) * rng.uniform(0.5, 1.5, n)) for c in CAMS]
+    X = _skeleton() + rng.normal(0, 0.3, (17, 3))
+    px, depth = project_all(cams, X)
+    for v, cam in enumerate(cams):
+        np.testing.assert_allclose(px[v], cam.project(X), atol=1e-6)
+        assert (depth[v] > 0).all()
+
+
+def test_a_view_of_another_person_leaves_the_person_it_was_joined_to(cameras):
+    """Whole people: a camera whose view was another person (1 m away) is dropped from the person, which is solved
+    from the other three as if it had never been there."""
+    cams = [cameras[c] for c in CAMS]
+    X = _skeleton()
+    other = X + np.array([1.0, 0.0, 0.0])
+    seen = [other if v == 2 else X for v in range(4)]
+    pixels = np.stack([c.project(p) for c, p in zip(cams, seen, strict=True)], axis=1)[None]  # [1, J, V, 2]
+    norm = np.stack([c.normalised(px) for c, px in zip(cams, pixels[0].transpose(1, 0, 2), strict=True)], axis=1)
+    tri, dropped = triangulate_people(Rig.of(cams), pixels, np.full((1, 17, 4), 0.9), norm[None], 0.3, 15.0, 60.0)
+    assert dropped.tolist() == [[False, False, True, False]]
+    assert not tri.views[0, :, 2].any() and (tri.views[0].sum(axis=1) == 3).all()
+    np.testing.assert_allclose(tri.points[0], X, atol=1e-6)
 
 
 def test_the_demos_two_people_stay_apart_with_one_group_id_each(cameras, demo_results):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
+from numba import njit
 from scipy.optimize import linear_sum_assignment
 
 from posefleet.court.calibration import Camera
+from posefleet.court.triangulate import KERNEL
 
 UNMATCHED = 1e6  # a cost the assignment never takes
 
@@ -59,37 +60,47 @@ def essentials(cameras: list[Camera]) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=16)
-def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unordered pairs of ``n`` views (numpy builds them in ~0.1 ms; a group's view count rarely changes)."""
-    return np.triu_indices(n, 1)
-
-
 def epipolar_costs(E: np.ndarray, norm: np.ndarray, score: np.ndarray, min_score: float,
                    min_joints: int = 3) -> np.ndarray:  # fmt: skip
     """Every pair of views at once: ``norm [V, N, J, 3]`` (each view's people, undistorted, normalised and
     homogeneous; padded), ``score [V, N, J]`` (0 for padding). ``[V, V, N, N]``: each pair's score-weighted mean
     symmetric epipolar distance (normalised units) over the keypoints both see with at least ``min_score``;
     :data:`UNMATCHED` where fewer than ``min_joints`` are shared. Each unordered pair is computed once (the
-    distance is symmetric: ``E[b, a] = E[a, b]^T``), joints leading so the products are batched matmuls."""
-    V, N = norm.shape[:2]
-    ia, ib = _pairs(V)
-    pair_E = E[ia, ib]  # [P, 3, 3]
-    x = norm.transpose(0, 2, 1, 3)  # [V, J, N, 3]
-    xa, xb = x[ia], x[ib]  # [P, J, N, 3]
-    # one matmul a pair over all its joints and people (a batch of 3x3 products costs per matrix)
-    lb = (xa.reshape(len(ia), -1, 3) @ pair_E.transpose(0, 2, 1)).reshape(xa.shape)  # lines in b of a's points
-    la = (xb.reshape(len(ia), -1, 3) @ pair_E).reshape(xb.shape)  # in a of b's points [P, J, M, 3]
-    num = np.abs(lb @ xb.swapaxes(-1, -2))  # |x_b . (E x_a)| [P, J, N, M]
-    seen = (score * (score >= min_score)).transpose(0, 2, 1)  # [V, J, N]
-    w = np.minimum(seen[ia][..., :, None], seen[ib][..., None, :])  # [P, J, N, M]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inv_b, inv_a = 1 / np.hypot(lb[..., 0], lb[..., 1]), 1 / np.hypot(la[..., 0], la[..., 1])
-        weighted = np.where(w > 0, num * (inv_b[..., :, None] + inv_a[..., None, :]) * w, 0.0)
-        cost = 0.5 * weighted.sum(axis=1) / w.sum(axis=1)
-    cost = np.where((w > 0).sum(axis=1) >= min_joints, cost, UNMATCHED)
+    distance is symmetric: ``E[b, a] = E[a, b]^T``), compiled."""
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731  # one compiled signature
+    return _epipolar_costs(f64(E), f64(norm), f64(score), float(min_score), int(min_joints))
+
+
+@njit(**KERNEL)
+def _epipolar_costs(E, norm, score, min_score, min_joints):
+    V, N, J = score.shape
     out = np.full((V, V, N, N), UNMATCHED)
-    out[ia, ib], out[ib, ia] = cost, cost.transpose(0, 2, 1)
+    lines_b, inv_b, inv_a = np.empty((N, J, 3)), np.empty((N, J)), np.empty((N, J))
+    for a in range(V):
+        for b in range(a + 1, V):
+            F = E[a, b]
+            for i in range(N):  # a's points as lines in b (E x_a), b's as lines in a (E^T x_b): 1 / their normals
+                for j in range(J):
+                    xa, xb = norm[a, i, j], norm[b, i, j]
+                    for r in range(3):
+                        lines_b[i, j, r] = F[r, 0] * xa[0] + F[r, 1] * xa[1] + F[r, 2] * xa[2]
+                    inv_b[i, j] = 1 / np.hypot(lines_b[i, j, 0], lines_b[i, j, 1])
+                    la0 = F[0, 0] * xb[0] + F[1, 0] * xb[1] + F[2, 0] * xb[2]
+                    la1 = F[0, 1] * xb[0] + F[1, 1] * xb[1] + F[2, 1] * xb[2]
+                    inv_a[i, j] = 1 / np.hypot(la0, la1)
+            for i in range(N):
+                for k in range(N):
+                    total, weights, shared = 0.0, 0.0, 0
+                    for j in range(J):
+                        w = min(score[a, i, j], score[b, k, j])
+                        if w >= min_score and w > 0:
+                            num = abs(lines_b[i, j, 0] * norm[b, k, j, 0] + lines_b[i, j, 1] * norm[b, k, j, 1]
+                                      + lines_b[i, j, 2] * norm[b, k, j, 2])  # fmt: skip
+                            total += num * (inv_b[i, j] + inv_a[k, j]) * w
+                            weights += w
+                            shared += 1
+                    if shared >= min_joints:
+                        out[a, b, i, k] = out[b, a, k, i] = 0.5 * total / weights
     return out
 
 

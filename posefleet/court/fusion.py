@@ -20,7 +20,7 @@ from posefleet.court.homography import CourtTemplate, Homography, court_template
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, Triangulated, nan_median, pixel_errors, triangulate_points
+from posefleet.court.triangulate import Rig, pixel_errors, triangulate_people
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -72,6 +72,19 @@ class GroupFuser:
         self._rig = Rig.of([self.cameras[s] for s in self._camera_order])  # stacked once for the batched maths
         self._essentials = essentials(list(self._rig.cameras))
         self.bones = BoneLengths(self.cfg.bones.window, self.cfg.bones.min_samples)
+        self._warm()
+
+    def _warm(self) -> None:
+        """Load the compiled kernels now (compile them, the first time on a machine: ~10 s, cached on disk), so
+        that no frame waits for them."""
+        V = len(self._rig)
+        if V < 2:
+            return  # homography cameras alone: no kernel runs
+        cfg, J = self.cfg, N_KEYPOINTS
+        epipolar_costs(self._essentials, np.zeros((V, 0, J, 3)), np.zeros((V, 0, J)), cfg.min_score)
+        triangulate_people(self._rig, np.zeros((0, J, V, 2)), np.zeros((0, J, V)), np.zeros((0, J, V, 2)),
+                           cfg.min_score, cfg.outlier_px, cfg.max_view_px)  # fmt: skip
+        pixel_errors(self._rig, np.zeros((0, 3)), np.zeros((0, V, 2)))
 
     @property
     def streams(self) -> set[str]:
@@ -289,37 +302,21 @@ class GroupFuser:
         people = [k for k, m in enumerate(clusters) if sum(s in self.cameras for s in m) >= 2]
         if not people:
             return None
-        P, V, J = len(people), len(order), N_KEYPOINTS
+        V = len(order)
         idx = np.array([[clusters[k].get(s, -1) for s in order] for k in people])  # [P, V]
         seen = idx >= 0
-        got = kp[np.arange(V)[None], np.maximum(idx, 0)]  # [P, V, J, 3]
+        got = kp[np.arange(V)[None], np.maximum(idx, 0)].transpose(0, 2, 1, 3)  # [P, J, V, 3]
         pix = got[..., :2]
-        nrm = norm[np.arange(V)[None], np.maximum(idx, 0)][..., :2]
-        sc = np.where(seen[..., None], got[..., 2], 0.0)
-        dropped: list[set[str]] = [set() for _ in people]
+        nrm = norm[np.arange(V)[None], np.maximum(idx, 0)][..., :2].transpose(0, 2, 1, 3)
+        sc = np.where(seen[:, None], got[..., 2], 0.0)
         cfg = self.cfg
-        for _ in range(V - 1):
-            tri = triangulate_points(
-                self._rig, pix.transpose(0, 2, 1, 3).reshape(P * J, V, 2), sc.transpose(0, 2, 1).reshape(P * J, V),
-                nrm.transpose(0, 2, 1, 3).reshape(P * J, V, 2), cfg.min_score, cfg.outlier_px,
-            )  # fmt: skip
-            median = self._view_errors(tri, P, sc)  # [P, V]
-            worst = np.nan_to_num(median, nan=-1.0).argmax(axis=1)
-            bad = np.flatnonzero(median[np.arange(P), worst] > cfg.max_view_px)
-            if not len(bad):
-                break
-            for p in bad.tolist():
-                present = (sc[p].max(axis=1) >= cfg.min_score).sum()
-                if present <= 2:
-                    sc[p] = 0.0  # two views that disagree: no 3D for this person
-                else:
-                    sc[p, worst[p]] = 0.0
-                    dropped[p].add(order[worst[p]])
-        n_views = tri.views.reshape(P, J, V).sum(axis=2)
+        tri, dropped_views = triangulate_people(self._rig, pix, sc, nrm, cfg.min_score, cfg.outlier_px,
+                                                cfg.max_view_px)  # fmt: skip
+        n_views = tri.views.sum(axis=2)
         solved = np.flatnonzero(n_views.any(axis=1))
         if not len(solved):
             return None
-        points, reproj = tri.points.reshape(P, J, 3)[solved], tri.reprojection_px.reshape(P, J)[solved]
+        points, reproj = tri.points[solved], tri.reprojection_px[solved]
         measured = None
         if cfg.bones.enabled:
             measured = bone_lengths(points)
@@ -327,11 +324,11 @@ class GroupFuser:
             held = self.bones.estimate(last)
             if np.isfinite(held).any():
                 points = hold_lengths(points, held, cfg.bones.tolerance)
-                used = tri.views.reshape(P, J, V)[solved]
-                reproj = self._reprojection(points, pix.transpose(0, 2, 1, 3)[solved], used)
+                reproj = self._reprojection(points, pix[solved], tri.views[solved])
         return Solved(
-            people=[people[p] for p in solved.tolist()], points=points, score=tri.score.reshape(P, J)[solved],
-            reprojection_px=reproj, n_views=n_views[solved], dropped=[dropped[p] for p in solved.tolist()],
+            people=[people[p] for p in solved.tolist()], points=points, score=tri.score[solved],
+            reprojection_px=reproj, n_views=n_views[solved],
+            dropped=[{order[v] for v in np.flatnonzero(dropped_views[p]).tolist()} for p in solved.tolist()],
             bones=measured,
         )  # fmt: skip
 
@@ -348,12 +345,6 @@ class GroupFuser:
         n = used.sum(axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, np.where(used, err, 0.0).sum(axis=2) / n, np.nan)
-
-    def _view_errors(self, tri: Triangulated, P: int, sc: np.ndarray) -> np.ndarray:
-        """``[P, V]``: the median pixel error of each person's keypoints in each view that sees it (NaN: none)."""
-        err = tri.view_px.reshape(P, N_KEYPOINTS, -1).transpose(2, 0, 1)  # [V, P, J]
-        seen = (sc.transpose(1, 0, 2) >= self.cfg.min_score) & np.isfinite(err)
-        return nan_median(np.where(seen, err, np.nan)).T
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Keypoints seen by several calibrated cameras, triangulated into metres: linear (DLT) triangulation on
 undistorted coordinates, each view's rows weighted by its keypoint score; a view whose reprojection error is an
-outlier among them is dropped and the point solved again."""
+outlier among them is dropped and the point solved again.
+
+The arithmetic runs compiled (numba, cached on disk): a group frame of 4 cameras x 12 people is some 800 tiny
+solves and projections with a branch after each, where numpy's overhead per call was most of the cost."""
 
 from __future__ import annotations
 
@@ -8,16 +11,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from posefleet.court.calibration import Camera
+
+N_DIST = 14  # OpenCV's longest distortion model: k1 k2 p1 p2 k3 k4 k5 k6 s1 s2 s3 s4 tauX tauY
+# numpy's float semantics (x / 0 is inf, not an exception); compiled once and cached next to this file
+KERNEL = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+def _tilt(tau_x: float, tau_y: float) -> np.ndarray:
+    """OpenCV's tilted-sensor matrix (its ``computeTiltProjectionMatrix``) for a camera's tauX and tauY."""
+    cx, sx, cy, sy = np.cos(tau_x), np.sin(tau_x), np.cos(tau_y), np.sin(tau_y)
+    rot = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]]) @ np.array([[1, 0, 0], [0, cx, sx], [0, -sx, cx]])
+    return np.array([[rot[2, 2], 0, -rot[0, 2]], [0, rot[2, 2], -rot[1, 2]], [0, 0, 1]]) @ rot
 
 
 @dataclass(frozen=True, eq=False)
 class Rig:
-    """Cameras stacked once for the batched maths (a fuser keeps one; a call given cameras stacks them): world to
-    camera ``R [V, 3, 3]``, ``t [V, 3]``, ``[R | t]`` ``proj [V, 3, 4]``, intrinsics ``K [V, 3, 3]``, the first
-    five distortion coefficients ``dist [V, 5]``, which cameras have more (projected through OpenCV), and the
-    terms of the triangulation's normal equations (:func:`_dlt`)."""
+    """Cameras stacked once for the compiled maths (a fuser keeps one; a call given cameras stacks them): world to
+    camera ``R [V, 3, 3]``, ``t [V, 3]``, ``[R | t]`` ``proj [V, 3, 4]``, intrinsics ``K [V, 3, 3]``, OpenCV's
+    distortion coefficients padded to ``dist [V, 14]`` with each camera's tilted-sensor matrix ``tilt [V, 3, 3]``,
+    and the terms of the triangulation's normal equations (:func:`_normal_terms`)."""
 
     cameras: tuple[Camera, ...]
     R: np.ndarray
@@ -25,7 +40,7 @@ class Rig:
     proj: np.ndarray
     K: np.ndarray
     dist: np.ndarray
-    opencv: tuple[int, ...]
+    tilt: np.ndarray
     normal_terms: np.ndarray
     center: np.ndarray  # [V, 3] each camera's position in the world
 
@@ -33,20 +48,25 @@ class Rig:
     def of(cls, cameras: Sequence[Camera] | Rig) -> Rig:
         if isinstance(cameras, Rig):
             return cameras
-        dist = np.zeros((len(cameras), 5))
+        dist = np.zeros((len(cameras), N_DIST))
         for v, c in enumerate(cameras):
-            dist[v, : min(len(c.dist), 5)] = c.dist[:5]
+            dist[v, : len(c.dist)] = c.dist
         # a group whose cameras are all placed by court points (or none yet) has an empty rig
         stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0, *shape))  # noqa: E731
         proj = stack([c.extrinsic for c in cameras], (3, 4))
         return cls(
             tuple(cameras), stack([c.R for c in cameras], (3, 3)), stack([c.t for c in cameras], (3,)), proj,
-            stack([c.K for c in cameras], (3, 3)), dist, tuple(v for v, c in enumerate(cameras) if len(c.dist) > 5),
+            stack([c.K for c in cameras], (3, 3)), dist, stack([_tilt(*d[12:]) for d in dist], (3, 3)),
             _normal_terms(proj), stack([c.center for c in cameras], (3,)),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.cameras)
+
+    @property
+    def optics(self) -> tuple[np.ndarray, ...]:
+        """What the compiled projection takes, in its order."""
+        return self.R, self.t, self.K, self.dist, self.tilt
 
     def floor(self, view: np.ndarray, norm: np.ndarray, floor_z: float | np.ndarray = 0.0) -> np.ndarray:
         """Where the rays through undistorted normalised points ``norm [N, 2]``, each seen by camera ``view [N]``,
@@ -88,26 +108,205 @@ def _normal_terms(proj: np.ndarray) -> np.ndarray:
     return np.stack([m.reshape(len(proj), 16) for m in terms])
 
 
-def _dlt(rig: Rig, norm: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Solve every point at once: ``norm [M, V, 2]``, ``weight [M, V]`` -> ``[M, 3]`` (NaN: singular). The
-    weighted rows ``x P3 - P1``, ``y P3 - P2`` of each view solved for ``X`` (with ``w = 1``: no point of a court
-    lies at infinity) by their normal equations ``N = A^T A``, summed from the rig's per-view terms (four small
-    matmuls) and solved by Cramer's rule: numpy's batched solve and det cost more in their setup than in the
-    arithmetic of 3x3 systems."""
-    B, C1, C2, D = rig.normal_terms
-    w2 = weight * weight
-    x, y = norm[..., 0], norm[..., 1]
-    n = B.T @ (w2 * (x * x + y * y)).T - C1.T @ (w2 * x).T - C2.T @ (w2 * y).T + D.T @ w2.T  # N flattened [16, M]
-    a00, a01, a02, b0, a10, a11, a12, b1, a20, a21, a22, b2 = n[:12]  # N[:3, :3] X = -N[:3, 3]
+# -- compiled: one point at a time, every view ---------------------------------------------------------------------
+
+
+@njit(**KERNEL)
+def _project(R, t, K, dist, tilt, X, v):
+    """World point ``X [3]`` into camera ``v``: (u, w) distorted pixels and its depth, OpenCV's model in full
+    (radial k1-k6, tangential, thin prism, tilted sensor; ``projectPoints`` ignores K's skew, and so does this)."""
+    xc = R[v, 0, 0] * X[0] + R[v, 0, 1] * X[1] + R[v, 0, 2] * X[2] + t[v, 0]
+    yc = R[v, 1, 0] * X[0] + R[v, 1, 1] * X[1] + R[v, 1, 2] * X[2] + t[v, 1]
+    z = R[v, 2, 0] * X[0] + R[v, 2, 1] * X[1] + R[v, 2, 2] * X[2] + t[v, 2]
+    x, y = xc / z, yc / z
+    d = dist[v]
+    r2 = x * x + y * y
+    r4, r6 = r2 * r2, r2 * r2 * r2
+    radial = (1 + d[0] * r2 + d[1] * r4 + d[4] * r6) / (1 + d[5] * r2 + d[6] * r4 + d[7] * r6)
+    xd = x * radial + 2 * d[2] * x * y + d[3] * (r2 + 2 * x * x) + d[8] * r2 + d[9] * r4
+    yd = y * radial + d[2] * (r2 + 2 * y * y) + 2 * d[3] * x * y + d[10] * r2 + d[11] * r4
+    if d[12] != 0.0 or d[13] != 0.0:
+        T = tilt[v]
+        a = T[0, 0] * xd + T[0, 1] * yd + T[0, 2]
+        b = T[1, 0] * xd + T[1, 1] * yd + T[1, 2]
+        c = T[2, 0] * xd + T[2, 1] * yd + T[2, 2]
+        inv = 1.0 / c if c != 0.0 else 1.0
+        xd, yd = a * inv, b * inv
+    return K[v, 0, 0] * xd + K[v, 0, 2], K[v, 1, 1] * yd + K[v, 1, 2], z
+
+
+@njit(**KERNEL)
+def _dlt(terms, norm, weight, out):
+    """One point from its views' normalised coordinates ``norm [V, 2]`` weighted by ``weight [V]`` (0: unused),
+    into ``out [3]`` (NaN: singular). The weighted rows ``x P3 - P1``, ``y P3 - P2`` of each view solved for ``X``
+    (with ``w = 1``: no point of a court lies at infinity) by their normal equations ``N = A^T A``, summed from
+    the rig's per-view terms and solved by Cramer's rule."""
+    n = np.zeros(12)
+    for v in range(norm.shape[0]):
+        w2 = weight[v] * weight[v]
+        if w2 == 0.0:
+            continue
+        x, y = norm[v, 0], norm[v, 1]
+        for k in range(12):
+            n[k] += w2 * ((x * x + y * y) * terms[0, v, k] - x * terms[1, v, k] - y * terms[2, v, k] + terms[3, v, k])
+    a00, a01, a02, b0, a10, a11, a12, b1, a20, a21, a22, b2 = n  # N[:3, :3] X = -N[:3, 3]
     c0, c1, c2 = a11 * a22 - a12 * a21, a12 * a20 - a10 * a22, a10 * a21 - a11 * a20
     det = a00 * c0 + a01 * c1 + a02 * c2
-    X = np.stack([
-        c0 * b0 + (a02 * a21 - a01 * a22) * b1 + (a01 * a12 - a02 * a11) * b2,
-        c1 * b0 + (a00 * a22 - a02 * a20) * b1 + (a02 * a10 - a00 * a12) * b2,
-        c2 * b0 + (a01 * a20 - a00 * a21) * b1 + (a00 * a11 - a01 * a10) * b2,
-    ], axis=1)  # fmt: skip
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.abs(det)[:, None] > 1e-12, -X / det[:, None], np.nan)
+    if not abs(det) > 1e-12:
+        out[:] = np.nan
+        return
+    out[0] = -(c0 * b0 + (a02 * a21 - a01 * a22) * b1 + (a01 * a12 - a02 * a11) * b2) / det
+    out[1] = -(c1 * b0 + (a00 * a22 - a02 * a20) * b1 + (a02 * a10 - a00 * a12) * b2) / det
+    out[2] = -(c2 * b0 + (a01 * a20 - a00 * a21) * b1 + (a00 * a11 - a01 * a10) * b2) / det
+
+
+@njit(**KERNEL)
+def _solve_point(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, outlier_px, min_views,
+                 point, view_px, used):  # fmt: skip
+    """One point seen by views ``pixels [V, 2]`` (distorted), ``score [V]``, ``norm [V, 2]`` (undistorted,
+    normalised): solved from the views scoring at least ``min_score``; while its worst view misses by more than
+    ``outlier_px`` and more than ``min_views`` remain, that view is dropped and the point solved again. Writes
+    ``point [3]`` (NaN: no point), ``view_px [V]`` (its pixel error in every view), ``used [V]``; returns the
+    mean pixel error and score of the views used (NaN and 0 where the last views still disagree)."""
+    V = score.shape[0]
+    errors = np.empty(V)
+    weight = np.empty(V)
+    for v in range(V):
+        used[v] = score[v] >= min_score
+    while True:
+        n_used = 0
+        for v in range(V):
+            weight[v] = score[v] if used[v] else 0.0
+            n_used += used[v]
+        if n_used < min_views:
+            break
+        _dlt(terms, norm, weight, point)
+        worst, worst_v = -1.0, -1
+        for v in range(V):
+            u, w, depth = _project(R, t, K, dist, tilt, point, v)
+            err = np.sqrt((u - pixels[v, 0]) ** 2 + (w - pixels[v, 1]) ** 2)
+            view_px[v] = err
+            behind = err if depth > 0 else np.inf  # a point behind a camera that saw it fits no view
+            errors[v] = behind
+            if used[v] and behind > worst:  # NaN (no point) counts as no error
+                worst, worst_v = behind, v
+        if worst > outlier_px and n_used > min_views:
+            used[worst_v] = False
+            continue
+        break
+    total, n, weighted = 0.0, 0, 0.0
+    for v in range(V):
+        if used[v]:
+            e = errors[v]
+            if not e <= outlier_px:  # a point whose last views still disagree: two people's joints, or a mistake
+                n = -1
+                break
+            total += e
+            weighted += score[v]
+            n += 1
+    if n < min_views:
+        point[:] = np.nan
+        view_px[:] = np.nan
+        used[:] = False
+        return np.nan, 0.0
+    return total / n, weighted / n
+
+
+@njit(**KERNEL)
+def _solve_points(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, outlier_px, min_views):
+    M, V = score.shape
+    points, view_px = np.full((M, 3), np.nan), np.full((M, V), np.nan)
+    used = np.zeros((M, V), np.bool_)
+    error, mean_score = np.empty(M), np.empty(M)
+    for m in range(M):
+        error[m], mean_score[m] = _solve_point(terms, R, t, K, dist, tilt, pixels[m], score[m], norm[m], min_score,
+                                               outlier_px, min_views, points[m], view_px[m], used[m])  # fmt: skip
+    return points, mean_score, error, used, view_px
+
+
+@njit(**KERNEL)
+def _median_of_finite(values, buffer):
+    """The median of ``values``' finite entries (NaN where none), sorted into ``buffer`` by insertion (a few
+    dozen numbers: loops compile in a fraction of the time numpy's sort and masks take)."""
+    n = 0
+    for x in values:
+        if np.isfinite(x):
+            i = n
+            while i > 0 and buffer[i - 1] > x:
+                buffer[i] = buffer[i - 1]
+                i -= 1
+            buffer[i] = x
+            n += 1
+    return np.nan if n == 0 else (buffer[(n - 1) // 2] + buffer[n // 2]) / 2
+
+
+@njit(**KERNEL)
+def _solve_people(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, outlier_px, max_view_px):
+    """People ``pixels [P, J, V, 2]``, ``score [P, J, V]``, ``norm [P, J, V, 2]``: each keypoint as
+    :func:`_solve_point` (two views at least). A view whose person reprojects further than ``max_view_px`` (the
+    median over the joints it sees) saw another person: it is dropped and the person solved again; where only two
+    views are left, the person gets no 3D. Also returns ``dropped [P, V]``."""
+    P, J, V = score.shape
+    points, view_px = np.full((P, J, 3), np.nan), np.full((P, J, V), np.nan)
+    used = np.zeros((P, J, V), np.bool_)
+    error, mean_score = np.full((P, J), np.nan), np.zeros((P, J))
+    dropped = np.zeros((P, V), np.bool_)
+    seen, buffer = np.empty(J), np.empty(J)
+    for p in range(P):
+        s = score[p].copy()
+        for _ in range(V + 1):  # each round takes a view away (or all): V + 1 rounds end it whatever the numbers
+            for j in range(J):
+                error[p, j], mean_score[p, j] = _solve_point(
+                    terms, R, t, K, dist, tilt, pixels[p, j], s[j], norm[p, j], min_score, outlier_px, 2,
+                    points[p, j], view_px[p, j], used[p, j],
+                )  # fmt: skip
+            worst, worst_v, present = -1.0, 0, 0
+            for v in range(V):
+                for j in range(J):
+                    seen[j] = view_px[p, j, v] if s[j, v] >= min_score else np.nan
+                median = _median_of_finite(seen, buffer)
+                if median > worst:
+                    worst, worst_v = median, v
+                for j in range(J):
+                    if s[j, v] >= min_score:
+                        present += 1
+                        break
+            if not worst > max_view_px:
+                break
+            if present <= 2:
+                s[:] = 0.0  # two views that disagree: no 3D for this person
+            else:
+                s[:, worst_v] = 0.0
+                dropped[p, worst_v] = True
+    return points, mean_score, error, used, view_px, dropped
+
+
+@njit(**KERNEL)
+def _pixel_errors(R, t, K, dist, tilt, points, pixels):
+    M, V = pixels.shape[:2]
+    err, depth = np.empty((M, V)), np.empty((M, V))
+    for m in range(M):
+        for v in range(V):
+            u, w, depth[m, v] = _project(R, t, K, dist, tilt, points[m], v)
+            err[m, v] = np.sqrt((u - pixels[m, v, 0]) ** 2 + (w - pixels[m, v, 1]) ** 2)
+    return err, depth
+
+
+@njit(**KERNEL)
+def _project_all(R, t, K, dist, tilt, points):
+    V, M = R.shape[0], points.shape[0]
+    px, depth = np.empty((V, M, 2)), np.empty((V, M))
+    for v in range(V):
+        for m in range(M):
+            px[v, m, 0], px[v, m, 1], depth[v, m] = _project(R, t, K, dist, tilt, points[m], v)
+    return px, depth
+
+
+# -- the numpy-facing calls ----------------------------------------------------------------------------------------
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def triangulate_points(
@@ -125,36 +324,27 @@ def triangulate_points(
     A point is used from views where its score is at least ``min_score``. When its worst view's reprojection error
     is over ``outlier_px`` and more than ``min_views`` views remain, that view is dropped and the point solved
     again, until every view fits; a point whose last ``min_views`` views still miss by more is left out (NaN)."""
-    M, V = score.shape
     rig = Rig.of(cameras)
-    used = score >= min_score
-    points = np.full((M, 3), np.nan)
-    errors = np.full((M, V), np.nan)
-    view_px = np.full((M, V), np.nan)
-    todo = np.flatnonzero(used.sum(axis=1) >= min_views)  # the points (re)solved this round
-    while len(todo):
-        use = used[todo]
-        points[todo] = _dlt(rig, norm[todo], np.where(use, score[todo], 0.0))
-        err, depth = pixel_errors(rig, points[todo], pixels[todo])  # [m, V]
-        view_px[todo] = err
-        behind = np.where(depth > 0, err, np.inf)  # a point behind a camera that saw it fits no view
-        errors[todo] = np.where(use, behind, np.nan)
-        worst = np.fmax(np.where(use, behind, -1.0), -1.0)  # NaN (no point) counts as no error
-        bad = (worst.max(axis=1) > outlier_px) & (use.sum(axis=1) > min_views)
-        todo, worst = todo[bad], worst[bad]
-        used[todo, worst.argmax(axis=1)] = False
-    with np.errstate(invalid="ignore"):
-        fits = np.where(used, np.nan_to_num(errors, nan=np.inf), 0.0).max(axis=1) <= outlier_px
-    # a point whose last views still disagree is no point: two people's joints, or a joint mistaken in both
-    solvable = (used.sum(axis=1) >= min_views) & fits
-    points[~solvable] = np.nan
-    view_px[~solvable] = np.nan
-    used[~solvable] = False
-    n = used.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_err = np.where(solvable, np.where(used, errors, 0.0).sum(axis=1) / n, np.nan)
-        mean_score = np.where(solvable, (score * used).sum(axis=1) / np.maximum(n, 1), 0.0)
-    return Triangulated(points, mean_score, mean_err, used, view_px)
+    points, mean_score, error, used, view_px = _solve_points(
+        rig.normal_terms, *rig.optics, _f64(pixels), _f64(score), _f64(norm), float(min_score), float(outlier_px),
+        int(min_views),
+    )  # fmt: skip
+    return Triangulated(points, mean_score, error, used, view_px)
+
+
+def triangulate_people(
+    rig: Rig, pixels: np.ndarray, score: np.ndarray, norm: np.ndarray, min_score: float, outlier_px: float,
+    max_view_px: float,
+) -> tuple[Triangulated, np.ndarray]:  # fmt: skip
+    """Whole people at once, ``pixels [P, J, V, 2]``, ``score [P, J, V]``, ``norm [P, J, V, 2]``: each keypoint as
+    :func:`triangulate_points` does, and a view whose person reprojects further than ``max_view_px`` (median over
+    its joints) was another person's: dropped, and the person solved again; a person whose last two views disagree
+    gets no 3D. The result's arrays are per person ``[P, J, ...]``; with ``dropped [P, V]``."""
+    points, mean_score, error, used, view_px, dropped = _solve_people(
+        rig.normal_terms, *rig.optics, _f64(pixels), _f64(score), _f64(norm), float(min_score), float(outlier_px),
+        float(max_view_px),
+    )  # fmt: skip
+    return Triangulated(points, mean_score, error, used, view_px), dropped
 
 
 def triangulate(
@@ -174,30 +364,13 @@ def triangulate(
 def pixel_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How far ``points [M, 3]`` project from where each view saw them, ``pixels [M, V, 2]``: errors ``[M, V]``
     (px) and depths ``[M, V]``."""
-    px, depth = project_all(rig, points)
-    return np.linalg.norm(px.transpose(1, 0, 2) - pixels, axis=2), depth.T
+    return _pixel_errors(*rig.optics, _f64(points), _f64(pixels))
 
 
 def project_all(cameras: Sequence[Camera] | Rig, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``points [M, 3]`` into every camera at once: distorted pixels ``[V, M, 2]`` and depths ``[V, M]``. OpenCV's
-    model with k1, k2, p1, p2, k3 in numpy (one pass for all cameras, not a call each); a camera with more
-    coefficients goes through OpenCV."""
-    rig = Rig.of(cameras)
-    cam = points @ rig.R.transpose(0, 2, 1) + rig.t[:, None]  # [V, M, 3]
-    depth = cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x, y = cam[..., 0] / depth, cam[..., 1] / depth
-    k1, k2, p1, p2, k3 = (rig.dist[:, i, None] for i in range(5))
-    r2 = x * x + y * y
-    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    K = rig.K
-    px = np.stack([K[:, 0, 0, None] * xd + K[:, 0, 2, None], K[:, 1, 1, None] * yd + K[:, 1, 2, None]], axis=2)
-    for v in rig.opencv:
-        if len(points):
-            px[v] = rig.cameras[v].project(points)
-    return px, depth
+    """``points [M, 3]`` into every camera at once: distorted pixels ``[V, M, 2]`` and depths ``[V, M]``, OpenCV's
+    model in full (:func:`_project`)."""
+    return _project_all(*Rig.of(cameras).optics, _f64(points).reshape(-1, 3))
 
 
 def nan_median(values: np.ndarray) -> np.ndarray:
