@@ -19,7 +19,7 @@ from posefleet.court.group_tracker import Candidate, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
-from posefleet.court.skeleton import BoneLengths, bone_lengths, hold_lengths
+from posefleet.court.skeleton import BONES, BoneLengths, bone_lengths, hold_lengths
 from posefleet.court.triangulate import Rig, pixel_errors, triangulate_people
 from posefleet.pipeline.schema import FrameResult
 
@@ -85,6 +85,8 @@ class GroupFuser:
         triangulate_people(self._rig, np.zeros((0, J, V, 2)), np.zeros((0, J, V)), np.zeros((0, J, V, 2)),
                            cfg.min_score, cfg.outlier_px, cfg.max_view_px)  # fmt: skip
         pixel_errors(self._rig, np.zeros((0, 3)), np.zeros((0, V, 2)))
+        hold_lengths(np.zeros((0, J, 3)), np.zeros((0, len(BONES))), cfg.bones.tolerance)
+        self.bones.estimate([])
 
     @property
     def streams(self) -> set[str]:

@@ -5,20 +5,20 @@ Triangulated joints jitter along the bone as much as across it, so a forearm see
 20% longer or shorter from frame to frame. A person's bones do not change: once a player has enough samples,
 each child joint (elbow, wrist, knee, ankle) is placed on the sphere of its bone's length around its parent,
 at the point nearest to where it was triangulated. The direction the views saw is kept; only the length is
-held. Plain numpy, no state but the samples (``BoneLengths``)."""
+held. No state but the samples (``BoneLengths``); the fit is a compiled loop, a bone at a time."""
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from posefleet.court.triangulate import nan_median
+from posefleet.court.triangulate import KERNEL, median_of_finite
 
 # (parent, child) COCO joints, each child after its parent: shoulder -> elbow -> wrist, hip -> knee -> ankle
 BONES: tuple[tuple[int, int], ...] = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
 BONE_NAMES = ("upper arm L", "forearm L", "upper arm R", "forearm R", "thigh L", "shank L", "thigh R", "shank R")
 _PARENT = np.array([a for a, _ in BONES])
 _CHILD = np.array([b for _, b in BONES])
-_LEVELS = (np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7]))  # bones from the torso, then the bones below them
 
 
 def bone_lengths(points: np.ndarray) -> np.ndarray:
@@ -29,17 +29,25 @@ def bone_lengths(points: np.ndarray) -> np.ndarray:
 def hold_lengths(points: np.ndarray, lengths: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     """``points [P, J, 3]`` with each bone's child placed within ``tolerance`` (a fraction) of ``lengths [P, B]``
     from its (already placed) parent, along the direction it was seen in; a NaN length, or a joint missing, leaves
-    the child where it is. Bones from the torso first, then the ones hanging from them: two batched steps."""
+    the child where it is. Bones from the torso first, then the ones hanging from them (:data:`BONES`' order)."""
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731  # one compiled signature
+    return _hold_lengths(f64(points), f64(lengths), float(tolerance), _PARENT, _CHILD)
+
+
+@njit(**KERNEL)
+def _hold_lengths(points, lengths, tolerance, parents, children):
     out = points.copy()
-    for level in _LEVELS:
-        parent, child = out[:, _PARENT[level]], out[:, _CHILD[level]]
-        d = child - parent
-        n = np.linalg.norm(d, axis=2)
-        target = lengths[:, level]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.clip(n, target * (1 - tolerance), target * (1 + tolerance)) / n
-        ok = np.isfinite(ratio)
-        out[:, _CHILD[level]] = np.where(ok[..., None], parent + d * np.where(ok, ratio, 1.0)[..., None], child)
+    for p in range(out.shape[0]):
+        for b in range(len(parents)):
+            parent, child = out[p, parents[b]], out[p, children[b]]
+            d0, d1, d2 = child[0] - parent[0], child[1] - parent[1], child[2] - parent[2]
+            n = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+            target = lengths[p, b]
+            if not np.isfinite(target):
+                continue  # not known yet: the child stays where it was seen
+            ratio = min(max(n, target * (1 - tolerance)), target * (1 + tolerance)) / n
+            if np.isfinite(ratio):
+                child[0], child[1], child[2] = parent[0] + d0 * ratio, parent[1] + d1 * ratio, parent[2] + d2 * ratio
     return out
 
 
@@ -56,10 +64,9 @@ class BoneLengths:
         """``[P, B]`` the lengths held for each id (NaN: unknown id, or too few samples of that bone)."""
         out = np.full((len(ids), len(BONES)), np.nan)
         rows = [p for p, gid in enumerate(ids) if gid in self.samples]
-        if rows:
-            s = np.stack([self.samples[ids[p]] for p in rows]).transpose(0, 2, 1)  # type: ignore[index]
-            enough = np.isfinite(s).sum(axis=2) >= self.min_samples
-            out[rows] = np.where(enough, nan_median(s), np.nan)
+        # with no rows too: the fuser's warm-up loads the kernel by asking for nobody
+        samples = np.stack([self.samples[ids[p]] for p in rows]) if rows else np.zeros((0, self.window, len(BONES)))
+        out[rows] = _medians(samples, int(self.min_samples))  # type: ignore[index]
         return out
 
     def add(self, ids: list[int], lengths: np.ndarray) -> None:
@@ -78,3 +85,18 @@ class BoneLengths:
         for gid in set(self.samples) - ids:
             del self.samples[gid], self.at[gid]
 
+
+@njit(**KERNEL)
+def _medians(samples, min_samples):
+    """``samples [P, window, B]`` -> each bone's median over its finite samples ``[P, B]``, NaN with fewer than
+    ``min_samples`` of them."""
+    P, W, B = samples.shape
+    out, column, buffer = np.empty((P, B)), np.empty(W), np.empty(W)
+    for p in range(P):
+        for b in range(B):
+            n = 0
+            for w in range(W):
+                column[w] = samples[p, w, b]
+                n += np.isfinite(column[w])
+            out[p, b] = median_of_finite(column, buffer) if n >= min_samples else np.nan
+    return out

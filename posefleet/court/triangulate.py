@@ -225,7 +225,7 @@ def _solve_points(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
 
 
 @njit(**KERNEL)
-def _median_of_finite(values, buffer):
+def median_of_finite(values, buffer):
     """The median of ``values``' finite entries (NaN where none), sorted into ``buffer`` by insertion (a few
     dozen numbers: loops compile in a fraction of the time numpy's sort and masks take)."""
     n = 0
@@ -264,7 +264,7 @@ def _solve_people(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
             for v in range(V):
                 for j in range(J):
                     seen[j] = view_px[p, j, v] if s[j, v] >= min_score else np.nan
-                median = _median_of_finite(seen, buffer)
+                median = median_of_finite(seen, buffer)
                 if median > worst:
                     worst, worst_v = median, v
                 for j in range(J):
@@ -371,12 +371,3 @@ def project_all(cameras: Sequence[Camera] | Rig, points: np.ndarray) -> tuple[np
     """``points [M, 3]`` into every camera at once: distorted pixels ``[V, M, 2]`` and depths ``[V, M]``, OpenCV's
     model in full (:func:`_project`)."""
     return _project_all(*Rig.of(cameras).optics, _f64(points).reshape(-1, 3))
-
-
-def nan_median(values: np.ndarray) -> np.ndarray:
-    """The median over the last axis, NaNs left out (NaN where all are): numpy's nanmedian is ~1 ms here."""
-    s = np.sort(values, axis=-1)  # NaN sorts last
-    n = np.isfinite(values).sum(axis=-1, keepdims=True)
-    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0), axis=-1)
-    hi = np.take_along_axis(s, np.maximum(n // 2, 0), axis=-1)
-    return np.where(n > 0, (lo + hi) / 2, np.nan)[..., 0]
