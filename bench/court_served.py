@@ -122,7 +122,7 @@ def markdown(res: dict[str, Any]) -> str:
         "four frames at once); the fused frames read from `GET /v1/groups/room/people/events` (`python -m",
         "bench.court_served`).",
         "",
-        "| rounds | fused | lag p50 ms | p90 | max | frame period ms | within one period | fusion ms p50 |",
+        "| rounds | fused | lag p50 ms | p90 | max | frame period ms | within one period | fusion CPU-ms p50 |",
         "|---|---|---|---|---|---|---|---|",
         f"| {res['rounds']} | {res['fused_rounds']} | {lag.get('p50')} | {lag.get('p90')} | {lag.get('max')} | "
         f"{res['frame_period_ms']} | {res['within_one_period']:.0%} | {res['fusion_ms_p50']} |",
