@@ -16,7 +16,7 @@ from numba import njit
 from scipy.optimize import linear_sum_assignment
 
 from posefleet.court.calibration import Camera
-from posefleet.court.triangulate import KERNEL
+from posefleet.court.compiled import KERNEL, f64
 
 UNMATCHED = 1e6  # a cost the assignment never takes
 
@@ -67,7 +67,6 @@ def epipolar_costs(E: np.ndarray, norm: np.ndarray, score: np.ndarray, min_score
     symmetric epipolar distance (normalised units) over the keypoints both see with at least ``min_score``;
     :data:`UNMATCHED` where fewer than ``min_joints`` are shared. Each unordered pair is computed once (the
     distance is symmetric: ``E[b, a] = E[a, b]^T``), compiled."""
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731  # one compiled signature
     return _epipolar_costs(f64(E), f64(norm), f64(score), float(min_score), int(min_joints))
 
 

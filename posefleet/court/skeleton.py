@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from posefleet.court.triangulate import KERNEL, median_of_finite
+from posefleet.court.compiled import KERNEL, f64, median_of_finite
 
 # (parent, child) COCO joints, each child after its parent: shoulder -> elbow -> wrist, hip -> knee -> ankle
 BONES: tuple[tuple[int, int], ...] = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
@@ -30,7 +30,6 @@ def hold_lengths(points: np.ndarray, lengths: np.ndarray, tolerance: float = 0.0
     """``points [P, J, 3]`` with each bone's child placed within ``tolerance`` (a fraction) of ``lengths [P, B]``
     from its (already placed) parent, along the direction it was seen in; a NaN length, or a joint missing, leaves
     the child where it is. Bones from the torso first, then the ones hanging from them (:data:`BONES`' order)."""
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731  # one compiled signature
     return _hold_lengths(f64(points), f64(lengths), float(tolerance), _PARENT, _CHILD)
 
 
@@ -40,11 +39,11 @@ def _hold_lengths(points, lengths, tolerance, parents, children):
     for p in range(out.shape[0]):
         for b in range(len(parents)):
             parent, child = out[p, parents[b]], out[p, children[b]]
-            d0, d1, d2 = child[0] - parent[0], child[1] - parent[1], child[2] - parent[2]
-            n = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
             target = lengths[p, b]
             if not np.isfinite(target):
                 continue  # not known yet: the child stays where it was seen
+            d0, d1, d2 = child[0] - parent[0], child[1] - parent[1], child[2] - parent[2]
+            n = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
             ratio = min(max(n, target * (1 - tolerance)), target * (1 + tolerance)) / n
             if np.isfinite(ratio):
                 child[0], child[1], child[2] = parent[0] + d0 * ratio, parent[1] + d1 * ratio, parent[2] + d2 * ratio

@@ -14,10 +14,9 @@ import numpy as np
 from numba import njit
 
 from posefleet.court.calibration import Camera
+from posefleet.court.compiled import KERNEL, f64, median_of_finite
 
 N_DIST = 14  # OpenCV's longest distortion model: k1 k2 p1 p2 k3 k4 k5 k6 s1 s2 s3 s4 tauX tauY
-# numpy's float semantics (x / 0 is inf, not an exception); compiled once and cached next to this file
-KERNEL = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 def _tilt(tau_x: float, tau_y: float) -> np.ndarray:
@@ -225,22 +224,6 @@ def _solve_points(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
 
 
 @njit(**KERNEL)
-def median_of_finite(values, buffer):
-    """The median of ``values``' finite entries (NaN where none), sorted into ``buffer`` by insertion (a few
-    dozen numbers: loops compile in a fraction of the time numpy's sort and masks take)."""
-    n = 0
-    for x in values:
-        if np.isfinite(x):
-            i = n
-            while i > 0 and buffer[i - 1] > x:
-                buffer[i] = buffer[i - 1]
-                i -= 1
-            buffer[i] = x
-            n += 1
-    return np.nan if n == 0 else (buffer[(n - 1) // 2] + buffer[n // 2]) / 2
-
-
-@njit(**KERNEL)
 def _solve_people(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, outlier_px, max_view_px):
     """People ``pixels [P, J, V, 2]``, ``score [P, J, V]``, ``norm [P, J, V, 2]``: each keypoint as
     :func:`_solve_point` (two views at least). A view whose person reprojects further than ``max_view_px`` (the
@@ -305,10 +288,6 @@ def _project_all(R, t, K, dist, tilt, points):
 # -- the numpy-facing calls ----------------------------------------------------------------------------------------
 
 
-def _f64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
-
-
 def triangulate_points(
     cameras: Sequence[Camera] | Rig,
     pixels: np.ndarray,
@@ -326,7 +305,7 @@ def triangulate_points(
     again, until every view fits; a point whose last ``min_views`` views still miss by more is left out (NaN)."""
     rig = Rig.of(cameras)
     points, mean_score, error, used, view_px = _solve_points(
-        rig.normal_terms, *rig.optics, _f64(pixels), _f64(score), _f64(norm), float(min_score), float(outlier_px),
+        rig.normal_terms, *rig.optics, f64(pixels), f64(score), f64(norm), float(min_score), float(outlier_px),
         int(min_views),
     )  # fmt: skip
     return Triangulated(points, mean_score, error, used, view_px)
@@ -341,7 +320,7 @@ def triangulate_people(
     its joints) was another person's: dropped, and the person solved again; a person whose last two views disagree
     gets no 3D. The result's arrays are per person ``[P, J, ...]``; with ``dropped [P, V]``."""
     points, mean_score, error, used, view_px, dropped = _solve_people(
-        rig.normal_terms, *rig.optics, _f64(pixels), _f64(score), _f64(norm), float(min_score), float(outlier_px),
+        rig.normal_terms, *rig.optics, f64(pixels), f64(score), f64(norm), float(min_score), float(outlier_px),
         float(max_view_px),
     )  # fmt: skip
     return Triangulated(points, mean_score, error, used, view_px), dropped
@@ -364,10 +343,10 @@ def triangulate(
 def pixel_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """How far ``points [M, 3]`` project from where each view saw them, ``pixels [M, V, 2]``: errors ``[M, V]``
     (px) and depths ``[M, V]``."""
-    return _pixel_errors(*rig.optics, _f64(points), _f64(pixels))
+    return _pixel_errors(*rig.optics, f64(points), f64(pixels))
 
 
 def project_all(cameras: Sequence[Camera] | Rig, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``points [M, 3]`` into every camera at once: distorted pixels ``[V, M, 2]`` and depths ``[V, M]``, OpenCV's
     model in full (:func:`_project`)."""
-    return _project_all(*Rig.of(cameras).optics, _f64(points).reshape(-1, 3))
+    return _project_all(*Rig.of(cameras).optics, f64(points).reshape(-1, 3))
