@@ -221,6 +221,25 @@ class DecodeConfig(_Strict):
     )  # fmt: skip
 
 
+class FlowConfig(_Strict):
+    """Between detections (``detect_every`` > 1), each tracked person is followed in the picture by sparse
+    optical flow (pyramidal Lucas-Kanade on points of the body) rather than only extrapolated from the last
+    velocity: boxes keep up with a panning camera and a jumping player, and the tracker learns the pan."""
+
+    enabled: bool = True
+    person_px: int = Field(
+        32, ge=8, le=512, description="the flow runs in grey at the scale that makes the smallest tracked person "
+        "this tall (frames are decoded at least that large)",
+    )  # fmt: skip
+    window: int = Field(7, ge=5, le=63, description="Lucas-Kanade window side, px at the flow's scale")
+    levels: int = Field(3, ge=0, le=6, description="pyramid levels above the flow's scale")
+    iterations: int = Field(10, ge=1, le=100, description="Lucas-Kanade iterations a level at most")
+    max_error_px: float = Field(
+        1.0, gt=0.0, description="a point whose flow back lands further than this from where it started is dropped"
+    )
+    min_points: int = Field(4, ge=1, description="a person followed by fewer points keeps its prediction")
+
+
 PoseSource = Literal["single-stage", "top-down", "fused"]
 Policy = Literal["drop_oldest", "wait"]  # a stream's overload policy (admission.py says what each does)
 
@@ -267,6 +286,7 @@ class PipelineConfig(_Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="how JPEG frames are decoded")
+    flow: FlowConfig = Field(default_factory=FlowConfig, description="how carried frames follow each person")
     stream: StreamSettings = Field(
         default_factory=StreamSettings, description="every stream's settings unless its own are given"
     )

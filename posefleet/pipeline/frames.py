@@ -123,7 +123,7 @@ class FramePipeline:
             call = DecodeCall([frames[i].picture for i in waiting], needs, self.cfg.decode.max_upscale)
             yield call
         t = time.perf_counter()
-        plans = [f.state.start(p) for f, p in zip(frames, plans, strict=True)]  # decoded: the frames go ahead
+        plans = [f.state.start(p, f.picture) for f, p in zip(frames, plans, strict=True)]  # decoded: go ahead
         track_ms += _ms(t)
         timings = [StageTimings(decode_ms=f.picture.decode_ms) for f in frames]
 
@@ -201,7 +201,7 @@ class FramePipeline:
         and its caller's own. 1 (full size) with scaled decoding off."""
         if not self.cfg.decode.scaled:
             return 1.0
-        need = max([f.min_scale, *(r.scale for r in regions or [])])
+        need = max([f.min_scale, f.state.flow_need(), *(r.scale for r in regions or [])])
         if self.pose is not None:  # the tracks where they are predicted; on a detection frame, whoever is found
             boxes = plan.crop_boxes  # too, as small as the smallest person looked for
             if plan.detect:

@@ -10,6 +10,10 @@ A frame goes through three steps, in this order, for each stream:
    pose fails is lost and forces a detection on the next frame. Single-stage pipelines have no pose
    model between detections: a carried track's last keypoints move with its predicted box.
 
+On carried frames, with ``flow`` on, each tracked person is first followed in the picture by optical flow
+(:mod:`posefleet.pipeline.flow`): the boxes and keypoints carried are where the flow finds them, and
+single-stage pipelines measure the tracks with them, so the tracker's velocity learns a camera's pan.
+
 The state is plain data (:meth:`StreamState.state_dict`), so a stream can move between actors.
 """
 
@@ -22,8 +26,10 @@ import numpy as np
 
 from posefleet.config import PipelineConfig, StreamSettings
 from posefleet.errors import FrameOrderError
+from posefleet.image_io import Picture
 from posefleet.pipeline.bytetrack import ByteTracker, Track, track_boxes
 from posefleet.pipeline.detector import Detections
+from posefleet.pipeline.flow import FlowFrame, flow_frame, flow_scale, follow
 from posefleet.pipeline.geometry import keypoint_box
 from posefleet.pipeline.roi import Roi, check_polygon, ground_points
 from posefleet.pipeline.schema import Person
@@ -46,6 +52,8 @@ class FramePlan:
     # [N, 17, 3] per planned track: the detector's keypoints on detection frames (when it gives them),
     # the track's previous keypoints on carried frames (NaN where it has none); used to align crops
     keypoints: np.ndarray | None = None
+    # carried frames: which tracks optical flow followed (their boxes and keypoints are the flow's)
+    followed: np.ndarray | None = None
 
 
 def _tracks_to_plan(plan: FramePlan, tracks: list[Track], use_det_box: bool) -> FramePlan:
@@ -74,7 +82,11 @@ class StreamState:
         self.frame_size: tuple[int, int] | None = None  # width, height of the latest frame
         self.smoothers: dict[int, OneEuroFilter] = {}
         self.keypoints: dict[int, np.ndarray] = {}  # each live track's latest keypoints [17, 3] (carried frames)
-        self.keypoint_boxes: dict[int, np.ndarray] = {}  # single-stage: the box each track's keypoints came with
+        self.keypoint_boxes: dict[int, np.ndarray] = {}  # the box each track's keypoints came with
+        # the latest frame in grey, for the next carried frame's flow (not part of the state: a stream moved
+        # to another process carries its next frame on prediction alone)
+        self.flow_ref: FlowFrame | None = None
+        self._picture: Picture | None = None  # this frame's, between start and finish
         self.configure(settings or cfg.stream)
 
     def configure(self, settings: StreamSettings) -> None:
@@ -89,6 +101,20 @@ class StreamState:
     def detect_every(self) -> int:
         """The stream's own, else the pipeline's."""
         return self.settings.detect_every or self.cfg.detect_every
+
+    @property
+    def follows(self) -> bool:
+        """Whether carried frames follow people by optical flow (there are carried frames, and it is on)."""
+        return self.cfg.flow.enabled and self.detect_every > 1
+
+    def flow_need(self) -> float:
+        """The scale (image px per frame px) the flow needs of this frame's pixels; 0 when it will not run."""
+        if not self.follows:
+            return 0.0
+        boxes = track_boxes(self.tracker.tracked)
+        if not len(boxes):
+            return 0.0
+        return flow_scale(float((boxes[:, 3] - boxes[:, 1]).min()), self.cfg.flow)
 
     # -- step 1 -------------------------------------------------------------------------------
     def restarts_at(self, frame_index: int) -> bool:
@@ -116,10 +142,13 @@ class StreamState:
             return self._detection_plan(frame_index)
         return FramePlan(frame_index, detect=False, crop_boxes=self.tracker.predicted_boxes(0))
 
-    def start(self, plan: FramePlan) -> FramePlan:
-        """Commit a frame's plan to the stream (its picture is decoded): the counters move on and, on a carried
-        frame, the tracker advances on prediction and the plan gets its tracks."""
+    def start(self, plan: FramePlan, picture: Picture | None = None) -> FramePlan:
+        """Commit a frame's plan to the stream (its ``picture`` is decoded): the counters move on and, on a
+        carried frame, the tracker advances on prediction, the plan gets its tracks and, where the flow follows
+        them in the picture, their boxes and keypoints are the flow's."""
         self.last_index = plan.frame_index
+        prior, self.flow_ref = self.flow_ref, None
+        self._picture = picture if self.follows and picture is not None and picture.image is not None else None
         if plan.detect:
             self.frames_since_detect = 0
             self.force_detect = False
@@ -135,7 +164,23 @@ class StreamState:
         plan.keypoints = np.stack(kept) if kept else np.zeros((0, 17, 3), np.float32)
         if not self.cfg.needs_pose_model:  # single-stage: the last keypoints move with the predicted box
             plan.keypoints = self._moved_keypoints(plan)
+        need = self.flow_need()
+        if prior is not None and self._picture is not None and plan.track_ids and need > 0:
+            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, need)
+            self._follow(plan, prior, self.flow_ref)
         return plan
+
+    def _follow(self, plan: FramePlan, prior: FlowFrame, cur: FlowFrame) -> None:
+        """Move the carried tracks to where optical flow finds them, from their boxes and keypoints of the
+        previous frame. Only confirmed tracks are marked followed (measured by it): a flow never confirms."""
+        tracks = {t.track_id: t for t in self.tracker.tracked}
+        before = np.stack([self.keypoint_boxes.get(t, tracks[t].det_box) for t in plan.track_ids])
+        kps = np.stack([self.keypoints.get(t, _NO_KEYPOINTS) for t in plan.track_ids])
+        boxes, moved, ok = follow(prior, cur, before, kps, self.cfg.flow, self.cfg.keypoint_min_score)
+        plan.boxes = np.where(ok[:, None], boxes, plan.boxes)
+        if plan.keypoints is not None:
+            plan.keypoints = np.where(ok[:, None, None], moved, plan.keypoints)
+        plan.followed = ok & np.array([tracks[t].is_activated for t in plan.track_ids])
 
     def _moved_keypoints(self, plan: FramePlan) -> np.ndarray:
         """Each carried track's last keypoints, moved and scaled from the box they came with to its prediction."""
@@ -229,6 +274,10 @@ class StreamState:
             active = self.tracker.correct(plan.track_ids, boxes, scores, ok)
             if not ok.all():
                 self.force_detect = True
+        elif not plan.detect and plan.followed is not None and plan.followed.any():  # single-stage: the flow's
+            f = plan.followed
+            ids = [t for t, y in zip(plan.track_ids, f, strict=True) if y]
+            active = self.tracker.correct(ids, boxes[f], scores[f], np.ones(len(ids), bool))
         else:
             active = self.tracker.active()
         report = {t.track_id for t in active}
@@ -248,13 +297,16 @@ class StreamState:
                     outside_roi=not bool(inside[i]),
                 )
             )
-        if self.cfg.pose_source == "top-down":  # the next carried frame aligns its crops by them
-            for i, tid in enumerate(plan.track_ids):
-                self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
-        elif self.detect_every > 1 and plan.detect:  # single-stage: carried frames move these
+        if self.cfg.pose_source == "top-down" or self.follows or (self.detect_every > 1 and plan.detect):
+            # the next carried frame aligns its crops by these (top-down), follows them (flow), or moves them
+            # with the predicted box (single-stage)
             for i, tid in enumerate(plan.track_ids):
                 self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
                 self.keypoint_boxes[tid] = boxes[i].astype(np.float32)
+        if self._picture is not None and self.flow_ref is None and self.flow_need() > 0:
+            # the next carried frame follows its people from this frame, at the scale this frame's people need
+            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, self.flow_need())
+        self._picture = None
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
         self.smoothers = {k: v for k, v in self.smoothers.items() if k in live}
         self.keypoints = {k: v for k, v in self.keypoints.items() if k in live}
