@@ -50,6 +50,7 @@ BLAZEPOSE: dict[str, Any] = {"decoder": "blazepose", "model": "blazepose_landmar
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("previous default (2x1 tiles, capped)", "balanced", PREVIOUS_DEFAULT),
     ("balanced (default)", "balanced", {}),
+    ("balanced, carried frames extrapolated (no flow)", "balanced", {"flow": {"enabled": False}}),
     ("balanced, crops 64 px", "balanced", {"detector": {"guided": {"min_person_px": 64}}}),
     ("balanced, crops 96 px", "balanced", {"detector": {"guided": {"min_person_px": 96}}}),
     ("quality", "quality", {}),
@@ -169,7 +170,10 @@ def section_players(quick: bool, bar: tqdm | None = None) -> dict[str, Any]:
         rows.append(row)
         if bar is not None:
             bar.update(1)
-    detect_every = detect_every_rows("balanced", clip, [2] if quick else [2, 3, 5], models.get("balanced (default)"))
+    ns, shared = [2] if quick else [2, 3, 5], models.get("balanced (default)")
+    detect_every = detect_every_rows("balanced", clip, ns, shared)
+    for r in detect_every_rows("balanced", clip, ns, shared, {"flow": {"enabled": False}})[1:]:
+        detect_every.append(r | {"flow": False})
     if bar is not None:
         bar.update(1)
     base = next((p for name, p in pipelines.items() if name.startswith("previous")), None)
@@ -184,15 +188,17 @@ def section_players(quick: bool, bar: tqdm | None = None) -> dict[str, Any]:
     return {"rows": rows, "detect_every": detect_every, "ratios": ratios, "court": VOLLEYBALL_COURT}
 
 
-def detect_every_rows(preset: str, clip: list[np.ndarray], ns: list[int], models: Any = None) -> list[dict[str, Any]]:
-    """A preset detecting every N frames against every frame on the same clip: id switches, fragmentations,
-    share matched and keypoint OKS against the every-frame run, and FPS."""
+def detect_every_rows(
+    preset: str, clip: list[np.ndarray], ns: list[int], models: Any = None, overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """A preset (with ``overrides``) detecting every N frames against every frame on the same clip: id
+    switches, fragmentations, share matched and keypoint OKS against the every-frame run, and FPS."""
     from posefleet.config import load_pipeline_config
     from posefleet.evaluate import tracking_consistency
     from posefleet.pipeline.engine import Pipeline
 
     def run(n: int) -> tuple[list, float]:
-        pipeline = Pipeline(load_pipeline_config(preset, overrides={"detect_every": n}), models)
+        pipeline = Pipeline(load_pipeline_config(preset, overrides={**(overrides or {}), "detect_every": n}), models)
         t0 = time.perf_counter()
         out = [pipeline.process("clip", f, i) for i, f in enumerate(clip)]
         return out, len(clip) / (time.perf_counter() - t0)
@@ -228,11 +234,13 @@ def markdown(res: dict[str, Any]) -> str:
             f"{_f(mot.get('recall'), '.3f')} / {_f(mot.get('precision'), '.3f')} | {_f(r.get('coco_AP'), '.3f')} | "
             f"{_f(r.get('posetrack_AP'), '.3f')} | {_f(r.get('crowdpose_AP'), '.3f')} | {r['basketball_ids']} |"
         )
-    lines += ["", "Default preset, detect every N against every frame (basketball clip):", "",
-              "| detect every | FPS | id switches | fragmentations | matched | keypoint OKS vs every frame |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['detect_every']} | {r['fps']:.1f} | {r['id_switches']} | {r['fragmentations']} | "
-              f"{r['matched']:.2f} | {r['mean_oks_vs_reference']:.3f} |" for r in res["detect_every"]]  # fmt: skip
+    lines += ["", "Default preset, detect every N against every frame (basketball clip); carried frames follow each "
+              "person by optical flow, or (no flow) extrapolate the tracker's last velocity:", "",
+              "| detect every | carried frames | FPS | id switches | fragmentations | matched | keypoint OKS vs every "
+              "frame |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {r['detect_every']} | {'flow' if r.get('flow', True) else 'no flow'} | {r['fps']:.1f} | "
+              f"{r['id_switches']} | {r['fragmentations']} | {r['matched']:.2f} | {r['mean_oks_vs_reference']:.3f} |"
+              for r in res["detect_every"]]  # fmt: skip
     if res["ratios"]:
         lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
     return "\n".join(lines) + "\n"

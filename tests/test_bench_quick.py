@@ -77,7 +77,7 @@ def test_players_bench_quick_writes_its_table(tmp_path: Path) -> None:
     rows = {r["row"]: r for r in res["rows"]}
     assert set(rows) == {"previous default (2x1 tiles, capped)", "balanced (default)"}
     assert all(r["basketball_ids"] >= 2 for r in rows.values())  # the clip's two players
-    assert [r["detect_every"] for r in res["detect_every"]] == [1, 2]
+    assert [(r["detect_every"], r.get("flow", True)) for r in res["detect_every"]] == [(1, True), (2, True), (2, False)]
     assert any(k.startswith("default FPS 720p, x the previous default") for k in res["ratios"])  # paired
     assert "| preset | FPS 720p |" in (tmp_path / "players.md").read_text()
     if (ROOT.parent / "shared/data/volleyball").is_dir():  # read from beside the checkout, never copied
