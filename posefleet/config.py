@@ -238,6 +238,14 @@ class FlowConfig(_Strict):
         1.0, gt=0.0, description="a point whose flow back lands further than this from where it started is dropped"
     )
     min_points: int = Field(4, ge=1, description="a person followed by fewer points keeps its prediction")
+    camera: bool = Field(
+        True, description="measure the camera's own motion on every frame (corners outside the people) and move "
+        "every track by it before the frame's association: ids hold through a pan",
+    )  # fmt: skip
+    camera_points: int = Field(120, ge=8, le=5000, description="corners looked for to measure the camera's motion")
+    min_camera_points: int = Field(
+        20, ge=3, description="fewer corners agreeing than this: the camera's motion is not measured (a cut, a wall)"
+    )
 
 
 PoseSource = Literal["single-stage", "top-down", "fused"]

@@ -13,7 +13,7 @@ import pytest
 from conftest import read
 from posefleet.config import FlowConfig, load_pipeline_config
 from posefleet.pipeline.engine import Pipeline
-from posefleet.pipeline.flow import _row_median, flow_frame, flow_scale, follow
+from posefleet.pipeline.flow import _row_median, camera_motion, flow_frame, flow_scale, follow
 from posefleet.pipeline.frames import LocalModels
 
 PHOTOS = ["astronaut.png", "grace.jpg", "camera.png", "000000000785.jpg"]
@@ -77,7 +77,8 @@ def test_a_carried_frame_follows_a_panning_camera(court: np.ndarray, engine: Loc
 
     def run(flow: bool) -> tuple[list, np.ndarray]:
         """The three frames' results, and where the tracker expects its people on the third, after the second."""
-        cfg = load_pipeline_config("balanced", overrides={"detect_every": 2, "flow": {"enabled": flow}})
+        flow_cfg = {"enabled": flow, "camera": False}  # people followed; the camera's own motion: the next test
+        cfg = load_pipeline_config("balanced", overrides={"detect_every": 2, "flow": flow_cfg})
         pipeline = Pipeline(cfg, engine)
         out = [pipeline.process("pan", f, i) for i, f in enumerate(frames[:2])]
         expected = pipeline.streams["pan"].tracker.predicted_boxes(0)
@@ -105,6 +106,36 @@ def test_a_carried_frame_follows_a_panning_camera(court: np.ndarray, engine: Loc
     unmoved = np.array([np.array(p.box) - before[p.track_id] for p in still.people])
     assert np.abs(np.median(unmoved, axis=0)).max() < 2.0
     assert np.abs(np.median(guess - np.array([p.box for p in still.people]), axis=0)).max() < 0.1
+
+
+def test_the_cameras_own_motion_is_measured(court: np.ndarray) -> None:
+    """Pan and zoom measured from the picture's corners, at the small scales the flow runs at; none where
+    every corner is covered by people."""
+    nxt, m = panned(court, PAN, ZOOM)
+    cfg = FlowConfig()
+    for scale in (0.13, 0.5):
+        est = camera_motion(flow_frame(court, 1.0, scale), flow_frame(nxt, 1.0, scale), np.zeros((0, 4)), cfg)
+        assert est is not None and np.allclose(est[:, :2], m[:, :2], atol=0.005)
+        assert np.allclose(est[:, 2], m[:, 2], atol=0.5), (est, m)
+    everyone = np.array([[0, 0, court.shape[1], court.shape[0]]], np.float32)
+    assert camera_motion(flow_frame(court, 1.0, 0.5), flow_frame(nxt, 1.0, 0.5), everyone, cfg) is None
+
+
+def test_ids_hold_through_a_fast_pan(court: np.ndarray, engine: LocalModels) -> None:
+    """Detection every frame while the camera pans half a person's width and more a frame: the tracks move
+    with the camera before they are matched, so everyone keeps their id; without that, the predictions no
+    longer overlap the people and ids are lost."""
+    frames = [court, panned(court, np.array([120.0, 0.0]))[0]]
+
+    def ids(camera: bool) -> list[set[int]]:
+        cfg = load_pipeline_config("balanced", overrides={"detect_every": 1, "flow": {"camera": camera}})
+        pipeline = Pipeline(cfg, engine)
+        return [{p.track_id for p in pipeline.process("pan", f, i).people} for i, f in enumerate(frames)]
+
+    first, panned_ids = ids(True)
+    assert len(first) >= 7 and panned_ids == first
+    first, panned_ids = ids(False)
+    assert len(panned_ids & first) <= len(first) // 2
 
 
 def test_row_median_is_numpys_median_of_the_valid() -> None:

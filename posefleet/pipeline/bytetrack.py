@@ -262,6 +262,24 @@ class ByteTracker:
         predicted = np.where(np.array([t.is_activated for t in tracks])[:, None], predicted, mean)
         return xyah_to_tlbr(predicted)
 
+    def move_with_camera(self, m: np.ndarray) -> None:
+        """Move every track's state (tracked and lost) by the camera's motion since the last frame, a 2x3
+        similarity ``m`` in image px: centres and velocities turned, scaled and (centres) shifted, heights
+        scaled, covariances carried along (BoT-SORT's camera-motion compensation)."""
+        tracks = self.tracked + self.lost
+        if not tracks:
+            return
+        lin = m[:, :2]
+        s = float(np.sqrt(abs(np.linalg.det(lin))))
+        t = np.eye(8)
+        t[:2, :2] = t[4:6, 4:6] = lin
+        t[3, 3] = t[7, 7] = s
+        mean = np.stack([tr.mean for tr in tracks]) @ t.T
+        mean[:, :2] += m[:, 2]
+        cov = t @ np.stack([tr.cov for tr in tracks]) @ t.T
+        for i, tr in enumerate(tracks):
+            tr.mean, tr.cov = mean[i], cov[i]
+
     # -- frames between detections --------------------------------------------------------
     def carry(self) -> list[Track]:
         """Advance one frame on prediction alone; returns tracks to measure this frame.

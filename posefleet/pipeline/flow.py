@@ -9,6 +9,11 @@ what passes (MedianFlow, Kalal et al. 2010). Each keypoint that passes moves wit
 with the body. The result is a measurement the tracker folds in like a detection, so its velocity learns
 the pan. A person too few of whose points pass is left to the prediction.
 
+The camera's own motion is measured the same way on every frame (``flow.camera``): corners of the picture
+outside the tracked people, followed forward and backward, give a similarity transform (RANSAC), which
+moves every track's state, lost tracks included, before the frame's prediction and association, as
+BoT-SORT's camera-motion compensation does. A panning camera then no longer breaks ids.
+
 Everything works in grey at a small scale: the smallest tracked person ``flow.person_px`` tall.
 """
 
@@ -99,12 +104,9 @@ def follow(
         return out_boxes, out_kps, np.zeros(len(boxes), bool)
     prev = prev.resized(cur.gray.shape, cur.scale)
     p0 = (pts[real] * cur.scale).reshape(-1, 1, 2)
-    lk = {"winSize": (cfg.window, cfg.window), "maxLevel": cfg.levels,
-          "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.iterations, 0.03)}  # fmt: skip
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev.gray, cur.gray, p0, None, **lk)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(cur.gray, prev.gray, p1, None, **lk)
+    p1, followed = _track_points(prev, cur, p0, cfg)
     good = np.zeros_like(real)
-    good[real] = (st1[:, 0] == 1) & (st2[:, 0] == 1) & (np.linalg.norm(back - p0, axis=2)[:, 0] < cfg.max_error_px)
+    good[real] = followed
     moved_pts = pts.copy()
     moved_pts[real] = p1[:, 0] / cur.scale  # frame px
     ok = good.sum(1) >= cfg.min_points
@@ -126,3 +128,37 @@ def follow(
     out_boxes[ok] = new_boxes[ok]
     out_kps[ok, :, :2] = new_kps[ok]
     return out_boxes, out_kps, ok
+
+
+def _track_points(prev: FlowFrame, cur: FlowFrame, p0: np.ndarray, cfg: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``p0 [M, 1, 2]`` (px at the flow's scale) followed from ``prev`` to ``cur``: where they went, and which
+    came back within ``max_error_px``."""
+    lk = {"winSize": (cfg.window, cfg.window), "maxLevel": cfg.levels,
+          "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.iterations, 0.03)}  # fmt: skip
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev.gray, cur.gray, p0, None, **lk)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(cur.gray, prev.gray, p1, None, **lk)
+    return p1, (st1[:, 0] == 1) & (st2[:, 0] == 1) & (np.linalg.norm(back - p0, axis=2)[:, 0] < cfg.max_error_px)
+
+
+def camera_motion(prev: FlowFrame, cur: FlowFrame, people: np.ndarray, cfg: FlowConfig) -> np.ndarray | None:
+    """How the camera moved the picture from ``prev`` to ``cur``: a 2x3 similarity in frame px, from corners
+    outside the ``people [N, 4]`` (frame px), or None where too few corners agree (a cut, a blank wall)."""
+    prev = prev.resized(cur.gray.shape, cur.scale)
+    # corners are looked for at half the flow's scale (a tenth of the cost, and a camera's motion needs no
+    # fine detail to be found), then followed at the flow's scale
+    half = cv2.pyrDown(prev.gray)
+    mask = np.full(half.shape, 255, np.uint8)
+    for x0, y0, x1, y1 in np.round(np.asarray(people).reshape(-1, 4) * cur.scale / 2).astype(int):
+        mask[max(0, y0) : max(0, y1 + 1), max(0, x0) : max(0, x1 + 1)] = 0
+    corners = cv2.goodFeaturesToTrack(half, cfg.camera_points, 0.01, 3, mask=mask, blockSize=3)
+    if corners is None or len(corners) < cfg.min_camera_points:
+        return None
+    p0 = (corners.astype(np.float32) * 2).reshape(-1, 1, 2)
+    p1, good = _track_points(prev, cur, p0, cfg)
+    if good.sum() < cfg.min_camera_points:
+        return None
+    m, inliers = cv2.estimateAffinePartial2D(p0[good], p1[good], method=cv2.RANSAC, ransacReprojThreshold=1.0)
+    if m is None or int(inliers.sum()) < cfg.min_camera_points:
+        return None
+    m[:, 2] /= cur.scale  # flow px -> frame px (a similarity: its linear part is the same at any scale)
+    return m

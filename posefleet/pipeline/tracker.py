@@ -29,7 +29,7 @@ from posefleet.errors import FrameOrderError
 from posefleet.image_io import Picture
 from posefleet.pipeline.bytetrack import ByteTracker, Track, track_boxes
 from posefleet.pipeline.detector import Detections
-from posefleet.pipeline.flow import FlowFrame, flow_frame, flow_scale, follow
+from posefleet.pipeline.flow import FlowFrame, camera_motion, flow_frame, flow_scale, follow
 from posefleet.pipeline.geometry import keypoint_box
 from posefleet.pipeline.roi import Roi, check_polygon, ground_points
 from posefleet.pipeline.schema import Person
@@ -107,9 +107,14 @@ class StreamState:
         """Whether carried frames follow people by optical flow (there are carried frames, and it is on)."""
         return self.cfg.flow.enabled and self.detect_every > 1
 
+    @property
+    def compensates(self) -> bool:
+        """Whether each frame measures the camera's motion and moves the tracks by it."""
+        return self.cfg.flow.enabled and self.cfg.flow.camera
+
     def flow_need(self) -> float:
         """The scale (image px per frame px) the flow needs of this frame's pixels; 0 when it will not run."""
-        if not self.follows:
+        if not (self.follows or self.compensates):
             return 0.0
         boxes = track_boxes(self.tracker.tracked)
         if not len(boxes):
@@ -148,7 +153,16 @@ class StreamState:
         them in the picture, their boxes and keypoints are the flow's."""
         self.last_index = plan.frame_index
         prior, self.flow_ref = self.flow_ref, None
-        self._picture = picture if self.follows and picture is not None and picture.image is not None else None
+        wanted = self.follows or self.compensates
+        self._picture = picture if wanted and picture is not None and picture.image is not None else None
+        need = self.flow_need()
+        if prior is not None and self._picture is not None and need > 0:
+            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, need)
+            if self.compensates:
+                people = track_boxes(self.tracker.tracked + self.tracker.lost)
+                m = camera_motion(prior, self.flow_ref, people, self.cfg.flow)
+                if m is not None:
+                    self.tracker.move_with_camera(m)
         if plan.detect:
             self.frames_since_detect = 0
             self.force_detect = False
@@ -164,9 +178,7 @@ class StreamState:
         plan.keypoints = np.stack(kept) if kept else np.zeros((0, 17, 3), np.float32)
         if not self.cfg.needs_pose_model:  # single-stage: the last keypoints move with the predicted box
             plan.keypoints = self._moved_keypoints(plan)
-        need = self.flow_need()
-        if prior is not None and self._picture is not None and plan.track_ids and need > 0:
-            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, need)
+        if self.follows and prior is not None and self.flow_ref is not None and plan.track_ids:
             self._follow(plan, prior, self.flow_ref)
         return plan
 
