@@ -151,8 +151,9 @@ class StreamState:
         """Commit a frame's plan to the stream (its ``picture`` is decoded): the counters move on and, on a
         carried frame, the tracker advances on prediction, the plan gets its tracks and, where the flow follows
         them in the picture, their boxes and keypoints are the flow's."""
+        restarted = plan.frame_index <= self.last_index  # a camera that restarted its count: no flow across
         self.last_index = plan.frame_index
-        prior, self.flow_ref = self.flow_ref, None
+        prior, self.flow_ref = (None if restarted else self.flow_ref), None
         wanted = self.follows or self.compensates
         self._picture = picture if wanted and picture is not None and picture.image is not None else None
         need = self.flow_need()
