@@ -42,6 +42,7 @@ from posefleet.errors import Conflict, OverCap, UnknownStream
 from posefleet.serving_config import AppConfig
 
 log = logging.getLogger("posefleet.source")
+STOP_WAIT_S = 15.0  # a stopping source waits this long at most for its frame in flight
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -145,6 +146,8 @@ class SourceActor:
         with self.slot:
             self.stopped = True
             self.slot.notify()
+        # the frame in flight is answered first (bounded), so its result reaches the webhook as well as the sink
+        self.sender.join(timeout=STOP_WAIT_S)
         if self.router is not None:
             with contextlib.suppress(Exception):
                 self.router.close()  # what its sinks and webhook still hold
