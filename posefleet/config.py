@@ -224,7 +224,8 @@ class DecodeConfig(_Strict):
 class FlowConfig(_Strict):
     """Between detections (``detect_every`` > 1), each tracked person is followed in the picture by sparse
     optical flow (pyramidal Lucas-Kanade on points of the body) rather than only extrapolated from the last
-    velocity: boxes keep up with a panning camera and a jumping player, and the tracker learns the pan."""
+    velocity: boxes keep up with a panning camera and a jumping player. On every frame (``camera``), the
+    camera's own motion is measured the same way and taken out of the tracks before they are matched."""
 
     enabled: bool = True
     person_px: int = Field(
@@ -294,7 +295,9 @@ class PipelineConfig(_Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="how JPEG frames are decoded")
-    flow: FlowConfig = Field(default_factory=FlowConfig, description="how carried frames follow each person")
+    flow: FlowConfig = Field(
+        default_factory=FlowConfig, description="optical flow: carried frames follow each person; the camera's motion"
+    )
     stream: StreamSettings = Field(
         default_factory=StreamSettings, description="every stream's settings unless its own are given"
     )

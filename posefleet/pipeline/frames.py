@@ -173,7 +173,7 @@ class FramePipeline:
         t = time.perf_counter()
         results = []
         for f, plan, (kps, scores), tm in zip(frames, plans, poses, timings, strict=True):
-            people = f.state.finish(plan, kps, scores, f.timestamp)
+            people = f.state.finish(plan, kps, scores, f.timestamp, f.picture)
             result = FrameResult(
                 stream_id=f.stream_id, frame_index=plan.frame_index, timestamp=f.timestamp, width=f.picture.width,
                 height=f.picture.height, detected=plan.detect, people=people, timings=tm,

@@ -10,9 +10,10 @@ A frame goes through three steps, in this order, for each stream:
    pose fails is lost and forces a detection on the next frame. Single-stage pipelines have no pose
    model between detections: a carried track's last keypoints move with its predicted box.
 
-On carried frames, with ``flow`` on, each tracked person is first followed in the picture by optical flow
-(:mod:`posefleet.pipeline.flow`): the boxes and keypoints carried are where the flow finds them, and
-single-stage pipelines measure the tracks with them, so the tracker's velocity learns a camera's pan.
+With ``flow`` on (:mod:`posefleet.pipeline.flow`), every frame first measures the camera's own motion and
+moves the tracks by it (``flow.camera``); on carried frames each tracked person is then followed in the
+picture: the boxes and keypoints carried are where the flow finds them, and single-stage pipelines measure
+the tracks with them.
 
 The state is plain data (:meth:`StreamState.state_dict`), so a stream can move between actors.
 """
@@ -86,7 +87,6 @@ class StreamState:
         # the latest frame in grey, for the next carried frame's flow (not part of the state: a stream moved
         # to another process carries its next frame on prediction alone)
         self.flow_ref: FlowFrame | None = None
-        self._picture: Picture | None = None  # this frame's, between start and finish
         self.configure(settings or cfg.stream)
 
     def configure(self, settings: StreamSettings) -> None:
@@ -154,11 +154,10 @@ class StreamState:
         restarted = plan.frame_index <= self.last_index  # a camera that restarted its count: no flow across
         self.last_index = plan.frame_index
         prior, self.flow_ref = (None if restarted else self.flow_ref), None
-        wanted = self.follows or self.compensates
-        self._picture = picture if wanted and picture is not None and picture.image is not None else None
         need = self.flow_need()
-        if prior is not None and self._picture is not None and need > 0:
-            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, need)
+        if prior is not None and picture is not None and picture.image is not None and need > 0:
+            self.flow_ref = flow_frame(picture.image, picture.scale, need)
+            prior = prior.resized(self.flow_ref.gray.shape, self.flow_ref.scale)  # once, for both uses below
             if self.compensates:
                 people = track_boxes(self.tracker.tracked + self.tracker.lost)
                 m = camera_motion(prior, self.flow_ref, people, self.cfg.flow)
@@ -269,9 +268,11 @@ class StreamState:
 
     # -- step 3 -------------------------------------------------------------------------------
     def finish(
-        self, plan: FramePlan, keypoints: np.ndarray, pose_scores: np.ndarray, timestamp: float | None = None
+        self, plan: FramePlan, keypoints: np.ndarray, pose_scores: np.ndarray, timestamp: float | None = None,
+        picture: Picture | None = None,
     ) -> list[Person]:
-        """Fold the pose of this frame into the tracks and return the people to report."""
+        """Fold the pose of this frame into the tracks and return the people to report; this frame's decoded
+        ``picture`` is kept in grey for the next frame's flow, where :meth:`start` did not already."""
         cfg = self.cfg
         boxes = plan.boxes.copy()
         scores = plan.scores.copy()
@@ -316,10 +317,9 @@ class StreamState:
             for i, tid in enumerate(plan.track_ids):
                 self.keypoints[tid] = np.asarray(keypoints[i], np.float32)
                 self.keypoint_boxes[tid] = boxes[i].astype(np.float32)
-        if self._picture is not None and self.flow_ref is None and self.flow_need() > 0:
-            # the next carried frame follows its people from this frame, at the scale this frame's people need
-            self.flow_ref = flow_frame(self._picture.image, self._picture.scale, self.flow_need())
-        self._picture = None
+        need = self.flow_need() if self.flow_ref is None and picture is not None and picture.image is not None else 0
+        if need > 0:  # the next frame follows its people from this one, at the scale this frame's people need
+            self.flow_ref = flow_frame(picture.image, picture.scale, need)  # type: ignore[union-attr]
         live = {tr.track_id for tr in self.tracker.tracked + self.tracker.lost}
         self.smoothers = {k: v for k, v in self.smoothers.items() if k in live}
         self.keypoints = {k: v for k, v in self.keypoints.items() if k in live}
