@@ -9,7 +9,7 @@ the clusters built so far (Hungarian, scipy), an unmatched one starts a cluster 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -35,13 +35,6 @@ class View:
 
     def __len__(self) -> int:
         return len(self.track_ids)
-
-
-@dataclass
-class Cluster:
-    """The views of one person: stream -> index into that view's people."""
-
-    members: dict[str, int] = field(default_factory=dict)
 
 
 def _skew(t: np.ndarray) -> np.ndarray:
@@ -111,33 +104,34 @@ def ground_costs(a: View, b: View) -> np.ndarray:
 
 def cluster_views(
     views: dict[str, int], pair_costs: Callable[[str, str], np.ndarray], max_cost: float
-) -> list[Cluster]:
+) -> tuple[list[str], np.ndarray]:
     """Clusters of observations, at most one per view each, joined where the mean pair cost to a cluster's members
     is under ``max_cost``. ``views``: each view's count of people; ``pair_costs(a, b)``: views a and b's cost
-    matrix ``[Na, Nb]``."""
-    clusters: list[Cluster] = []
-    for stream in sorted(views, key=lambda s: -views[s]):
+    matrix ``[Na, Nb]``. Views are taken largest first; returns them in that order (views with nobody left out)
+    and the clusters as ``members [K, len(order)]``: each cluster's person in each view (-1: none)."""
+    order = [s for s in sorted(views, key=lambda s: -views[s]) if views[s]]
+    members = np.full((sum(views[s] for s in order), len(order)), -1)
+    k = 0  # clusters so far
+    for at, stream in enumerate(order):
         n = views[stream]
-        if not n:
-            continue
-        if not clusters:
-            clusters = [Cluster({stream: i}) for i in range(n)]
-            continue
-        total = np.zeros((n, len(clusters)))
-        count = np.zeros(len(clusters))
-        for other in {s for cl in clusters for s in cl.members}:
-            cols = np.array([cl.members.get(other, -1) for cl in clusters])
-            has = cols >= 0
-            matrix = pair_costs(stream, other)
-            total[:, has] += matrix[:, cols[has]]
-            count += has
-        mean = total / count
-        cost = np.where(mean <= max_cost, mean, UNMATCHED)
-        rows, cols = linear_sum_assignment(cost)
-        taken = set()
-        for i, c in zip(rows, cols, strict=True):
-            if cost[i, c] < UNMATCHED:
-                clusters[c].members[stream] = int(i)
-                taken.add(int(i))
-        clusters += [Cluster({stream: i}) for i in range(n) if i not in taken]
-    return clusters
+        if at:
+            total = np.zeros((n, k))
+            count = np.zeros(k)
+            for before in range(at):  # every view before this one has a person in some of the clusters
+                cols = members[:k, before]
+                has = cols >= 0
+                total[:, has] += pair_costs(stream, order[before])[:, cols[has]]
+                count += has
+            mean = total / count
+            cost = np.where(mean <= max_cost, mean, UNMATCHED)
+            rows, cols = linear_sum_assignment(cost)
+            joined = cost[rows, cols] < UNMATCHED
+            members[cols[joined], at] = rows[joined]
+            free = np.ones(n, bool)
+            free[rows[joined]] = False
+            alone = np.flatnonzero(free)
+        else:
+            alone = np.arange(n)
+        members[k : k + len(alone), at] = alone
+        k += len(alone)
+    return order, members[:k]

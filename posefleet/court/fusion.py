@@ -8,33 +8,47 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
+from numba import njit
 
 from posefleet.court.associate import UNMATCHED, View, cluster_views, epipolar_costs, essentials, ground_costs
 from posefleet.court.calibration import CalibrationError, Camera, camera_from_model, check_rig, check_size
-from posefleet.court.group_tracker import Candidate, GroupTracker
+from posefleet.court.compiled import KERNEL, f64
+from posefleet.court.group_tracker import Candidates, GroupTracker
 from posefleet.court.homography import CourtTemplate, Homography, court_template, fit_homography
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BONES, BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, pixel_errors, triangulate_people
+from posefleet.court.triangulate import Rig, mean_errors, triangulate_people
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
 CODEC_PADDING_PX = 16  # a video's frames may be this much smaller than its calibrated sensor (1088 coded as 1080)
 N_KEYPOINTS = 17
+NO_ID = np.iinfo(np.int64).max  # above every group id
 
 
 def ground_pixels(keypoints: np.ndarray, boxes: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     """Where people stand in the image ``[N, 2]``: between the ankles when both are seen (``[N]`` True), else the
     box's bottom centre. ``keypoints [N, 17, 3]``, ``boxes [N, 4]``."""
-    ankles = keypoints[:, LEFT_ANKLE : RIGHT_ANKLE + 1]
-    seen = (ankles[..., 2] >= min_score).all(axis=1)
-    bottom = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1)
-    return np.where(seen[:, None], ankles[..., :2].mean(axis=1), bottom), seen
+    return _ground_pixels(f64(keypoints), f64(boxes), float(min_score))
+
+
+@njit(**KERNEL)
+def _ground_pixels(keypoints, boxes, min_score):
+    n = keypoints.shape[0]
+    out, seen = np.empty((n, 2)), np.zeros(n, np.bool_)
+    for i in range(n):
+        left, right = keypoints[i, LEFT_ANKLE], keypoints[i, RIGHT_ANKLE]
+        if left[2] >= min_score and right[2] >= min_score:
+            out[i, 0], out[i, 1] = (left[0] + right[0]) / 2, (left[1] + right[1]) / 2
+            seen[i] = True
+        else:
+            out[i, 0], out[i, 1] = (boxes[i, 0] + boxes[i, 2]) / 2, boxes[i, 3]
+    return out, seen
 
 
 class GroupFuser:
@@ -78,15 +92,22 @@ class GroupFuser:
         """Load the compiled kernels now (compile them, the first time on a machine: ~10 s, cached on disk), so
         that no frame waits for them."""
         V = len(self._rig)
+        self.tracker.warm()
+        ground_pixels(np.zeros((0, N_KEYPOINTS, 3)), np.zeros((0, 4)), 0.0)
+        if not V:
+            return  # homography cameras alone: no kernel but the tracker's runs
+        self._rig.normalise(np.zeros(0, np.int64), np.zeros((0, N_KEYPOINTS + 1, 2)))
+        self._rig.floor(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0))
         if V < 2:
-            return  # homography cameras alone: no kernel runs
+            return  # one calibrated camera: placed on the floor, nothing associated or triangulated
         cfg, J = self.cfg, N_KEYPOINTS
         epipolar_costs(self._essentials, np.zeros((V, 0, J, 3)), np.zeros((V, 0, J)), cfg.min_score)
         triangulate_people(self._rig, np.zeros((0, J, V, 2)), np.zeros((0, J, V)), np.zeros((0, J, V, 2)),
                            cfg.min_score, cfg.outlier_px, cfg.max_view_px)  # fmt: skip
-        pixel_errors(self._rig, np.zeros((0, 3)), np.zeros((0, V, 2)))
+        mean_errors(self._rig, np.zeros((0, J, 3)), np.zeros((0, J, V, 2)), np.zeros((0, J, V), bool))
         hold_lengths(np.zeros((0, J, 3)), np.zeros((0, len(BONES))), cfg.bones.tolerance)
         self.bones.estimate([])
+        _standing(np.zeros((0, J, 3)))
 
     @property
     def streams(self) -> set[str]:
@@ -94,9 +115,9 @@ class GroupFuser:
 
     # -- per camera ---------------------------------------------------------------------------------------------
 
-    def _floor_z(self, ankles: np.ndarray | None) -> float | np.ndarray:
-        """The height a ground point lies at: the floor's, an ankle's over it."""
-        return self.cfg.floor_z + (0.0 if ankles is None else np.where(ankles, self.cfg.ankle_height_m, 0.0))
+    def _floor_z(self, ankles: np.ndarray) -> np.ndarray:
+        """The height each ground point lies at: the floor's, an ankle's over it."""
+        return self.cfg.floor_z + ankles * self.cfg.ankle_height_m
 
     def outside(self, xy: np.ndarray) -> np.ndarray | None:
         if self.template is None:
@@ -127,29 +148,25 @@ class GroupFuser:
         ids = np.fromiter((p.track_id for p in flat), np.int64, count=n)
         pixels, ankles = ground_pixels(kp, boxes, self.cfg.min_score)
         xy = np.full((n, 2), np.nan)
-        norm = np.ones((n, N_KEYPOINTS, 3))
-        ground = np.full((n, 2), np.nan)
         view = np.full(n, -1)  # each person's camera in the rig (-1: placed by court points)
         ends = np.cumsum([len(ps) for ps in people]).tolist()
         spans = [slice(end - len(ps), end) for ps, end in zip(people, ends, strict=True)]
         for result, at in zip(results, spans, strict=True):
-            stream, m = result.stream_id, at.stop - at.start
-            if not m:
+            if at.stop == at.start:
                 continue
-            if stream in self.homographies:
-                xy[at] = self.homographies[stream].to_court(pixels[at])
-                continue
-            cam = self.cameras[stream]
-            view[at] = self._view_index[stream]
-            if normalise:
-                both = cam.normalised(np.concatenate([kp[at, :, :2].reshape(-1, 2), pixels[at]]))
-                norm[at, :, :2] = both[: m * N_KEYPOINTS].reshape(m, N_KEYPOINTS, 2)
-                ground[at] = both[m * N_KEYPOINTS :]
+            if result.stream_id in self.homographies:
+                xy[at] = self.homographies[result.stream_id].to_court(pixels[at])
             else:
-                ground[at] = cam.normalised(pixels[at])
+                view[at] = self._view_index[result.stream_id]
+        norm = np.ones((n, N_KEYPOINTS, 3))
         calibrated = view >= 0
-        if calibrated.any():  # every calibrated camera's ground points onto the floor in one batch
-            xy[calibrated] = self._rig.floor(view[calibrated], ground[calibrated], self._floor_z(ankles[calibrated]))
+        if calibrated.any():  # every calibrated camera's points undistorted, and onto the floor, in one batch each
+            both = self._rig.normalise(view, np.concatenate([kp[..., :2], pixels[:, None]], axis=1) if normalise
+                                       else pixels[:, None])  # fmt: skip
+            if normalise:
+                norm[..., :2] = both[:, :N_KEYPOINTS]
+            ground = both[calibrated, -1]
+            xy[calibrated] = self._rig.floor(view[calibrated], ground, self._floor_z(ankles[calibrated]))
         out = self.outside(xy)
         placed = np.round(xy, 3).tolist()
         finite = np.isfinite(xy).all(axis=1).tolist()
@@ -187,24 +204,31 @@ class GroupFuser:
                 kp[v, : counts[v]], norm[v, : counts[v]] = views[s].keypoints, views[s].norm
         return kp, norm
 
-    def _pair_costs(self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray) -> Callable[[str, str], np.ndarray]:
+    def _pair_costs(self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray,
+                    last: dict[str, np.ndarray]) -> Callable[[str, str], np.ndarray]:  # fmt: skip
         """Costs in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit). Two
-        people who were one player on the last frame have theirs scaled by ``hint_factor``: that keeps the
-        association stable where costs are close. Every calibrated pair's costs come from one batched call."""
+        people who were one player on the last frame (``last``: each view's people's group ids then, -1: none)
+        have theirs scaled by ``hint_factor``: that keeps the association stable where costs are close. Every
+        calibrated pair's costs come from one batched call, and are scaled in one batch."""
         cfg = self.cfg
-        last = {s: np.array([self._last_views.get((s, t), -1) for t in v.track_ids.tolist()]) for s, v in views.items()}
-        epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score) if kp.shape[1] else None
         index = self._view_index
+        scaled = None
+        if kp.shape[1]:
+            epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score)  # [V, V, N, N]
+            held = np.full(kp.shape[:2], -1)  # [V, N]
+            for s, ids in last.items():
+                if s in index:
+                    held[index[s], : len(ids)] = ids
+            same = (held[:, None, :, None] == held[None, :, None, :]) & (held[:, None, :, None] >= 0)
+            factor = np.where(same, cfg.hint_factor / cfg.max_epipolar, 1.0 / cfg.max_epipolar)
+            scaled = np.where(epipolar >= UNMATCHED, UNMATCHED, epipolar * factor)
 
         def costs(sa: str, sb: str) -> np.ndarray:
-            if sa in index and sb in index and epipolar is not None:
-                raw = epipolar[index[sa], index[sb], : len(views[sa]), : len(views[sb])]
-                limit = cfg.max_epipolar
-            else:
-                raw, limit = ground_costs(views[sa], views[sb]), cfg.max_ground_m
+            if sa in index and sb in index and scaled is not None:
+                return scaled[index[sa], index[sb], : len(views[sa]), : len(views[sb])]
+            raw = ground_costs(views[sa], views[sb])
             same = (last[sa][:, None] == last[sb][None]) & (last[sa][:, None] >= 0)
-            scaled = raw / limit * np.where(same, cfg.hint_factor, 1.0)
-            return np.where(raw >= UNMATCHED, UNMATCHED, scaled)
+            return np.where(raw >= UNMATCHED, UNMATCHED, raw / cfg.max_ground_m * np.where(same, cfg.hint_factor, 1.0))
 
         return costs
 
@@ -213,16 +237,26 @@ class GroupFuser:
         t0 = time.thread_time()  # CPU time: what fusing costs, not what other threads took meanwhile
         views = self._views([r for s, r in results.items() if s in self.streams and not r.dropped])
         kp, norm = self._stacked(views)
-        costs = self._pair_costs(views, kp, norm)
-        clusters = [c.members for c in cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)]
-        solved = self._triangulate(views, kp, norm, clusters)
-        people, candidates, rows = self._people(views, clusters, solved)
+        track_ids = {s: v.track_ids.tolist() for s, v in views.items()}
+        last = {s: np.array([self._last_views.get((s, t), -1) for t in ids], np.int64) for s, ids in track_ids.items()}
+        costs = self._pair_costs(views, kp, norm, last)
+        order, members = cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)
+        # each cluster's group id on the last frame: the one its views' tracks had, if they agree (-1: none)
+        was = np.stack([last[s][np.maximum(members[:, a], 0)] for a, s in enumerate(order)], axis=1) if order else None
+        if was is not None:
+            was = np.where(members >= 0, was, -1)
+            top, low = was.max(axis=1, initial=-1), np.where(was >= 0, was, NO_ID).min(axis=1)
+            previous = np.where(top == low, top, -1)
+        else:
+            previous = np.zeros(0, np.int64)
+        solved = self._triangulate(order, members, kp, norm, previous)
+        people, candidates, rows = self._people(views, track_ids, order, members, solved)
         now = timestamp if timestamp is not None else time.time()
         ids = self.tracker.update(now, candidates)
         if solved is not None and self.cfg.bones.enabled:
             measured = [(gid, r) for gid, r in zip(ids, rows, strict=True) if gid is not None and r >= 0]
             self.bones.add([gid for gid, _ in measured], solved.bones[[r for _, r in measured]])
-            self.bones.keep({t.group_id for t in self.tracker.tracks})
+            self.bones.keep(set(self.tracker.ids.tolist()))
         kept = []
         for person, gid in zip(people, ids, strict=True):
             if gid is not None:
@@ -238,12 +272,13 @@ class GroupFuser:
         )
 
     def _people(
-        self, views: dict[str, View], clusters: list[dict[str, int]], solved: Solved | None
-    ) -> tuple[list[GroupPerson], list[Candidate], list[int]]:
-        """Each cluster as a person (3D where it was triangulated, its court position from its 3D feet, else hips,
-        else any joint, else its views' ground points), and as a candidate for the group tracker (those placed),
-        with its row in ``solved`` (-1: no 3D)."""
-        K = len(clusters)
+        self, views: dict[str, View], track_ids: dict[str, list[int]], order: list[str], members: np.ndarray,
+        solved: Solved | None,
+    ) -> tuple[list[GroupPerson], Candidates, list[int]]:  # fmt: skip
+        """Each cluster (``members [K, len(order)]``) as a person (3D where it was triangulated, its court
+        position from its 3D feet, else hips, else any joint, else its views' ground points), and as a candidate
+        for the group tracker (those placed), with its row in ``solved`` (-1: no 3D)."""
+        K = len(members)
         row = np.full(K, -1)
         xy = np.full((K, 2), np.nan)
         kp3d: list = [None] * K
@@ -251,61 +286,60 @@ class GroupFuser:
         n_views: list = [[0] * N_KEYPOINTS] * K
         if solved is not None:
             row[solved.people] = np.arange(len(solved.people))
+            xy[solved.people] = _standing(f64(solved.points))
             ok = np.isfinite(solved.points).all(axis=2)  # [P, J]
-            pts = np.where(ok[..., None], solved.points, np.nan)
-            feet, hips = ok[:, [LEFT_ANKLE, RIGHT_ANKLE]].all(axis=1), ok[:, [LEFT_HIP, RIGHT_HIP]].all(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):  # a person without a joint: NaN, placed below
-                anywhere = np.where(ok[..., None], pts[..., :2], 0.0).sum(axis=1) / ok.sum(axis=1)[:, None]
-            at_hips = np.where(hips[:, None], pts[:, [LEFT_HIP, RIGHT_HIP], :2].mean(axis=1), anywhere)
-            xy[solved.people] = np.where(feet[:, None], pts[:, [LEFT_ANKLE, RIGHT_ANKLE], :2].mean(axis=1), at_hips)
-            full = np.zeros((*ok.shape, 4))
-            full[ok] = np.c_[solved.points[ok], solved.score[ok]]
+            full = np.concatenate([solved.points, solved.score[..., None]], axis=2)
+            full[~ok] = 0.0
             kp3d_rows = np.round(full, 4).tolist()
             err = np.round(solved.reprojection_px, 2)
             reproj_rows = np.where(np.isfinite(err), err, None).tolist()
             views_rows = solved.n_views.tolist()
-            for p, k in enumerate(solved.people):
+            for p, k in enumerate(solved.people.tolist()):
                 kp3d[k], reproj[k], n_views[k] = kp3d_rows[p], reproj_rows[p], views_rows[p]
-        members = [
-            {s: i for s, i in m.items() if s not in solved.dropped[row[k]]} if row[k] >= 0 else m  # type: ignore[union-attr]
-            for k, m in enumerate(clusters)
-        ]
-        for k in np.flatnonzero(~np.isfinite(xy).all(axis=1)).tolist():
-            grounds = [views[s].ground[i] for s, i in members[k].items() if np.isfinite(views[s].ground[i]).all()]
+            if solved.dropped.any():  # the calibrated views dropped as another person's leave it
+                members = members.copy()
+                for p, v in zip(*np.nonzero(solved.dropped), strict=True):
+                    members[solved.people[p], order.index(self._camera_order[v])] = -1
+        for k in np.flatnonzero(~np.isfinite(xy).all(axis=1)).tolist():  # no 3D: its views' ground points
+            grounds = [views[s].ground[i] for s, i in zip(order, members[k].tolist(), strict=True) if i >= 0]
+            grounds = [g for g in grounds if np.isfinite(g).all()]
             if grounds:
                 xy[k] = np.mean(grounds, axis=0)
         placed = np.isfinite(xy).all(axis=1)
         out = self.outside(xy)
         outs = [None] * K if out is None else out.tolist()
         court = np.round(xy, 3).tolist()
-        people, candidates, rows = [], [], []
-        for k in range(K):
-            view_ids = {s: int(views[s].track_ids[i]) for s, i in members[k].items()}
-            if not placed[k]:
-                continue
-            has3d = row[k] >= 0
+        people, rows, view_ids = [], [], []
+        ids_of = [track_ids[s] for s in order]
+        for k, m in zip(np.flatnonzero(placed).tolist(), members[placed].tolist(), strict=True):
+            view_ids.append({s: ids[i] for s, ids, i in zip(order, ids_of, m, strict=True) if i >= 0})
+            r = int(row[k])
             people.append(GroupPerson.model_construct(  # built from checked numbers: no validation needed
-                group_id=0, views=view_ids, court_xy=tuple(court[k]), outside_court=outs[k],
-                keypoints3d=kp3d[k] if has3d else None, reprojection_px=reproj[k] if has3d else None,
+                group_id=0, views=view_ids[-1], court_xy=tuple(court[k]), outside_court=outs[k],
+                keypoints3d=kp3d[k] if r >= 0 else None, reprojection_px=reproj[k] if r >= 0 else None,
                 n_views=n_views[k],
             ))  # fmt: skip
-            candidates.append(Candidate(xy[k], view_ids, len(members[k])))
-            rows.append(int(row[k]))
-        return people, candidates, rows
+            rows.append(r)
+        n_members = (members[placed] >= 0).sum(axis=1)
+        return people, Candidates(xy[placed], view_ids, n_members), rows
 
     def _triangulate(
-        self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray, clusters: list[dict[str, int]]
+        self, order: list[str], members: np.ndarray, kp: np.ndarray, norm: np.ndarray, previous: np.ndarray
     ) -> Solved | None:
-        """Every person seen by two or more calibrated cameras triangulated in one batch (None: nobody). A view
-        whose person reprojects further than ``max_view_px`` (median) was another person: it is dropped and that
-        person solved again; a person whose two views disagree gets no 3D. A person who was one player on the last
-        frame has its limbs fitted to that player's bone lengths (:mod:`posefleet.court.skeleton`)."""
-        order = self._camera_order
-        people = [k for k, m in enumerate(clusters) if sum(s in self.cameras for s in m) >= 2]
-        if not people:
+        """Every person (cluster, ``members [K, len(order)]``) seen by two or more calibrated cameras triangulated
+        in one batch (None: nobody). A view whose person reprojects further than ``max_view_px`` (median) was
+        another person: it is dropped and that person solved again; a person whose two views disagree gets no
+        3D. A person who was one player on the last frame (``previous [K]``, -1: none) has its limbs fitted to
+        that player's bone lengths (:mod:`posefleet.court.skeleton`)."""
+        V = len(self._camera_order)
+        idx = np.full((len(members), V), -1)  # [K, V] each cluster's person in each camera of the rig
+        for a, s in enumerate(order):
+            if s in self._view_index:
+                idx[:, self._view_index[s]] = members[:, a]
+        people = np.flatnonzero((idx >= 0).sum(axis=1) >= 2)
+        if not len(people):
             return None
-        V = len(order)
-        idx = np.array([[clusters[k].get(s, -1) for s in order] for k in people])  # [P, V]
+        idx = idx[people]  # [P, V]
         seen = idx >= 0
         got = kp[np.arange(V)[None], np.maximum(idx, 0)].transpose(0, 2, 1, 3)  # [P, J, V, 3]
         pix = got[..., :2]
@@ -322,31 +356,38 @@ class GroupFuser:
         measured = None
         if cfg.bones.enabled:
             measured = bone_lengths(points)
-            last = [self._last_player(views, clusters[people[p]]) for p in solved.tolist()]
-            held = self.bones.estimate(last)
+            last = previous[people[solved]]
+            held = self.bones.estimate([int(g) if g >= 0 else None for g in last.tolist()])
             if np.isfinite(held).any():
                 points = hold_lengths(points, held, cfg.bones.tolerance)
-                reproj = self._reprojection(points, pix[solved], tri.views[solved])
+                moved = (points != tri.points[solved]).any(axis=2)  # the joints held: their errors again
+                used = tri.views[solved] & moved[..., None]
+                reproj = np.where(moved, mean_errors(self._rig, points, pix[solved], used), reproj)
         return Solved(
-            people=[people[p] for p in solved.tolist()], points=points, score=tri.score[solved],
-            reprojection_px=reproj, n_views=n_views[solved],
-            dropped=[{order[v] for v in np.flatnonzero(dropped_views[p]).tolist()} for p in solved.tolist()],
-            bones=measured,
+            people=people[solved], points=points, score=tri.score[solved], reprojection_px=reproj,
+            n_views=n_views[solved], dropped=dropped_views[solved], bones=measured,
         )  # fmt: skip
 
-    def _last_player(self, views: dict[str, View], members: dict[str, int]) -> int | None:
-        """The group id this person's camera tracks had on the last frame (None: none had one, or they differ)."""
-        ids = {self._last_views.get((s, int(views[s].track_ids[i]))) for s, i in members.items()} - {None}
-        return ids.pop() if len(ids) == 1 else None
 
-    def _reprojection(self, points: np.ndarray, pixels: np.ndarray, used: np.ndarray) -> np.ndarray:
-        """``[P, J]`` the mean pixel error of ``points [P, J, 3]`` in the views ``used [P, J, V]`` of their
-        ``pixels [P, J, V, 2]`` (NaN where no point)."""
-        P, J, V = used.shape
-        err = pixel_errors(self._rig, points.reshape(P * J, 3), pixels.reshape(P * J, V, 2))[0].reshape(P, J, V)
-        n = used.sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, np.where(used, err, 0.0).sum(axis=2) / n, np.nan)
+@njit(**KERNEL)
+def _standing(points):
+    """Where 3D people ``points [P, J, 3]`` (NaN: no joint) stand on the floor ``[P, 2]``: between their feet,
+    else their hips, else the mean of their joints (NaN: none)."""
+    out = np.full((points.shape[0], 2), np.nan)
+    for p in range(points.shape[0]):
+        for a, b in ((LEFT_ANKLE, RIGHT_ANKLE), (LEFT_HIP, RIGHT_HIP)):
+            if np.isfinite(points[p, a]).all() and np.isfinite(points[p, b]).all():
+                out[p, 0] = (points[p, a, 0] + points[p, b, 0]) / 2
+                out[p, 1] = (points[p, a, 1] + points[p, b, 1]) / 2
+                break
+        else:
+            x, y, n = 0.0, 0.0, 0
+            for j in range(points.shape[1]):
+                if np.isfinite(points[p, j]).all():
+                    x, y, n = x + points[p, j, 0], y + points[p, j, 1], n + 1
+            if n:
+                out[p, 0], out[p, 1] = x / n, y / n
+    return out
 
 
 @dataclass
@@ -355,11 +396,11 @@ class Solved:
     (NaN where none), ``score [P, J]``, ``reprojection_px [P, J]``, ``n_views [P, J]``; and the calibrated views
     dropped from each as another person's."""
 
-    people: list[int]
+    people: np.ndarray  # [P] their clusters
     points: np.ndarray
     score: np.ndarray
     reprojection_px: np.ndarray
     n_views: np.ndarray
-    dropped: list[set[str]] = field(default_factory=list)
+    dropped: np.ndarray  # [P, V] the rig's views dropped
     bones: np.ndarray | None = None  # [P, B] each bone's length as triangulated, before it was held
 

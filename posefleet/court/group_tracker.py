@@ -1,49 +1,74 @@
 """One id per player on the court: a constant-velocity Kalman filter a player on the floor plane (metres) and an
 assignment per group frame, as the per-stream tracker does with boxes. A candidate that keeps a camera's track id
-a player had on the previous frame is the same player, unless it moved implausibly far."""
+a player had on the previous frame is the same player, unless it moved implausibly far.
+
+The players' filters are held as arrays (``[T, 4]`` means, ``[T, 4, 4]`` covariances): a group frame predicts and
+updates all of them in a few numpy calls, whatever the count."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
+from numba import njit
 from scipy.optimize import linear_sum_assignment
 
 from posefleet.court.associate import UNMATCHED
+from posefleet.court.compiled import KERNEL
 
 
-@lru_cache(maxsize=64)
-def _motion(dt: float, accel_std: float) -> tuple[np.ndarray, np.ndarray]:
-    """The constant-velocity model over ``dt``: transition ``F`` and process noise ``Q`` (a group's frames come
-    at a few steady intervals: cached)."""
-    F = np.eye(4)
-    F[0, 2] = F[1, 3] = dt
-    G = np.array([[dt * dt / 2, 0], [0, dt * dt / 2], [dt, 0], [0, dt]])
-    return F, G @ G.T * accel_std**2
+@njit(**KERNEL)
+def _predict(mean, cov, dt, accel_std):
+    """Every player's constant-velocity filter ``dt`` ahead, in place: ``mean [T, 4]`` (x, y, vx, vy),
+    ``cov [T, 4, 4]``; the process noise is a random acceleration of ``accel_std``."""
+    q = np.array([dt * dt / 2, dt * dt / 2, dt, dt]) * accel_std
+    for n in range(mean.shape[0]):
+        m, c = mean[n], cov[n]
+        m[0] += dt * m[2]
+        m[1] += dt * m[3]
+        for r in range(2):  # C <- F C F^T with F = [[I, dt I], [0, I]]: rows, then columns
+            for k in range(4):
+                c[r, k] += dt * c[r + 2, k]
+        for r in range(4):
+            for k in range(2):
+                c[r, k] += dt * c[r, k + 2]
+        for a in range(4):  # Q = G G^T accel_std^2, G = [[dt^2/2 I], [dt I]]: x with vx, y with vy
+            for b in range(4):
+                if a % 2 == b % 2:
+                    c[a, b] += q[a] * q[b]
+
+
+@njit(**KERNEL)
+def _correct(mean, cov, rows, xy, variance):
+    """The Kalman update of the players ``rows`` with their measured positions ``xy [N, 2]`` (noise
+    ``variance`` m^2), in place."""
+    for n in range(len(rows)):
+        m, c = mean[rows[n]], cov[rows[n]]
+        a, b, d = c[0, 0] + variance, c[0, 1], c[1, 1] + variance  # S = H C H^T + R, symmetric 2x2
+        det = a * d - b * b
+        gain = np.empty((4, 2))
+        for r in range(4):  # K = C H^T S^-1
+            gain[r, 0] = (c[r, 0] * d - c[r, 1] * b) / det
+            gain[r, 1] = (c[r, 1] * a - c[r, 0] * b) / det
+        e0, e1 = xy[n, 0] - m[0], xy[n, 1] - m[1]
+        top = c[:2].copy()
+        for r in range(4):
+            m[r] += gain[r, 0] * e0 + gain[r, 1] * e1
+            for k in range(4):
+                c[r, k] -= gain[r, 0] * top[0, k] + gain[r, 1] * top[1, k]
 
 
 @dataclass
-class Candidate:
-    """One person of a group frame: floor position (metres), its views (stream -> track id) and how many."""
+class Candidates:
+    """A group frame's people: floor positions ``xy [N, 2]`` (metres), each one's views (stream -> track id) and
+    how many views it has ``[N]``."""
 
     xy: np.ndarray
-    views: dict[str, int]
-    n_views: int
+    views: list[dict[str, int]]
+    n_views: np.ndarray
 
-
-@dataclass
-class CourtTrack:
-    group_id: int
-    mean: np.ndarray  # x, y, vx, vy
-    cov: np.ndarray
-    views: dict[str, int]
-    last_seen: float
-    hits: int = 1
-
-    def state(self) -> dict:
-        return {"group_id": self.group_id, "mean": self.mean.tolist(), "cov": self.cov.tolist(),
-                "views": self.views, "last_seen": self.last_seen, "hits": self.hits}  # fmt: skip
+    def __len__(self) -> int:
+        return len(self.views)
 
 
 @dataclass
@@ -56,94 +81,107 @@ class GroupTracker:
     min_views_new: int = 1
     accel_std: float = 3.0  # m/s^2: how fast players may change speed (the filter's process noise)
     measure_std: float = 0.1  # m: how far a fused position strays
-    tracks: list[CourtTrack] = field(default_factory=list)
     next_id: int = 1
     last_time: float | None = None
+    # the players, row by row: group id, filter (x, y, vx, vy and its covariance), when last seen, frames seen,
+    # and the cameras' track ids that were this player (a camera that lost sight keeps its id on record)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    views: list[dict[str, int]] = field(default_factory=list)
 
-    def _predict(self, dt: float) -> None:
-        if not self.tracks:
-            return
-        F, Q = _motion(dt, self.accel_std)
-        mean = np.stack([t.mean for t in self.tracks]) @ F.T
-        cov = F @ np.stack([t.cov for t in self.tracks]) @ F.T + Q
-        for t, m, c in zip(self.tracks, mean, cov, strict=True):
-            t.mean, t.cov = m, c
+    def __len__(self) -> int:
+        return len(self.ids)
 
-    def _update(self, tracks: list[CourtTrack], xy: np.ndarray) -> None:
-        """The Kalman update of ``tracks`` with their measured positions ``xy [N, 2]``, in one batch."""
-        if not tracks:
-            return
-        mean, cov = np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks])
-        S = cov[:, :2, :2] + np.eye(2) * self.measure_std**2
-        a, b, c, d = S[:, 0, 0], S[:, 0, 1], S[:, 1, 0], S[:, 1, 1]
-        inv = np.stack([d, -b, -c, a], axis=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]  # 2x2 by hand
-        K = cov[:, :, :2] @ inv  # [N, 4, 2]
-        mean = mean + (K @ (xy - mean[:, :2])[..., None])[..., 0]
-        cov = cov - K @ cov[:, :2, :]
-        for t, m, c in zip(tracks, mean, cov, strict=True):
-            t.mean, t.cov = m, c
+    def warm(self) -> None:
+        """Load the compiled kernels now, so that no frame waits for them."""
+        _predict(np.zeros((0, 4)), np.zeros((0, 4, 4)), 0.0, 0.0)
+        _correct(np.zeros((0, 4)), np.zeros((0, 4, 4)), np.zeros(0, np.intp), np.zeros((0, 2)), 0.0)
 
-    def update(self, now: float, candidates: list[Candidate]) -> list[int | None]:
+    def _keep(self, rows: np.ndarray) -> None:
+        self.ids, self.mean, self.cov = self.ids[rows], self.mean[rows], self.cov[rows]
+        self.last_seen, self.hits = self.last_seen[rows], self.hits[rows]
+        self.views = [self.views[r] for r in np.flatnonzero(rows).tolist()]
+
+    def _costs(self, now: float, people: Candidates) -> np.ndarray:
+        """``[N, T]``: a candidate's distance to each player's prediction, divided by 1 + the camera tracks they
+        share (a camera's track id kept is strong evidence); a player may stray further the longer it is unseen,
+        twice as far where a track is shared."""
+        holder = {pair: j for j, views in enumerate(self.views) for pair in views.items()}  # one player a pair
+        T = len(self)
+        shared = [i * T + holder[p] for i, views in enumerate(people.views) for p in views.items() if p in holder]
+        kept = np.bincount(shared, minlength=len(people) * T).reshape(len(people), T)
+        dist = np.hypot(*(people.xy[:, None] - self.mean[None, :, :2]).transpose(2, 0, 1))
+        reach = self.max_distance_m + 0.5 * self.accel_std * (now - self.last_seen) ** 2
+        with np.errstate(invalid="ignore"):
+            far = np.where((kept > 0) & (dist <= 2 * reach), dist, UNMATCHED)
+            cost = np.where(dist <= reach, dist / (1 + kept), far)
+        return np.where(np.isfinite(cost), cost, UNMATCHED)
+
+    def update(self, now: float, people: Candidates) -> list[int | None]:
         """Each candidate's group id (None for one too weakly seen to start a player)."""
         dt = 0.0 if self.last_time is None else max(now - self.last_time, 0.0)
         self.last_time = now
-        self._predict(dt)
-        self.tracks = [t for t in self.tracks if now - t.last_seen <= self.max_age_s]
-        owned = {pair for t in self.tracks for pair in t.views.items()}  # the cameras' tracks players held
-        cost = np.full((len(candidates), len(self.tracks)), UNMATCHED)
-        if candidates and self.tracks:
-            xy = np.array([c.xy for c in candidates])
-            pred = np.array([t.mean[:2] for t in self.tracks])
-            dist = np.linalg.norm(xy[:, None] - pred[None], axis=2)
-            # a camera's track id kept is strong evidence; a player may stray further the longer it is unseen
-            kept = np.zeros((len(candidates), len(self.tracks)))
-            holders: dict[tuple[str, int], list[int]] = {}
-            for j, t in enumerate(self.tracks):
-                for pair in t.views.items():
-                    holders.setdefault(pair, []).append(j)
-            for i, c in enumerate(candidates):
-                for pair in c.views.items():
-                    for j in holders.get(pair, ()):
-                        kept[i, j] += 1
-            unseen = now - np.array([t.last_seen for t in self.tracks])
-            reach = self.max_distance_m + 0.5 * self.accel_std * unseen**2
-            with np.errstate(invalid="ignore"):
-                near = dist <= reach[None]
-                cost = np.where(near, dist / (1 + kept), np.where((kept > 0) & (dist <= 2 * reach[None]), dist, cost))
-            cost[~np.isfinite(cost)] = UNMATCHED
-        ids: list[int | None] = [None] * len(candidates)
-        if cost.size:
+        _predict(self.mean, self.cov, float(dt), float(self.accel_std))
+        alive = now - self.last_seen <= self.max_age_s
+        if not alive.all():
+            self._keep(alive)
+        owned = {pair for views in self.views for pair in views.items()}  # the cameras' tracks players held
+        ids: list[int | None] = [None] * len(people)
+        if len(people) and len(self):
+            cost = self._costs(now, people)
             rows, cols = linear_sum_assignment(cost)
-            matched = [(i, j) for i, j in zip(rows.tolist(), cols.tolist(), strict=True) if cost[i, j] < UNMATCHED]
-            self._update([self.tracks[j] for _, j in matched], np.array([candidates[i].xy for i, _ in matched]))
-            claimed = {pair for i, _ in matched for pair in candidates[i].views.items()}
-            for t in self.tracks:  # a camera's track now seen as another player is no longer this one's
-                t.views = {s: tid for s, tid in t.views.items() if (s, tid) not in claimed}
+            good = cost[rows, cols] < UNMATCHED
+            rows, cols = rows[good], cols[good]
+            _correct(self.mean, self.cov, cols, people.xy[rows], float(self.measure_std**2))
+            self.last_seen[cols] = now
+            self.hits[cols] += 1
+            matched = list(zip(rows.tolist(), cols.tolist(), strict=True))
+            claimed = {pair for i, _ in matched for pair in people.views[i].items()}
+            # a camera's track now seen as another player is no longer this one's
+            self.views = [{s: t for s, t in v.items() if (s, t) not in claimed} for v in self.views]
+            group_ids = self.ids.tolist()
             for i, j in matched:
-                t = self.tracks[j]
-                # a camera that lost sight of the player keeps its track id on record, until another takes it
-                t.views, t.last_seen, t.hits = {**t.views, **candidates[i].views}, now, t.hits + 1
-                ids[i] = t.group_id
-        for i, c in enumerate(candidates):
+                self.views[j].update(people.views[i])
+                ids[i] = group_ids[j]
+        new = [
+            i for i, views in enumerate(people.views)
             # a candidate holding a camera's track that a player holds is a fragment of that player, not a new one
-            fragment = bool(c.views.items() & owned)
-            if ids[i] is None and not fragment and c.n_views >= self.min_views_new and np.isfinite(c.xy).all():
-                cov = np.diag([self.measure_std**2, self.measure_std**2, 1.0, 1.0])
-                t = CourtTrack(self.next_id, np.r_[c.xy, 0.0, 0.0], cov, dict(c.views), now)
-                self.tracks.append(t)
-                ids[i] = t.group_id
-                self.next_id += 1
+            if ids[i] is None and not (views.items() & owned) and people.n_views[i] >= self.min_views_new
+            and np.isfinite(people.xy[i]).all()
+        ]  # fmt: skip
+        if new:
+            n = len(new)
+            start = np.diag([self.measure_std**2, self.measure_std**2, 1.0, 1.0])
+            fresh = np.arange(self.next_id, self.next_id + n)
+            self.ids = np.r_[self.ids, fresh]
+            self.mean = np.r_[self.mean, np.c_[people.xy[new], np.zeros((n, 2))]]
+            self.cov = np.r_[self.cov, np.broadcast_to(start, (n, 4, 4))]
+            self.last_seen = np.r_[self.last_seen, np.full(n, now)]
+            self.hits = np.r_[self.hits, np.ones(n, np.int64)]
+            self.views += [dict(people.views[i]) for i in new]
+            for i, gid in zip(new, fresh.tolist(), strict=True):
+                ids[i] = gid
+            self.next_id += n
         return ids
 
     def state(self) -> dict:
         """What a restarted fuser needs to keep its ids (JSON-able)."""
-        return {"next_id": self.next_id, "last_time": self.last_time, "tracks": [t.state() for t in self.tracks]}
+        tracks = [
+            {"group_id": g, "mean": m, "cov": c, "views": v, "last_seen": s, "hits": h}
+            for g, m, c, v, s, h in zip(self.ids.tolist(), self.mean.tolist(), self.cov.tolist(), self.views,
+                                        self.last_seen.tolist(), self.hits.tolist(), strict=True)
+        ]  # fmt: skip
+        return {"next_id": self.next_id, "last_time": self.last_time, "tracks": tracks}
 
     def restore(self, state: dict) -> None:
         self.next_id, self.last_time = int(state["next_id"]), state["last_time"]
-        self.tracks = [
-            CourtTrack(
-                t["group_id"], np.array(t["mean"]), np.array(t["cov"]), dict(t["views"]), t["last_seen"], t["hits"]
-            )
-            for t in state["tracks"]
-        ]
+        tracks = state["tracks"]
+        self.ids = np.array([t["group_id"] for t in tracks], np.int64)
+        self.mean = np.array([t["mean"] for t in tracks], float).reshape(-1, 4)
+        self.cov = np.array([t["cov"] for t in tracks], float).reshape(-1, 4, 4)
+        self.last_seen = np.array([t["last_seen"] for t in tracks], float)
+        self.hits = np.array([t["hits"] for t in tracks], np.int64)
+        self.views = [dict(t["views"]) for t in tracks]

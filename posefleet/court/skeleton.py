@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from posefleet.court.compiled import KERNEL, f64, median_of_finite
+from posefleet.court.compiled import KERNEL, f64
 
 # (parent, child) COCO joints, each child after its parent: shoulder -> elbow -> wrist, hip -> knee -> ankle
 BONES: tuple[tuple[int, int], ...] = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
@@ -52,50 +52,68 @@ def _hold_lengths(points, lengths, tolerance, parents, children):
 
 class BoneLengths:
     """Each group id's last ``window`` measured lengths a bone; its estimate is their median once it has
-    ``min_samples`` of them (NaN before)."""
+    ``min_samples`` of them (NaN before). Every player's samples are rows of one array, so that a frame reads and
+    writes all of them at once."""
 
     def __init__(self, window: int, min_samples: int) -> None:
         self.window, self.min_samples = window, min_samples
-        self.samples: dict[int, np.ndarray] = {}  # group id -> [window, B], NaN where none yet
-        self.at: dict[int, int] = {}  # group id -> the next row written (a ring)
+        self.slot: dict[int, int] = {}  # group id -> its row in the arrays below
+        self.samples = np.full((0, window, len(BONES)), np.nan)  # a ring of lengths a player, NaN where none yet
+        self.at = np.zeros(0, np.int64)  # each row's next sample written
+
+    def _slots(self, ids: list[int | None]) -> np.ndarray:
+        return np.array([self.slot.get(gid, -1) for gid in ids], np.int64)  # type: ignore[arg-type]
 
     def estimate(self, ids: list[int | None]) -> np.ndarray:
         """``[P, B]`` the lengths held for each id (NaN: unknown id, or too few samples of that bone)."""
+        slots = self._slots(ids)
+        have = slots >= 0
+        # with nobody too: the fuser's warm-up loads the kernel by asking for nobody
+        held = _medians(self.samples[slots[have]], int(self.min_samples))
+        if have.all():
+            return held
         out = np.full((len(ids), len(BONES)), np.nan)
-        rows = [p for p, gid in enumerate(ids) if gid in self.samples]
-        # with no rows too: the fuser's warm-up loads the kernel by asking for nobody
-        samples = np.stack([self.samples[ids[p]] for p in rows]) if rows else np.zeros((0, self.window, len(BONES)))
-        out[rows] = _medians(samples, int(self.min_samples))  # type: ignore[index]
+        out[have] = held
         return out
 
     def add(self, ids: list[int], lengths: np.ndarray) -> None:
         """Each id's measured ``lengths [P, B]`` (NaN where the bone was not seen) join its samples."""
-        for gid, row in zip(ids, lengths, strict=True):
-            if not np.isfinite(row).any():
-                continue
-            if gid not in self.samples:
-                self.samples[gid], self.at[gid] = np.full((self.window, len(BONES)), np.nan), 0
-            at = self.at[gid]
-            self.samples[gid][at] = np.where(np.isfinite(row), row, self.samples[gid][at])
-            self.at[gid] = (at + 1) % self.window
+        finite = np.isfinite(lengths)
+        seen = finite.any(axis=1)
+        ids = [gid for gid, ok in zip(ids, seen.tolist(), strict=True) if ok]
+        new = [gid for gid in ids if gid not in self.slot]
+        if new:
+            self.slot.update({gid: len(self.samples) + k for k, gid in enumerate(new)})
+            self.samples = np.concatenate([self.samples, np.full((len(new), self.window, len(BONES)), np.nan)])
+            self.at = np.r_[self.at, np.zeros(len(new), np.int64)]
+        rows = self._slots(ids)
+        at = self.at[rows]
+        self.samples[rows, at] = np.where(finite[seen], lengths[seen], self.samples[rows, at])
+        self.at[rows] = (at + 1) % self.window
 
     def keep(self, ids: set[int]) -> None:
         """Forget the players no longer tracked."""
-        for gid in set(self.samples) - ids:
-            del self.samples[gid], self.at[gid]
+        if set(self.slot) <= ids:
+            return
+        kept = [gid for gid in self.slot if gid in ids]
+        rows = self._slots(kept)  # type: ignore[arg-type]
+        self.samples, self.at = self.samples[rows], self.at[rows]
+        self.slot = {gid: k for k, gid in enumerate(kept)}
 
 
 @njit(**KERNEL)
 def _medians(samples, min_samples):
     """``samples [P, window, B]`` -> each bone's median over its finite samples ``[P, B]``, NaN with fewer than
-    ``min_samples`` of them."""
+    ``min_samples`` of them (numpy's median: a selection, not a sort)."""
     P, W, B = samples.shape
-    out, column, buffer = np.empty((P, B)), np.empty(W), np.empty(W)
+    out, column = np.empty((P, B)), np.empty(W)
     for p in range(P):
         for b in range(B):
             n = 0
             for w in range(W):
-                column[w] = samples[p, w, b]
-                n += np.isfinite(column[w])
-            out[p, b] = median_of_finite(column, buffer) if n >= min_samples else np.nan
+                x = samples[p, w, b]
+                if np.isfinite(x):
+                    column[n] = x
+                    n += 1
+            out[p, b] = np.median(column[:n]) if n >= max(min_samples, 1) else np.nan
     return out

@@ -42,6 +42,7 @@ class Rig:
     tilt: np.ndarray
     normal_terms: np.ndarray
     center: np.ndarray  # [V, 3] each camera's position in the world
+    untilt: np.ndarray  # [V, 3, 3] each tilt's inverse
 
     @classmethod
     def of(cls, cameras: Sequence[Camera] | Rig) -> Rig:
@@ -53,10 +54,11 @@ class Rig:
         # a group whose cameras are all placed by court points (or none yet) has an empty rig
         stack = lambda arrays, shape: np.stack(arrays) if arrays else np.zeros((0, *shape))  # noqa: E731
         proj = stack([c.extrinsic for c in cameras], (3, 4))
+        tilt = stack([_tilt(*d[12:]) for d in dist], (3, 3))
         return cls(
             tuple(cameras), stack([c.R for c in cameras], (3, 3)), stack([c.t for c in cameras], (3,)), proj,
-            stack([c.K for c in cameras], (3, 3)), dist, stack([_tilt(*d[12:]) for d in dist], (3, 3)),
-            _normal_terms(proj), stack([c.center for c in cameras], (3,)),
+            stack([c.K for c in cameras], (3, 3)), dist, tilt, _normal_terms(proj),
+            stack([c.center for c in cameras], (3,)), np.linalg.inv(tilt) if len(tilt) else tilt,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -67,17 +69,28 @@ class Rig:
         """What the compiled projection takes, in its order."""
         return self.R, self.t, self.K, self.dist, self.tilt
 
-    def floor(self, view: np.ndarray, norm: np.ndarray, floor_z: float | np.ndarray = 0.0) -> np.ndarray:
+    def normalise(self, view: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Distorted pixels ``[N, M, 2]``, row n seen by camera ``view [N]`` (-1: none, NaN out), undistorted and
+        normalised ``[N, M, 2]``: what ``cv2.undistortPoints`` gives, every camera in one compiled call."""
+        return _normalise(self.K, self.dist, self.untilt, np.ascontiguousarray(view, np.int64), f64(pixels))
+
+    def floor(self, view: np.ndarray, norm: np.ndarray, floor_z: np.ndarray) -> np.ndarray:
         """Where the rays through undistorted normalised points ``norm [N, 2]``, each seen by camera ``view [N]``,
-        meet the floor ``z = floor_z`` (a height each if ``[N]``): floor ``[N, 2]``; NaN where a ray runs parallel
-        to the floor or meets it behind its camera. Every camera's points in one batch."""
-        R, origin = self.R[view], self.center[view]
-        rays = norm[:, 0, None] * R[:, 0] + norm[:, 1, None] * R[:, 1] + R[:, 2]  # R^T (x, y, 1), each row
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = (floor_z - origin[:, 2]) / rays[:, 2]
-            out = origin[:, :2] + s[:, None] * rays[:, :2]
-        out[~np.isfinite(s) | (s <= 0)] = np.nan
-        return out
+        meet the floor at the heights ``floor_z [N]``: floor ``[N, 2]``; NaN where a ray runs parallel to the floor
+        or meets it behind its camera. Every camera's points in one compiled call."""
+        return _floor(self.R, self.center, np.ascontiguousarray(view, np.int64), f64(norm), f64(floor_z))
+
+
+@njit(**KERNEL)
+def _floor(R, center, view, norm, floor_z):
+    out = np.full((len(view), 2), np.nan)
+    for n in range(len(view)):
+        v, x, y = view[n], norm[n, 0], norm[n, 1]
+        ray = x * R[v, 0] + y * R[v, 1] + R[v, 2]  # R^T (x, y, 1)
+        s = (floor_z[n] - center[v, 2]) / ray[2]
+        if np.isfinite(s) and s > 0:
+            out[n, 0], out[n, 1] = center[v, 0] + s * ray[0], center[v, 1] + s * ray[1]
+    return out
 
 
 @dataclass
@@ -132,6 +145,42 @@ def _project(R, t, K, dist, tilt, X, v):
         inv = 1.0 / c if c != 0.0 else 1.0
         xd, yd = a * inv, b * inv
     return K[v, 0, 0] * xd + K[v, 0, 2], K[v, 1, 1] * yd + K[v, 1, 2], z
+
+
+@njit(**KERNEL)
+def _normalise(K, dist, untilt, view, pixels):
+    """OpenCV's ``undistortPoints`` (its default: 5 fixed-point iterations; ``projectPoints``' model inverted, K's
+    skew ignored as there), for rows of points each seen by one camera (-1: NaN)."""
+    N, M = pixels.shape[:2]
+    out = np.full((N, M, 2), np.nan)
+    for n in range(N):
+        v = view[n]
+        if v < 0:
+            continue
+        d, T = dist[v], untilt[v]
+        fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
+        tilted = d[12] != 0.0 or d[13] != 0.0
+        for m in range(M):
+            u, w = pixels[n, m, 0], pixels[n, m, 1]
+            x, y = (u - cx) / fx, (w - cy) / fy
+            if tilted:
+                a = T[0, 0] * x + T[0, 1] * y + T[0, 2]
+                b = T[1, 0] * x + T[1, 1] * y + T[1, 2]
+                c = T[2, 0] * x + T[2, 1] * y + T[2, 2]
+                inv = 1.0 / c if c != 0.0 else 1.0
+                x, y = a * inv, b * inv
+            x0, y0 = x, y
+            for _ in range(5):
+                r2 = x * x + y * y
+                icdist = (1 + ((d[7] * r2 + d[6]) * r2 + d[5]) * r2) / (1 + ((d[4] * r2 + d[1]) * r2 + d[0]) * r2)
+                if icdist < 0:  # a point beyond the model's reach: left as if undistorted
+                    x, y = (u - cx) / fx, (w - cy) / fy
+                    break
+                dx = 2 * d[2] * x * y + d[3] * (r2 + 2 * x * x) + d[8] * r2 + d[9] * r2 * r2
+                dy = d[2] * (r2 + 2 * y * y) + 2 * d[3] * x * y + d[10] * r2 + d[11] * r2 * r2
+                x, y = (x0 - dx) * icdist, (y0 - dy) * icdist
+            out[n, m, 0], out[n, m, 1] = x, y
+    return out
 
 
 @njit(**KERNEL)
@@ -276,6 +325,23 @@ def _pixel_errors(R, t, K, dist, tilt, points, pixels):
 
 
 @njit(**KERNEL)
+def _mean_errors(R, t, K, dist, tilt, points, pixels, used):
+    P, J, V = used.shape
+    out = np.full((P, J), np.nan)
+    for p in range(P):
+        for j in range(J):
+            total, n = 0.0, 0
+            for v in range(V):
+                if used[p, j, v]:
+                    u, w, _ = _project(R, t, K, dist, tilt, points[p, j], v)
+                    total += np.sqrt((u - pixels[p, j, v, 0]) ** 2 + (w - pixels[p, j, v, 1]) ** 2)
+                    n += 1
+            if n:
+                out[p, j] = total / n
+    return out
+
+
+@njit(**KERNEL)
 def _project_all(R, t, K, dist, tilt, points):
     V, M = R.shape[0], points.shape[0]
     px, depth = np.empty((V, M, 2)), np.empty((V, M))
@@ -344,6 +410,12 @@ def pixel_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> tuple[np.n
     """How far ``points [M, 3]`` project from where each view saw them, ``pixels [M, V, 2]``: errors ``[M, V]``
     (px) and depths ``[M, V]``."""
     return _pixel_errors(*rig.optics, f64(points), f64(pixels))
+
+
+def mean_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """People's keypoints ``points [P, J, 3]``: each one's mean pixel error ``[P, J]`` over the views ``used
+    [P, J, V]`` of where they saw it, ``pixels [P, J, V, 2]`` (NaN where no view is used)."""
+    return _mean_errors(*rig.optics, f64(points), f64(pixels), np.ascontiguousarray(used, dtype=np.bool_))
 
 
 def project_all(cameras: Sequence[Camera] | Rig, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
