@@ -156,6 +156,21 @@ def test_the_compiled_projection_is_opencvs_in_every_distortion_model(cameras, n
         assert (depth[v] > 0).all()
 
 
+@pytest.mark.parametrize("n", [4, 5, 8, 12, 14])
+def test_the_compiled_undistortion_is_opencvs_in_every_distortion_model(cameras, n):
+    """The fuser undistorts every camera's keypoints in one compiled call: each model's coefficients give the
+    normalised points cv2.undistortPoints gives, over the whole picture (corners, where distortion is largest)."""
+    rng = np.random.default_rng(n)
+    coefficients = [-0.2, 0.05, 0.001, -0.002, 0.01, 0.02, -0.01, 0.005, 0.001, -0.002, 0.002, 0.001, 0.02, -0.03]
+    cams = [replace(cameras[c], dist=np.array(coefficients[:n]) * rng.uniform(0.5, 1.5, n)) for c in CAMS]
+    pixels = np.stack([rng.uniform(0, 1, (50, 2)) * c.size for c in cams])  # [V, 50, 2]
+    got = Rig.of(cams).normalise(np.array([2, -1, 0, 3, 1]), pixels[[2, 0, 0, 3, 1]])
+    assert np.isnan(got[1]).all()  # a row no calibrated camera saw
+    for row, v in [(0, 2), (2, 0), (3, 3), (4, 1)]:
+        want = cv2.undistortPoints(pixels[v].reshape(-1, 1, 2), cams[v].K, cams[v].dist).reshape(-1, 2)
+        np.testing.assert_allclose(got[row], want, atol=1e-12)
+
+
 def test_a_view_of_another_person_leaves_the_person_it_was_joined_to(cameras):
     """Whole people: a camera whose view was another person (1 m away) is dropped from the person, which is solved
     from the other three as if it had never been there."""
