@@ -8,7 +8,6 @@ the clusters built so far (Hungarian, scipy), an unmatched one starts a cluster 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,32 +101,25 @@ def ground_costs(a: View, b: View) -> np.ndarray:
     return np.where(np.isfinite(d), d, UNMATCHED)
 
 
-def cluster_views(
-    views: dict[str, int], pair_costs: Callable[[str, str], np.ndarray], max_cost: float
-) -> tuple[list[str], np.ndarray]:
+def cluster_views(counts: np.ndarray, costs: np.ndarray, max_cost: float) -> tuple[list[int], np.ndarray]:
     """Clusters of observations, at most one per view each, joined where the mean pair cost to a cluster's members
-    is under ``max_cost``. ``views``: each view's count of people; ``pair_costs(a, b)``: views a and b's cost
-    matrix ``[Na, Nb]``. Views are taken largest first; returns them in that order (views with nobody left out)
-    and the clusters as ``members [K, len(order)]``: each cluster's person in each view (-1: none)."""
-    order = [s for s in sorted(views, key=lambda s: -views[s]) if views[s]]
-    members = np.full((sum(views[s] for s in order), len(order)), -1)
+    is under ``max_cost``. ``counts [S]``: each view's count of people; ``costs [S, S, N, N]``: views a and b's
+    cost matrices (a's person i, b's person j). Views are taken largest first; returns them in that order (views
+    with nobody left out) and the clusters as ``members [K, len(order)]``: each cluster's person in each view
+    (-1: none). Each view's people are assigned to the clusters so far (Hungarian, scipy); the mean costs it
+    assigns by are compiled."""
+    order = [v for v in np.argsort(-counts, kind="stable").tolist() if counts[v]]
+    members = np.full((int(counts.sum()), len(order)), -1)
+    views = np.array(order, np.int64)
     k = 0  # clusters so far
-    for at, stream in enumerate(order):
-        n = views[stream]
+    for at, view in enumerate(order):
+        n = int(counts[view])
         if at:
-            total = np.zeros((n, k))
-            count = np.zeros(k)
-            for before in range(at):  # every view before this one has a person in some of the clusters
-                cols = members[:k, before]
-                has = cols >= 0
-                total[:, has] += pair_costs(stream, order[before])[:, cols[has]]
-                count += has
-            mean = total / count
-            cost = np.where(mean <= max_cost, mean, UNMATCHED)
+            cost = _mean_costs(costs, views, members, k, at, n, float(max_cost))
             rows, cols = linear_sum_assignment(cost)
             joined = cost[rows, cols] < UNMATCHED
             members[cols[joined], at] = rows[joined]
-            free = np.ones(n, bool)
+            free = np.ones(n, np.bool_)
             free[rows[joined]] = False
             alone = np.flatnonzero(free)
         else:
@@ -135,3 +127,22 @@ def cluster_views(
         members[k : k + len(alone), at] = alone
         k += len(alone)
     return order, members[:k]
+
+
+@njit(**KERNEL)
+def _mean_costs(costs, views, members, k, at, n, max_cost):
+    """``[n, k]``: view ``views[at]``'s people against the ``k`` clusters so far, the mean of their costs to each
+    cluster's members in the views before it (:data:`UNMATCHED` over ``max_cost``)."""
+    out = np.empty((n, k))
+    a = views[at]
+    for i in range(n):
+        for c in range(k):
+            total, count = 0.0, 0
+            for b in range(at):
+                m = members[c, b]
+                if m >= 0:
+                    total += costs[a, views[b], i, m]
+                    count += 1
+            mean = total / count
+            out[i, c] = mean if mean <= max_cost else UNMATCHED
+    return out

@@ -7,7 +7,7 @@ Plain Python (no Ray): ``posefleet run --group`` drives it in process, the group
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
 
@@ -22,7 +22,7 @@ from posefleet.court.homography import CourtTemplate, Homography, court_template
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BONES, BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, mean_errors, triangulate_people
+from posefleet.court.triangulate import Rig, gather_people, mean_errors, triangulate_people
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -102,6 +102,8 @@ class GroupFuser:
             return  # one calibrated camera: placed on the floor, nothing associated or triangulated
         cfg, J = self.cfg, N_KEYPOINTS
         epipolar_costs(self._essentials, np.zeros((V, 0, J, 3)), np.zeros((V, 0, J)), cfg.min_score)
+        cluster_views(np.ones(2, np.int64), np.zeros((2, 2, 1, 1)), 1.0)
+        gather_people(np.zeros((V, 0, J, 3)), np.zeros((V, 0, J, 3)), np.zeros((0, V), np.int64))
         triangulate_people(self._rig, np.zeros((0, J, V, 2)), np.zeros((0, J, V)), np.zeros((0, J, V, 2)),
                            cfg.min_score, cfg.outlier_px, cfg.max_view_px)  # fmt: skip
         mean_errors(self._rig, np.zeros((0, J, 3)), np.zeros((0, J, V, 2)), np.zeros((0, J, V), bool))
@@ -205,32 +207,42 @@ class GroupFuser:
         return kp, norm
 
     def _pair_costs(self, views: dict[str, View], kp: np.ndarray, norm: np.ndarray,
-                    last: dict[str, np.ndarray]) -> Callable[[str, str], np.ndarray]:  # fmt: skip
-        """Costs in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit). Two
-        people who were one player on the last frame (``last``: each view's people's group ids then, -1: none)
+                    last: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+        """``[S, S, N, N]`` every pair of the frame's views' costs (``views``' order; :data:`UNMATCHED` past a
+        view's people), in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit).
+        Two people who were one player on the last frame (``last``: each view's people's group ids then, -1: none)
         have theirs scaled by ``hint_factor``: that keeps the association stable where costs are close. Every
         calibrated pair's costs come from one batched call, and are scaled in one batch."""
         cfg = self.cfg
-        index = self._view_index
+        streams = list(views)
+        rig = [self._view_index.get(s, -1) for s in streams]
         scaled = None
         if kp.shape[1]:
             epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score)  # [V, V, N, N]
             held = np.full(kp.shape[:2], -1)  # [V, N]
-            for s, ids in last.items():
-                if s in index:
-                    held[index[s], : len(ids)] = ids
+            for s, r in zip(streams, rig, strict=True):
+                if r >= 0:
+                    held[r, : len(last[s])] = last[s]
             same = (held[:, None, :, None] == held[None, :, None, :]) & (held[:, None, :, None] >= 0)
             factor = np.where(same, cfg.hint_factor / cfg.max_epipolar, 1.0 / cfg.max_epipolar)
             scaled = np.where(epipolar >= UNMATCHED, UNMATCHED, epipolar * factor)
-
-        def costs(sa: str, sb: str) -> np.ndarray:
-            if sa in index and sb in index and scaled is not None:
-                return scaled[index[sa], index[sb], : len(views[sa]), : len(views[sb])]
-            raw = ground_costs(views[sa], views[sb])
-            same = (last[sa][:, None] == last[sb][None]) & (last[sa][:, None] >= 0)
-            return np.where(raw >= UNMATCHED, UNMATCHED, raw / cfg.max_ground_m * np.where(same, cfg.hint_factor, 1.0))
-
-        return costs
+            if min(rig) >= 0:
+                return scaled[rig][:, rig]  # calibrated cameras only: the batch is the answer
+        N = max(map(len, views.values()), default=0)
+        out = np.full((len(streams), len(streams), N, N), UNMATCHED)
+        for a, (sa, ra) in enumerate(zip(streams, rig, strict=True)):
+            for b, (sb, rb) in enumerate(zip(streams, rig, strict=True)):
+                na, nb = len(views[sa]), len(views[sb])
+                if a == b or not (na and nb):
+                    continue
+                if ra >= 0 and rb >= 0 and scaled is not None:
+                    out[a, b, :na, :nb] = scaled[ra, rb, :na, :nb]
+                    continue
+                raw = ground_costs(views[sa], views[sb])
+                same = (last[sa][:, None] == last[sb][None]) & (last[sa][:, None] >= 0)
+                hint = np.where(same, cfg.hint_factor, 1.0)
+                out[a, b, :na, :nb] = np.where(raw >= UNMATCHED, UNMATCHED, raw / cfg.max_ground_m * hint)
+        return out
 
     def fuse(self, results: Mapping[str, FrameResult], timestamp: float | None = None) -> GroupFrame:
         """One group frame from each camera's time-matched result (streams without a camera are left out)."""
@@ -240,7 +252,9 @@ class GroupFuser:
         track_ids = {s: v.track_ids.tolist() for s, v in views.items()}
         last = {s: np.array([self._last_views.get((s, t), -1) for t in ids], np.int64) for s, ids in track_ids.items()}
         costs = self._pair_costs(views, kp, norm, last)
-        order, members = cluster_views({s: len(v) for s, v in views.items()}, costs, 1.0)
+        streams = list(views)
+        at, members = cluster_views(np.array([len(v) for v in views.values()], np.int64), costs, 1.0)
+        order = [streams[v] for v in at]
         # each cluster's group id on the last frame: the one its views' tracks had, if they agree (-1: none)
         was = np.stack([last[s][np.maximum(members[:, a], 0)] for a, s in enumerate(order)], axis=1) if order else None
         if was is not None:
@@ -250,78 +264,80 @@ class GroupFuser:
         else:
             previous = np.zeros(0, np.int64)
         solved = self._triangulate(order, members, kp, norm, previous)
-        people, candidates, rows = self._people(views, track_ids, order, members, solved)
+        candidates, rows = self._candidates(views, track_ids, order, members, solved)
         now = timestamp if timestamp is not None else time.time()
         ids = self.tracker.update(now, candidates)
+        kept = [c for c, gid in enumerate(ids) if gid is not None]
         if solved is not None and self.cfg.bones.enabled:
-            measured = [(gid, r) for gid, r in zip(ids, rows, strict=True) if gid is not None and r >= 0]
-            self.bones.add([gid for gid, _ in measured], solved.bones[[r for _, r in measured]])
+            measured = [c for c in kept if rows[c] >= 0]
+            self.bones.add([ids[c] for c in measured], solved.bones[[rows[c] for c in measured]])  # type: ignore[misc]
             self.bones.keep(set(self.tracker.ids.tolist()))
-        kept = []
-        for person, gid in zip(people, ids, strict=True):
-            if gid is not None:
-                person.group_id = gid
-                kept.append(person)
-        self._last_views = {(s, tid): p.group_id for p in kept for s, tid in p.views.items()}
-        kept.sort(key=lambda p: p.group_id)
+        self._last_views = {(s, tid): ids[c] for c in kept for s, tid in candidates.views[c].items()}
+        people = self._people(candidates, rows, solved, ids, sorted(kept, key=ids.__getitem__))
         frames = {s: r.frame_index for s, r in results.items() if s in views}
         ms = (time.thread_time() - t0) * 1000.0
         return GroupFrame.model_construct(
-            group=self.group, timestamp=timestamp, frames=frames, people=kept, fusion_ms=round(ms, 3),
+            group=self.group, timestamp=timestamp, frames=frames, people=people, fusion_ms=round(ms, 3),
             court=self.outline,
         )
 
-    def _people(
+    def _candidates(
         self, views: dict[str, View], track_ids: dict[str, list[int]], order: list[str], members: np.ndarray,
         solved: Solved | None,
-    ) -> tuple[list[GroupPerson], Candidates, list[int]]:  # fmt: skip
-        """Each cluster (``members [K, len(order)]``) as a person (3D where it was triangulated, its court
-        position from its 3D feet, else hips, else any joint, else its views' ground points), and as a candidate
-        for the group tracker (those placed), with its row in ``solved`` (-1: no 3D)."""
+    ) -> tuple[Candidates, list[int]]:  # fmt: skip
+        """Each cluster (``members [K, len(order)]``) that stands somewhere, as a candidate for the group tracker:
+        its court position from its 3D feet, else hips, else any joint, else its views' ground points, its views
+        (less those the triangulation dropped as another person's); and its row in ``solved`` (-1: no 3D)."""
         K = len(members)
         row = np.full(K, -1)
         xy = np.full((K, 2), np.nan)
-        kp3d: list = [None] * K
-        reproj: list = [None] * K
-        n_views: list = [[0] * N_KEYPOINTS] * K
         if solved is not None:
             row[solved.people] = np.arange(len(solved.people))
             xy[solved.people] = _standing(f64(solved.points))
-            ok = np.isfinite(solved.points).all(axis=2)  # [P, J]
-            full = np.concatenate([solved.points, solved.score[..., None]], axis=2)
-            full[~ok] = 0.0
-            kp3d_rows = np.round(full, 4).tolist()
-            err = np.round(solved.reprojection_px, 2)
-            reproj_rows = np.where(np.isfinite(err), err, None).tolist()
-            views_rows = solved.n_views.tolist()
-            for p, k in enumerate(solved.people.tolist()):
-                kp3d[k], reproj[k], n_views[k] = kp3d_rows[p], reproj_rows[p], views_rows[p]
             if solved.dropped.any():  # the calibrated views dropped as another person's leave it
                 members = members.copy()
                 for p, v in zip(*np.nonzero(solved.dropped), strict=True):
                     members[solved.people[p], order.index(self._camera_order[v])] = -1
-        for k in np.flatnonzero(~np.isfinite(xy).all(axis=1)).tolist():  # no 3D: its views' ground points
+        for k in np.flatnonzero(np.isnan(xy[:, 0])).tolist():  # no 3D: its views' ground points
             grounds = [views[s].ground[i] for s, i in zip(order, members[k].tolist(), strict=True) if i >= 0]
             grounds = [g for g in grounds if np.isfinite(g).all()]
             if grounds:
-                xy[k] = np.mean(grounds, axis=0)
-        placed = np.isfinite(xy).all(axis=1)
-        out = self.outside(xy)
-        outs = [None] * K if out is None else out.tolist()
-        court = np.round(xy, 3).tolist()
-        people, rows, view_ids = [], [], []
+                xy[k] = sum(grounds) / len(grounds)
+        placed = np.flatnonzero(np.isfinite(xy).all(axis=1))
         ids_of = [track_ids[s] for s in order]
-        for k, m in zip(np.flatnonzero(placed).tolist(), members[placed].tolist(), strict=True):
-            view_ids.append({s: ids[i] for s, ids, i in zip(order, ids_of, m, strict=True) if i >= 0})
-            r = int(row[k])
-            people.append(GroupPerson.model_construct(  # built from checked numbers: no validation needed
-                group_id=0, views=view_ids[-1], court_xy=tuple(court[k]), outside_court=outs[k],
-                keypoints3d=kp3d[k] if r >= 0 else None, reprojection_px=reproj[k] if r >= 0 else None,
-                n_views=n_views[k],
-            ))  # fmt: skip
-            rows.append(r)
+        view_ids = [
+            {s: ids[i] for s, ids, i in zip(order, ids_of, m, strict=True) if i >= 0} for m in members[placed].tolist()
+        ]
         n_members = (members[placed] >= 0).sum(axis=1)
-        return people, Candidates(xy[placed], view_ids, n_members), rows
+        return Candidates(xy[placed], view_ids, n_members), row[placed].tolist()
+
+    def _people(
+        self, candidates: Candidates, rows: list[int], solved: Solved | None, ids: list[int | None], kept: list[int]
+    ) -> list[GroupPerson]:
+        """The players of a group frame: the candidates ``kept`` (in their order) with their group ``ids``, 3D
+        keypoints from their ``rows`` of ``solved`` (-1: none)."""
+        xy = candidates.xy[kept]
+        out = self.outside(xy)
+        outs = [None] * len(kept) if out is None else out.tolist()
+        court = np.round(xy, 3).tolist()
+        with3d = [rows[c] for c in kept if rows[c] >= 0]
+        if with3d:
+            assert solved is not None
+            points = solved.points[with3d]
+            full = np.concatenate([points, solved.score[with3d, :, None]], axis=2)
+            full[np.isnan(points).any(axis=2)] = 0.0
+            err = np.round(solved.reprojection_px[with3d], 2)
+            solved_rows = iter(zip(np.round(full, 4).tolist(), np.where(np.isnan(err), None, err).tolist(),
+                                   solved.n_views[with3d].tolist(), strict=True))  # fmt: skip
+        none = [0] * N_KEYPOINTS
+        people = []
+        for c, xy_c, out_c in zip(kept, court, outs, strict=True):
+            kp3d, reproj, n_views = next(solved_rows) if rows[c] >= 0 else (None, None, none)
+            people.append(GroupPerson.model_construct(  # built from checked numbers: no validation needed
+                group_id=ids[c], views=candidates.views[c], court_xy=tuple(xy_c), outside_court=out_c,
+                keypoints3d=kp3d, reprojection_px=reproj, n_views=n_views,
+            ))  # fmt: skip
+        return people
 
     def _triangulate(
         self, order: list[str], members: np.ndarray, kp: np.ndarray, norm: np.ndarray, previous: np.ndarray
@@ -339,12 +355,7 @@ class GroupFuser:
         people = np.flatnonzero((idx >= 0).sum(axis=1) >= 2)
         if not len(people):
             return None
-        idx = idx[people]  # [P, V]
-        seen = idx >= 0
-        got = kp[np.arange(V)[None], np.maximum(idx, 0)].transpose(0, 2, 1, 3)  # [P, J, V, 3]
-        pix = got[..., :2]
-        nrm = norm[np.arange(V)[None], np.maximum(idx, 0)][..., :2].transpose(0, 2, 1, 3)
-        sc = np.where(seen[:, None], got[..., 2], 0.0)
+        pix, sc, nrm = gather_people(kp, norm, idx[people])
         cfg = self.cfg
         tri, dropped_views = triangulate_people(self._rig, pix, sc, nrm, cfg.min_score, cfg.outlier_px,
                                                 cfg.max_view_px)  # fmt: skip

@@ -377,6 +377,31 @@ def triangulate_points(
     return Triangulated(points, mean_score, error, used, view_px)
 
 
+def gather_people(keypoints: np.ndarray, norm: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+    """People's views picked from each camera's people, as :func:`triangulate_people` takes them: ``keypoints
+    [V, N, J, 3]`` (pixels, score) and ``norm [V, N, J, 3]`` (normalised) of camera v's person n; ``idx [P, V]``
+    person p's index in camera v (-1: not seen). ``pixels [P, J, V, 2]``, ``score [P, J, V]`` (0 where not seen),
+    ``norm [P, J, V, 2]``."""
+    return _gather(f64(keypoints), f64(norm), np.ascontiguousarray(idx, np.int64))
+
+
+@njit(**KERNEL)
+def _gather(keypoints, norm, idx):
+    P, V = idx.shape
+    J = keypoints.shape[2]
+    pixels, score, out = np.zeros((P, J, V, 2)), np.zeros((P, J, V)), np.zeros((P, J, V, 2))
+    for p in range(P):
+        for v in range(V):
+            i = idx[p, v]
+            if i < 0:
+                continue
+            for j in range(J):
+                pixels[p, j, v, 0], pixels[p, j, v, 1] = keypoints[v, i, j, 0], keypoints[v, i, j, 1]
+                score[p, j, v] = keypoints[v, i, j, 2]
+                out[p, j, v, 0], out[p, j, v, 1] = norm[v, i, j, 0], norm[v, i, j, 1]
+    return pixels, score, out
+
+
 def triangulate_people(
     rig: Rig, pixels: np.ndarray, score: np.ndarray, norm: np.ndarray, min_score: float, outlier_px: float,
     max_view_px: float,
