@@ -184,12 +184,12 @@ def _normalise(K, dist, untilt, view, pixels):
 
 
 @njit(**KERNEL)
-def _dlt(terms, norm, weight, out):
+def _dlt(terms, norm, weight, out, n):
     """One point from its views' normalised coordinates ``norm [V, 2]`` weighted by ``weight [V]`` (0: unused),
     into ``out [3]`` (NaN: singular). The weighted rows ``x P3 - P1``, ``y P3 - P2`` of each view solved for ``X``
     (with ``w = 1``: no point of a court lies at infinity) by their normal equations ``N = A^T A``, summed from
-    the rig's per-view terms and solved by Cramer's rule."""
-    n = np.zeros(12)
+    the rig's per-view terms and solved by Cramer's rule (``n [12]``: scratch, so that no solve allocates)."""
+    n[:] = 0.0
     for v in range(norm.shape[0]):
         w2 = weight[v] * weight[v]
         if w2 == 0.0:
@@ -210,15 +210,14 @@ def _dlt(terms, norm, weight, out):
 
 @njit(**KERNEL)
 def _solve_point(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, outlier_px, min_views,
-                 point, view_px, used):  # fmt: skip
+                 point, view_px, used, scratch):  # fmt: skip
     """One point seen by views ``pixels [V, 2]`` (distorted), ``score [V]``, ``norm [V, 2]`` (undistorted,
     normalised): solved from the views scoring at least ``min_score``; while its worst view misses by more than
     ``outlier_px`` and more than ``min_views`` remain, that view is dropped and the point solved again. Writes
     ``point [3]`` (NaN: no point), ``view_px [V]`` (its pixel error in every view), ``used [V]``; returns the
     mean pixel error and score of the views used (NaN and 0 where the last views still disagree)."""
     V = score.shape[0]
-    errors = np.empty(V)
-    weight = np.empty(V)
+    errors, weight, n = scratch[0, :V], scratch[1, :V], scratch[2, :12]  # the caller's [3, max(V, 12)]
     for v in range(V):
         used[v] = score[v] >= min_score
     while True:
@@ -228,7 +227,7 @@ def _solve_point(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, out
             n_used += used[v]
         if n_used < min_views:
             break
-        _dlt(terms, norm, weight, point)
+        _dlt(terms, norm, weight, point, n)
         worst, worst_v = -1.0, -1
         for v in range(V):
             u, w, depth = _project(R, t, K, dist, tilt, point, v)
@@ -266,9 +265,11 @@ def _solve_points(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
     points, view_px = np.full((M, 3), np.nan), np.full((M, V), np.nan)
     used = np.zeros((M, V), np.bool_)
     error, mean_score = np.empty(M), np.empty(M)
+    scratch = np.empty((3, max(V, 12)))
     for m in range(M):
         error[m], mean_score[m] = _solve_point(terms, R, t, K, dist, tilt, pixels[m], score[m], norm[m], min_score,
-                                               outlier_px, min_views, points[m], view_px[m], used[m])  # fmt: skip
+                                               outlier_px, min_views, points[m], view_px[m], used[m],
+                                               scratch)  # fmt: skip
     return points, mean_score, error, used, view_px
 
 
@@ -284,13 +285,14 @@ def _solve_people(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
     error, mean_score = np.full((P, J), np.nan), np.zeros((P, J))
     dropped = np.zeros((P, V), np.bool_)
     seen, buffer = np.empty(J), np.empty(J)
+    scratch = np.empty((3, max(V, 12)))
     for p in range(P):
         s = score[p].copy()
         for _ in range(V + 1):  # each round takes a view away (or all): V + 1 rounds end it whatever the numbers
             for j in range(J):
                 error[p, j], mean_score[p, j] = _solve_point(
                     terms, R, t, K, dist, tilt, pixels[p, j], s[j], norm[p, j], min_score, outlier_px, 2,
-                    points[p, j], view_px[p, j], used[p, j],
+                    points[p, j], view_px[p, j], used[p, j], scratch,
                 )  # fmt: skip
             worst, worst_v, present = -1.0, 0, 0
             for v in range(V):
