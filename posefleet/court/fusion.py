@@ -22,7 +22,7 @@ from posefleet.court.homography import CourtTemplate, Homography, court_template
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BONES, BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, gather_people, mean_errors, triangulate_people
+from posefleet.court.triangulate import Rig, gather_people, mean_errors, on_floor, triangulate_people, undistort
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -31,24 +31,31 @@ N_KEYPOINTS = 17
 NO_ID = np.iinfo(np.int64).max  # above every group id
 
 
-def ground_pixels(keypoints: np.ndarray, boxes: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where people stand in the image ``[N, 2]``: between the ankles when both are seen (``[N]`` True), else the
-    box's bottom centre. ``keypoints [N, 17, 3]``, ``boxes [N, 4]``."""
-    return _ground_pixels(f64(keypoints), f64(boxes), float(min_score))
-
-
 @njit(**KERNEL)
-def _ground_pixels(keypoints, boxes, min_score):
+def _place_people(K, dist, untilt, R, center, view, keypoints, boxes, min_score, floor_z, ankle_height, normalise):
+    """People ``keypoints [N, 17, 3]``, ``boxes [N, 4]``, each seen by rig camera ``view [N]`` (-1: by none):
+    where each stands in the image ``[N, 2]`` (between its ankles when both are seen, else its box's bottom
+    centre), where that is on the floor ``[N, 2]`` (NaN: not calibrated, or not on the floor; an ankle seen lies
+    ``ankle_height`` over the floor), and (``normalise``) its keypoints undistorted and normalised, homogeneous
+    ``[N, 17, 3]``."""
     n = keypoints.shape[0]
-    out, seen = np.empty((n, 2)), np.zeros(n, np.bool_)
+    norm, pixels, xy = np.ones((n, N_KEYPOINTS, 3)), np.empty((n, 2)), np.full((n, 2), np.nan)
     for i in range(n):
         left, right = keypoints[i, LEFT_ANKLE], keypoints[i, RIGHT_ANKLE]
-        if left[2] >= min_score and right[2] >= min_score:
-            out[i, 0], out[i, 1] = (left[0] + right[0]) / 2, (left[1] + right[1]) / 2
-            seen[i] = True
+        seen = left[2] >= min_score and right[2] >= min_score
+        if seen:
+            pixels[i, 0], pixels[i, 1] = (left[0] + right[0]) / 2, (left[1] + right[1]) / 2
         else:
-            out[i, 0], out[i, 1] = (boxes[i, 0] + boxes[i, 2]) / 2, boxes[i, 3]
-    return out, seen
+            pixels[i, 0], pixels[i, 1] = (boxes[i, 0] + boxes[i, 2]) / 2, boxes[i, 3]
+        v = view[i]
+        if v < 0:
+            continue
+        if normalise:
+            for j in range(N_KEYPOINTS):
+                norm[i, j, 0], norm[i, j, 1] = undistort(K, dist, untilt, v, keypoints[i, j, 0], keypoints[i, j, 1])
+        x, y = undistort(K, dist, untilt, v, pixels[i, 0], pixels[i, 1])
+        xy[i, 0], xy[i, 1] = on_floor(R, center, v, x, y, floor_z + (ankle_height if seen else 0.0))
+    return norm, pixels, xy
 
 
 class GroupFuser:
@@ -93,14 +100,12 @@ class GroupFuser:
         that no frame waits for them."""
         V = len(self._rig)
         self.tracker.warm()
-        ground_pixels(np.zeros((0, N_KEYPOINTS, 3)), np.zeros((0, 4)), 0.0)
-        if not V:
-            return  # homography cameras alone: no kernel but the tracker's runs
-        self._rig.normalise(np.zeros(0, np.int64), np.zeros((0, N_KEYPOINTS + 1, 2)))
-        self._rig.floor(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0))
+        rig, cfg = self._rig, self.cfg
+        _place_people(rig.K, rig.dist, rig.untilt, rig.R, rig.center, np.zeros(0, np.int64),
+                      np.zeros((0, N_KEYPOINTS, 3)), np.zeros((0, 4)), 0.0, 0.0, 0.0, True)  # fmt: skip
         if V < 2:
-            return  # one calibrated camera: placed on the floor, nothing associated or triangulated
-        cfg, J = self.cfg, N_KEYPOINTS
+            return  # one calibrated camera at most: placed on the floor, nothing associated or triangulated
+        J = N_KEYPOINTS
         epipolar_costs(self._essentials, np.zeros((V, 0, J, 3)), np.zeros((V, 0, J)), cfg.min_score)
         cluster_views(np.ones(2, np.int64), np.zeros((2, 2, 1, 1)), 1.0)
         gather_people(np.zeros((V, 0, J, 3)), np.zeros((V, 0, J, 3)), np.zeros((0, V), np.int64))
@@ -116,10 +121,6 @@ class GroupFuser:
         return set(self.cameras) | set(self.homographies)
 
     # -- per camera ---------------------------------------------------------------------------------------------
-
-    def _floor_z(self, ankles: np.ndarray) -> np.ndarray:
-        """The height each ground point lies at: the floor's, an ankle's over it."""
-        return self.cfg.floor_z + ankles * self.cfg.ankle_height_m
 
     def outside(self, xy: np.ndarray) -> np.ndarray | None:
         if self.template is None:
@@ -148,27 +149,18 @@ class GroupFuser:
                          count=n * N_KEYPOINTS * 3).reshape(n, N_KEYPOINTS, 3)  # fmt: skip
         boxes = np.fromiter(chain.from_iterable(p.box for p in flat), np.float64, count=n * 4).reshape(n, 4)
         ids = np.fromiter((p.track_id for p in flat), np.int64, count=n)
-        pixels, ankles = ground_pixels(kp, boxes, self.cfg.min_score)
-        xy = np.full((n, 2), np.nan)
         view = np.full(n, -1)  # each person's camera in the rig (-1: placed by court points)
         ends = np.cumsum([len(ps) for ps in people]).tolist()
         spans = [slice(end - len(ps), end) for ps, end in zip(people, ends, strict=True)]
         for result, at in zip(results, spans, strict=True):
-            if at.stop == at.start:
-                continue
-            if result.stream_id in self.homographies:
-                xy[at] = self.homographies[result.stream_id].to_court(pixels[at])
-            else:
+            if result.stream_id in self._view_index:
                 view[at] = self._view_index[result.stream_id]
-        norm = np.ones((n, N_KEYPOINTS, 3))
-        calibrated = view >= 0
-        if calibrated.any():  # every calibrated camera's points undistorted, and onto the floor, in one batch each
-            both = self._rig.normalise(view, np.concatenate([kp[..., :2], pixels[:, None]], axis=1) if normalise
-                                       else pixels[:, None])  # fmt: skip
-            if normalise:
-                norm[..., :2] = both[:, :N_KEYPOINTS]
-            ground = both[calibrated, -1]
-            xy[calibrated] = self._rig.floor(view[calibrated], ground, self._floor_z(ankles[calibrated]))
+        rig, cfg = self._rig, self.cfg
+        norm, pixels, xy = _place_people(rig.K, rig.dist, rig.untilt, rig.R, rig.center, view, kp, boxes,
+                                         cfg.min_score, cfg.floor_z, cfg.ankle_height_m, normalise)  # fmt: skip
+        for result, at in zip(results, spans, strict=True):
+            if result.stream_id in self.homographies and at.stop > at.start:
+                xy[at] = self.homographies[result.stream_id].to_court(pixels[at])
         out = self.outside(xy)
         placed = np.round(xy, 3).tolist()
         finite = np.isfinite(xy).all(axis=1).tolist()

@@ -74,24 +74,6 @@ class Rig:
         normalised ``[N, M, 2]``: what ``cv2.undistortPoints`` gives, every camera in one compiled call."""
         return _normalise(self.K, self.dist, self.untilt, np.ascontiguousarray(view, np.int64), f64(pixels))
 
-    def floor(self, view: np.ndarray, norm: np.ndarray, floor_z: np.ndarray) -> np.ndarray:
-        """Where the rays through undistorted normalised points ``norm [N, 2]``, each seen by camera ``view [N]``,
-        meet the floor at the heights ``floor_z [N]``: floor ``[N, 2]``; NaN where a ray runs parallel to the floor
-        or meets it behind its camera. Every camera's points in one compiled call."""
-        return _floor(self.R, self.center, np.ascontiguousarray(view, np.int64), f64(norm), f64(floor_z))
-
-
-@njit(**KERNEL)
-def _floor(R, center, view, norm, floor_z):
-    out = np.full((len(view), 2), np.nan)
-    for n in range(len(view)):
-        v, x, y = view[n], norm[n, 0], norm[n, 1]
-        ray = x * R[v, 0] + y * R[v, 1] + R[v, 2]  # R^T (x, y, 1)
-        s = (floor_z[n] - center[v, 2]) / ray[2]
-        if np.isfinite(s) and s > 0:
-            out[n, 0], out[n, 1] = center[v, 0] + s * ray[0], center[v, 1] + s * ray[1]
-    return out
-
 
 @dataclass
 class Triangulated:
@@ -148,38 +130,53 @@ def _project(R, t, K, dist, tilt, X, v):
 
 
 @njit(**KERNEL)
+def undistort(K, dist, untilt, v, u, w):
+    """Camera ``v``'s distorted pixel (u, w) undistorted and normalised, (x, y): OpenCV's ``undistortPoints`` (its
+    default: 5 fixed-point iterations; ``projectPoints``' model inverted, K's skew ignored as there). Compiled,
+    for the kernels that place people."""
+    d = dist[v]
+    fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
+    x, y = (u - cx) / fx, (w - cy) / fy
+    if d[12] != 0.0 or d[13] != 0.0:
+        T = untilt[v]
+        a = T[0, 0] * x + T[0, 1] * y + T[0, 2]
+        b = T[1, 0] * x + T[1, 1] * y + T[1, 2]
+        c = T[2, 0] * x + T[2, 1] * y + T[2, 2]
+        inv = 1.0 / c if c != 0.0 else 1.0
+        x, y = a * inv, b * inv
+    x0, y0 = x, y
+    for _ in range(5):
+        r2 = x * x + y * y
+        icdist = (1 + ((d[7] * r2 + d[6]) * r2 + d[5]) * r2) / (1 + ((d[4] * r2 + d[1]) * r2 + d[0]) * r2)
+        if icdist < 0:  # a point beyond the model's reach: left as if undistorted
+            return (u - cx) / fx, (w - cy) / fy
+        dx = 2 * d[2] * x * y + d[3] * (r2 + 2 * x * x) + d[8] * r2 + d[9] * r2 * r2
+        dy = d[2] * (r2 + 2 * y * y) + 2 * d[3] * x * y + d[10] * r2 + d[11] * r2 * r2
+        x, y = (x0 - dx) * icdist, (y0 - dy) * icdist
+    return x, y
+
+
+@njit(**KERNEL)
+def on_floor(R, center, v, x, y, z):
+    """Where camera ``v``'s ray through normalised (x, y) meets the floor at height ``z``: (X, Y), NaN where it
+    runs parallel to the floor or meets it behind the camera. Compiled, for the kernels that place people."""
+    r0 = x * R[v, 0, 0] + y * R[v, 1, 0] + R[v, 2, 0]  # R^T (x, y, 1)
+    r1 = x * R[v, 0, 1] + y * R[v, 1, 1] + R[v, 2, 1]
+    r2 = x * R[v, 0, 2] + y * R[v, 1, 2] + R[v, 2, 2]
+    s = (z - center[v, 2]) / r2
+    if np.isfinite(s) and s > 0:
+        return center[v, 0] + s * r0, center[v, 1] + s * r1
+    return np.nan, np.nan
+
+
+@njit(**KERNEL)
 def _normalise(K, dist, untilt, view, pixels):
-    """OpenCV's ``undistortPoints`` (its default: 5 fixed-point iterations; ``projectPoints``' model inverted, K's
-    skew ignored as there), for rows of points each seen by one camera (-1: NaN)."""
     N, M = pixels.shape[:2]
     out = np.full((N, M, 2), np.nan)
     for n in range(N):
-        v = view[n]
-        if v < 0:
-            continue
-        d, T = dist[v], untilt[v]
-        fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
-        tilted = d[12] != 0.0 or d[13] != 0.0
-        for m in range(M):
-            u, w = pixels[n, m, 0], pixels[n, m, 1]
-            x, y = (u - cx) / fx, (w - cy) / fy
-            if tilted:
-                a = T[0, 0] * x + T[0, 1] * y + T[0, 2]
-                b = T[1, 0] * x + T[1, 1] * y + T[1, 2]
-                c = T[2, 0] * x + T[2, 1] * y + T[2, 2]
-                inv = 1.0 / c if c != 0.0 else 1.0
-                x, y = a * inv, b * inv
-            x0, y0 = x, y
-            for _ in range(5):
-                r2 = x * x + y * y
-                icdist = (1 + ((d[7] * r2 + d[6]) * r2 + d[5]) * r2) / (1 + ((d[4] * r2 + d[1]) * r2 + d[0]) * r2)
-                if icdist < 0:  # a point beyond the model's reach: left as if undistorted
-                    x, y = (u - cx) / fx, (w - cy) / fy
-                    break
-                dx = 2 * d[2] * x * y + d[3] * (r2 + 2 * x * x) + d[8] * r2 + d[9] * r2 * r2
-                dy = d[2] * (r2 + 2 * y * y) + 2 * d[3] * x * y + d[10] * r2 + d[11] * r2 * r2
-                x, y = (x0 - dx) * icdist, (y0 - dy) * icdist
-            out[n, m, 0], out[n, m, 1] = x, y
+        if view[n] >= 0:
+            for m in range(M):
+                out[n, m, 0], out[n, m, 1] = undistort(K, dist, untilt, view[n], pixels[n, m, 0], pixels[n, m, 1])
     return out
 
 
