@@ -84,9 +84,10 @@ class GroupFuser:
         )
         self.tracker = GroupTracker(
             max_distance_m=self.cfg.max_distance_m, max_age_s=self.cfg.max_age_s,
-            min_views_new=2 if len(self.cameras) >= 2 else 1,
+            min_views_new=2 if len(self.cameras) >= 2 else 1, streams=sorted(self.streams),
         )  # fmt: skip
-        self._last_views: dict[tuple[str, int], int] = {}  # (stream, track id) -> group id on the last frame
+        self._column = {s: c for c, s in enumerate(self.tracker.streams)}
+        self._last_views: dict[str, dict[int, int]] = {}  # stream -> track id -> group id on the last frame
         self._checked: set[str] = set()
         self._camera_order = sorted(self.cameras)
         self._view_index = {s: v for v, s in enumerate(self._camera_order)}
@@ -241,8 +242,10 @@ class GroupFuser:
         t0 = time.thread_time()  # CPU time: what fusing costs, not what other threads took meanwhile
         views = self._views([r for s, r in results.items() if s in self.streams and not r.dropped])
         kp, norm = self._stacked(views)
-        track_ids = {s: v.track_ids.tolist() for s, v in views.items()}
-        last = {s: np.array([self._last_views.get((s, t), -1) for t in ids], np.int64) for s, ids in track_ids.items()}
+        last = {}
+        for s, v in views.items():
+            held = self._last_views.get(s, {})
+            last[s] = np.array([held.get(t, -1) for t in v.track_ids.tolist()], np.int64)
         costs = self._pair_costs(views, kp, norm, last)
         streams = list(views)
         at, members = cluster_views(np.array([len(v) for v in views.values()], np.int64), costs, 1.0)
@@ -256,7 +259,7 @@ class GroupFuser:
         else:
             previous = np.zeros(0, np.int64)
         solved = self._triangulate(order, members, kp, norm, previous)
-        candidates, rows = self._candidates(views, track_ids, order, members, solved)
+        candidates, rows = self._candidates(views, order, members, solved)
         now = timestamp if timestamp is not None else time.time()
         ids = self.tracker.update(now, candidates)
         kept = [c for c, gid in enumerate(ids) if gid is not None]
@@ -264,7 +267,12 @@ class GroupFuser:
             measured = [c for c in kept if rows[c] >= 0]
             self.bones.add([ids[c] for c in measured], solved.bones[[rows[c] for c in measured]])  # type: ignore[misc]
             self.bones.keep(set(self.tracker.ids.tolist()))
-        self._last_views = {(s, tid): ids[c] for c in kept for s, tid in candidates.views[c].items()}
+        held = candidates.views[kept].T.tolist()  # [S, kept]
+        kept_ids = [ids[c] for c in kept]
+        self._last_views = {
+            s: {t: g for t, g in zip(column, kept_ids, strict=True) if t >= 0}
+            for s, column in zip(self.tracker.streams, held, strict=True)
+        }
         people = self._people(candidates, rows, solved, ids, sorted(kept, key=ids.__getitem__))
         frames = {s: r.frame_index for s, r in results.items() if s in views}
         ms = (time.thread_time() - t0) * 1000.0
@@ -274,8 +282,7 @@ class GroupFuser:
         )
 
     def _candidates(
-        self, views: dict[str, View], track_ids: dict[str, list[int]], order: list[str], members: np.ndarray,
-        solved: Solved | None,
+        self, views: dict[str, View], order: list[str], members: np.ndarray, solved: Solved | None,
     ) -> tuple[Candidates, list[int]]:  # fmt: skip
         """Each cluster (``members [K, len(order)]``) that stands somewhere, as a candidate for the group tracker:
         its court position from its 3D feet, else hips, else any joint, else its views' ground points, its views
@@ -296,12 +303,11 @@ class GroupFuser:
             if grounds:
                 xy[k] = sum(grounds) / len(grounds)
         placed = np.flatnonzero(np.isfinite(xy).all(axis=1))
-        ids_of = [track_ids[s] for s in order]
-        view_ids = [
-            {s: ids[i] for s, ids, i in zip(order, ids_of, m, strict=True) if i >= 0} for m in members[placed].tolist()
-        ]
-        n_members = (members[placed] >= 0).sum(axis=1)
-        return Candidates(xy[placed], view_ids, n_members), row[placed].tolist()
+        members = members[placed]
+        held = np.full((len(placed), len(self._column)), -1, np.int64)  # [K, S] in the tracker's streams
+        for a, s in enumerate(order):
+            held[:, self._column[s]] = np.where(members[:, a] >= 0, views[s].track_ids[members[:, a]], -1)
+        return Candidates(xy[placed], held), row[placed].tolist()
 
     def _people(
         self, candidates: Candidates, rows: list[int], solved: Solved | None, ids: list[int | None], kept: list[int]
@@ -323,10 +329,10 @@ class GroupFuser:
                                    solved.n_views[with3d].tolist(), strict=True))  # fmt: skip
         none = [0] * N_KEYPOINTS
         people = []
-        for c, xy_c, out_c in zip(kept, court, outs, strict=True):
+        for c, xy_c, out_c, views in zip(kept, court, outs, candidates.views[kept], strict=True):
             kp3d, reproj, n_views = next(solved_rows) if rows[c] >= 0 else (None, None, none)
             people.append(GroupPerson.model_construct(  # built from checked numbers: no validation needed
-                group_id=ids[c], views=candidates.views[c], court_xy=tuple(xy_c), outside_court=out_c,
+                group_id=ids[c], views=self.tracker.views_of(views), court_xy=tuple(xy_c), outside_court=out_c,
                 keypoints3d=kp3d, reprojection_px=reproj, n_views=n_views,
             ))  # fmt: skip
         return people

@@ -60,12 +60,11 @@ def _correct(mean, cov, rows, xy, variance):
 
 @dataclass
 class Candidates:
-    """A group frame's people: floor positions ``xy [N, 2]`` (metres), each one's views (stream -> track id) and
-    how many views it has ``[N]``."""
+    """A group frame's people: floor positions ``xy [N, 2]`` (metres), and their views ``[N, S]``: each one's
+    track id in each of the group's streams (the tracker's ``streams``; -1: not seen there)."""
 
     xy: np.ndarray
-    views: list[dict[str, int]]
-    n_views: np.ndarray
+    views: np.ndarray
 
     def __len__(self) -> int:
         return len(self.views)
@@ -74,7 +73,10 @@ class Candidates:
 @dataclass
 class GroupTracker:
     """Group ids over time. ``max_distance_m``: how far a player may be from its prediction and still match;
-    ``max_age_s``: how long an unseen player keeps its id; ``min_views_new``: views a new player needs."""
+    ``max_age_s``: how long an unseen player keeps its id; ``min_views_new``: views a new player needs;
+    ``streams``: the group's streams, the columns of the views."""
+
+    streams: list[str] = field(default_factory=list)
 
     max_distance_m: float = 1.0
     max_age_s: float = 2.0
@@ -84,13 +86,16 @@ class GroupTracker:
     next_id: int = 1
     last_time: float | None = None
     # the players, row by row: group id, filter (x, y, vx, vy and its covariance), when last seen, frames seen,
-    # and the cameras' track ids that were this player (a camera that lost sight keeps its id on record)
+    # and each stream's track id that was this player (-1: none; a camera that lost sight keeps its id on record)
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
     last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    views: list[dict[str, int]] = field(default_factory=list)
+    views: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
+    def __post_init__(self) -> None:
+        self.views = np.full((0, len(self.streams)), -1, np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,17 +107,17 @@ class GroupTracker:
 
     def _keep(self, rows: np.ndarray) -> None:
         self.ids, self.mean, self.cov = self.ids[rows], self.mean[rows], self.cov[rows]
-        self.last_seen, self.hits = self.last_seen[rows], self.hits[rows]
-        self.views = [self.views[r] for r in np.flatnonzero(rows).tolist()]
+        self.last_seen, self.hits, self.views = self.last_seen[rows], self.hits[rows], self.views[rows]
 
-    def _costs(self, now: float, people: Candidates) -> np.ndarray:
+    def _shared(self, people: Candidates) -> np.ndarray:
+        """``[N, T]``: how many streams' track ids each candidate shares with each player."""
+        views = people.views[:, None]
+        return ((views == self.views[None]) & (views >= 0)).sum(axis=2)
+
+    def _costs(self, now: float, people: Candidates, kept: np.ndarray) -> np.ndarray:
         """``[N, T]``: a candidate's distance to each player's prediction, divided by 1 + the camera tracks they
-        share (a camera's track id kept is strong evidence); a player may stray further the longer it is unseen,
-        twice as far where a track is shared."""
-        holder = {pair: j for j, views in enumerate(self.views) for pair in views.items()}  # one player a pair
-        T = len(self)
-        shared = [i * T + holder[p] for i, views in enumerate(people.views) for p in views.items() if p in holder]
-        kept = np.bincount(shared, minlength=len(people) * T).reshape(len(people), T)
+        share (``kept``: a camera's track id kept is strong evidence); a player may stray further the longer it is
+        unseen, twice as far where a track is shared."""
         dist = np.hypot(*(people.xy[:, None] - self.mean[None, :, :2]).transpose(2, 0, 1))
         reach = self.max_distance_m + 0.5 * self.accel_std * (now - self.last_seen) ** 2
         with np.errstate(invalid="ignore"):
@@ -128,30 +133,28 @@ class GroupTracker:
         alive = now - self.last_seen <= self.max_age_s
         if not alive.all():
             self._keep(alive)
-        owned = {pair for views in self.views for pair in views.items()}  # the cameras' tracks players held
         ids: list[int | None] = [None] * len(people)
+        # a candidate holding a camera's track that a player holds is a fragment of that player, not a new one
+        fragment = np.zeros(len(people), np.bool_)
         if len(people) and len(self):
-            cost = self._costs(now, people)
+            kept = self._shared(people)
+            fragment = kept.any(axis=1)
+            cost = self._costs(now, people, kept)
             rows, cols = linear_sum_assignment(cost)
             good = cost[rows, cols] < UNMATCHED
             rows, cols = rows[good], cols[good]
             _correct(self.mean, self.cov, cols, people.xy[rows], float(self.measure_std**2))
             self.last_seen[cols] = now
             self.hits[cols] += 1
-            matched = list(zip(rows.tolist(), cols.tolist(), strict=True))
-            claimed = {pair for i, _ in matched for pair in people.views[i].items()}
-            # a camera's track now seen as another player is no longer this one's
-            self.views = [{s: t for s, t in v.items() if (s, t) not in claimed} for v in self.views]
+            # a camera's track now seen as another player is no longer this one's; the matched take their views
+            claimed = people.views[rows]
+            self.views[((self.views[:, None] == claimed[None]) & (claimed[None] >= 0)).any(axis=1)] = -1
+            self.views[cols] = np.where(claimed >= 0, claimed, self.views[cols])
             group_ids = self.ids.tolist()
-            for i, j in matched:
-                self.views[j].update(people.views[i])
+            for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
                 ids[i] = group_ids[j]
-        new = [
-            i for i, views in enumerate(people.views)
-            # a candidate holding a camera's track that a player holds is a fragment of that player, not a new one
-            if ids[i] is None and not (views.items() & owned) and people.n_views[i] >= self.min_views_new
-            and np.isfinite(people.xy[i]).all()
-        ]  # fmt: skip
+        enough = ((people.views >= 0).sum(axis=1) >= self.min_views_new) & np.isfinite(people.xy).all(axis=1)
+        new = [i for i in np.flatnonzero(enough & ~fragment).tolist() if ids[i] is None]
         if new:
             n = len(new)
             start = np.diag([self.measure_std**2, self.measure_std**2, 1.0, 1.0])
@@ -161,18 +164,23 @@ class GroupTracker:
             self.cov = np.r_[self.cov, np.broadcast_to(start, (n, 4, 4))]
             self.last_seen = np.r_[self.last_seen, np.full(n, now)]
             self.hits = np.r_[self.hits, np.ones(n, np.int64)]
-            self.views += [dict(people.views[i]) for i in new]
+            self.views = np.r_[self.views, people.views[new]]
             for i, gid in zip(new, fresh.tolist(), strict=True):
                 ids[i] = gid
             self.next_id += n
         return ids
 
+    def views_of(self, views: np.ndarray) -> dict[str, int]:
+        """A row of views as stream -> track id."""
+        return {s: t for s, t in zip(self.streams, views.tolist(), strict=True) if t >= 0}
+
     def state(self) -> dict:
         """What a restarted fuser needs to keep its ids (JSON-able)."""
         tracks = [
             {"group_id": g, "mean": m, "cov": c, "views": v, "last_seen": s, "hits": h}
-            for g, m, c, v, s, h in zip(self.ids.tolist(), self.mean.tolist(), self.cov.tolist(), self.views,
-                                        self.last_seen.tolist(), self.hits.tolist(), strict=True)
+            for g, m, c, v, s, h in zip(self.ids.tolist(), self.mean.tolist(), self.cov.tolist(),
+                                        map(self.views_of, self.views), self.last_seen.tolist(), self.hits.tolist(),
+                                        strict=True)
         ]  # fmt: skip
         return {"next_id": self.next_id, "last_time": self.last_time, "tracks": tracks}
 
@@ -184,4 +192,9 @@ class GroupTracker:
         self.cov = np.array([t["cov"] for t in tracks], float).reshape(-1, 4, 4)
         self.last_seen = np.array([t["last_seen"] for t in tracks], float)
         self.hits = np.array([t["hits"] for t in tracks], np.int64)
-        self.views = [dict(t["views"]) for t in tracks]
+        column = {s: c for c, s in enumerate(self.streams)}  # a stream no longer in the group is forgotten
+        self.views = np.full((len(tracks), len(self.streams)), -1, np.int64)
+        for row, t in zip(self.views, tracks, strict=True):
+            for s, tid in t["views"].items():
+                if s in column:
+                    row[column[s]] = tid
