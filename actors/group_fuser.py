@@ -125,7 +125,8 @@ class GroupFuserActor:
         """The fuser of the calibrations held now; they get a new name (``placement``, what feeds compare)."""
         fuser = GroupFuser(self.group, self._settings())
         if hasattr(self, "fuser"):
-            fuser.tracker = self.fuser.tracker  # the players keep their ids through a camera's recalibration
+            # the players keep their ids through a camera's recalibration (by stream name: the streams may change)
+            fuser.tracker.restore(self.fuser.tracker.state())
         self.placement = uuid.uuid4().hex
         return fuser
 

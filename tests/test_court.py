@@ -250,6 +250,24 @@ def test_a_restarted_fuser_keeps_its_group_ids(cameras, demo_results):
         assert {p.group_id: p.views for p in a.people} == {p.group_id: p.views for p in b.people}
 
 
+def test_the_group_ids_survive_a_camera_taken_out_of_the_group(cameras, demo_results):
+    """A camera's calibration deleted over the API rebuilds the fuser without it; the players' state moves over by
+    stream name (what the fuser actor does), so the people keep their ids from the three cameras left."""
+    first, before = _fused(cameras, demo_results[:20])
+    three = {c: cameras[c] for c in CAMS[:3]}
+    again = GroupFuser("room", GroupSettings(), three)
+    again.tracker.restore(first.tracker.state())
+    held = [first.tracker.views_of(v) for v in first.tracker.views]
+    assert [again.tracker.views_of(v) for v in again.tracker.views] == [
+        {s: t for s, t in v.items() if s != "cam04"} for v in held
+    ]  # each camera's track kept under its own stream's name
+    rounds = [{s: r for s, r in results.items() if s != "cam04"} for results in demo_results[20:]]
+    _, after = _fused(three, rounds, again, start=20)
+    ids = {p.group_id for f in before for p in f.people}
+    assert len(ids) == 2 and {p.group_id for f in after for p in f.people} == ids
+    assert all(set(p.views) <= set(CAMS[:3]) for f in after for p in f.people)
+
+
 def _model(**change) -> CameraCalibration:
     base = {"size": (1920, 1080), "matrix": [[1000, 0, 960], [0, 1000, 540], [0, 0, 1]],
             "distortions": [0, 0, 0, 0], "rotation": [0, 0, 0], "translation": (0, 0, 5)}  # fmt: skip

@@ -22,7 +22,15 @@ from posefleet.court.homography import CourtTemplate, Homography, court_template
 from posefleet.court.schema import CourtOutline, GroupFrame, GroupPerson
 from posefleet.court.settings import GroupSettings
 from posefleet.court.skeleton import BONES, BoneLengths, bone_lengths, hold_lengths
-from posefleet.court.triangulate import Rig, gather_people, mean_errors, on_floor, triangulate_people, undistort
+from posefleet.court.triangulate import (
+    Rig,
+    Triangulated,
+    gather_people,
+    mean_errors,
+    on_floor,
+    triangulate_people,
+    undistort,
+)
 from posefleet.pipeline.schema import FrameResult
 
 LEFT_ANKLE, RIGHT_ANKLE, LEFT_HIP, RIGHT_HIP = 15, 16, 11, 12
@@ -114,6 +122,7 @@ class GroupFuser:
                            cfg.min_score, cfg.outlier_px, cfg.max_view_px)  # fmt: skip
         mean_errors(self._rig, np.zeros((0, J, 3)), np.zeros((0, J, V, 2)), np.zeros((0, J, V), bool))
         hold_lengths(np.zeros((0, J, 3)), np.zeros((0, len(BONES))), cfg.bones.tolerance)
+        bone_lengths(np.zeros((0, J, 3)))
         self.bones.estimate([])
         _standing(np.zeros((0, J, 3)))
 
@@ -361,20 +370,22 @@ class GroupFuser:
         solved = np.flatnonzero(n_views.any(axis=1))
         if not len(solved):
             return None
-        points, reproj = tri.points[solved], tri.reprojection_px[solved]
+        if len(solved) < len(people):  # some got no 3D (their views disagreed): the others
+            tri = Triangulated(*(a[solved] for a in (tri.points, tri.score, tri.reprojection_px, tri.views,
+                                                      tri.view_px)))  # fmt: skip
+            pix, n_views, dropped_views, people = pix[solved], n_views[solved], dropped_views[solved], people[solved]
+        points, reproj = tri.points, tri.reprojection_px
         measured = None
         if cfg.bones.enabled:
             measured = bone_lengths(points)
-            last = previous[people[solved]]
-            held = self.bones.estimate([int(g) if g >= 0 else None for g in last.tolist()])
+            held = self.bones.estimate([g if g >= 0 else None for g in previous[people].tolist()])
             if np.isfinite(held).any():
                 points = hold_lengths(points, held, cfg.bones.tolerance)
-                moved = (points != tri.points[solved]).any(axis=2)  # the joints held: their errors again
-                used = tri.views[solved] & moved[..., None]
-                reproj = np.where(moved, mean_errors(self._rig, points, pix[solved], used), reproj)
+                moved = (points != tri.points).any(axis=2)  # the joints held: their errors again
+                reproj = np.where(moved, mean_errors(self._rig, points, pix, tri.views & moved[..., None]), reproj)
         return Solved(
-            people=people[solved], points=points, score=tri.score[solved], reprojection_px=reproj,
-            n_views=n_views[solved], dropped=dropped_views[solved], bones=measured,
+            people=people, points=points, score=tri.score, reprojection_px=reproj, n_views=n_views,
+            dropped=dropped_views, bones=measured,
         )  # fmt: skip
 
 

@@ -23,7 +23,17 @@ _CHILD = np.array([b for _, b in BONES])
 
 def bone_lengths(points: np.ndarray) -> np.ndarray:
     """``points [P, J, 3]`` (NaN where a joint is missing) -> each bone's length ``[P, B]`` (NaN: not seen)."""
-    return np.linalg.norm(points[:, _CHILD] - points[:, _PARENT], axis=2)
+    return _bone_lengths(f64(points), _PARENT, _CHILD)
+
+
+@njit(**KERNEL)
+def _bone_lengths(points, parents, children):
+    out = np.empty((points.shape[0], len(parents)))
+    for p in range(points.shape[0]):
+        for b in range(len(parents)):
+            a, c = points[p, parents[b]], points[p, children[b]]
+            out[p, b] = np.sqrt((c[0] - a[0]) ** 2 + (c[1] - a[1]) ** 2 + (c[2] - a[2]) ** 2)
+    return out
 
 
 def hold_lengths(points: np.ndarray, lengths: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
