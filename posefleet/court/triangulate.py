@@ -106,6 +106,16 @@ def _normal_terms(proj: np.ndarray) -> np.ndarray:
 
 
 @njit(**KERNEL)
+def _through(T, x, y):
+    """(x, y) through the plane homography ``T [3, 3]`` (a tilted sensor's, or its inverse), as OpenCV applies it."""
+    a = T[0, 0] * x + T[0, 1] * y + T[0, 2]
+    b = T[1, 0] * x + T[1, 1] * y + T[1, 2]
+    c = T[2, 0] * x + T[2, 1] * y + T[2, 2]
+    inv = 1.0 / c if c != 0.0 else 1.0
+    return a * inv, b * inv
+
+
+@njit(**KERNEL)
 def _project(R, t, K, dist, tilt, X, v):
     """World point ``X [3]`` into camera ``v``: (u, w) distorted pixels and its depth, OpenCV's model in full
     (radial k1-k6, tangential, thin prism, tilted sensor; ``projectPoints`` ignores K's skew, and so does this)."""
@@ -120,12 +130,7 @@ def _project(R, t, K, dist, tilt, X, v):
     xd = x * radial + 2 * d[2] * x * y + d[3] * (r2 + 2 * x * x) + d[8] * r2 + d[9] * r4
     yd = y * radial + d[2] * (r2 + 2 * y * y) + 2 * d[3] * x * y + d[10] * r2 + d[11] * r4
     if d[12] != 0.0 or d[13] != 0.0:
-        T = tilt[v]
-        a = T[0, 0] * xd + T[0, 1] * yd + T[0, 2]
-        b = T[1, 0] * xd + T[1, 1] * yd + T[1, 2]
-        c = T[2, 0] * xd + T[2, 1] * yd + T[2, 2]
-        inv = 1.0 / c if c != 0.0 else 1.0
-        xd, yd = a * inv, b * inv
+        xd, yd = _through(tilt[v], xd, yd)
     return K[v, 0, 0] * xd + K[v, 0, 2], K[v, 1, 1] * yd + K[v, 1, 2], z
 
 
@@ -138,12 +143,7 @@ def undistort(K, dist, untilt, v, u, w):
     fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
     x, y = (u - cx) / fx, (w - cy) / fy
     if d[12] != 0.0 or d[13] != 0.0:
-        T = untilt[v]
-        a = T[0, 0] * x + T[0, 1] * y + T[0, 2]
-        b = T[1, 0] * x + T[1, 1] * y + T[1, 2]
-        c = T[2, 0] * x + T[2, 1] * y + T[2, 2]
-        inv = 1.0 / c if c != 0.0 else 1.0
-        x, y = a * inv, b * inv
+        x, y = _through(untilt[v], x, y)
     x0, y0 = x, y
     for _ in range(5):
         r2 = x * x + y * y
