@@ -179,7 +179,7 @@ def test_a_view_of_another_person_leaves_the_person_it_was_joined_to(cameras):
     other = X + np.array([1.0, 0.0, 0.0])
     seen = [other if v == 2 else X for v in range(4)]
     pixels = np.stack([c.project(p) for c, p in zip(cams, seen, strict=True)], axis=1)[None]  # [1, J, V, 2]
-    norm = np.stack([c.normalised(px) for c, px in zip(cams, pixels[0].transpose(1, 0, 2), strict=True)], axis=1)
+    norm = Rig.of(cams).normalise(np.arange(4), pixels[0].transpose(1, 0, 2)).transpose(1, 0, 2)
     tri, dropped = triangulate_people(Rig.of(cams), pixels, np.full((1, 17, 4), 0.9), norm[None], 0.3, 15.0, 60.0)
     assert dropped.tolist() == [[False, False, True, False]]
     assert not tri.views[0, :, 2].any() and (tri.views[0].sum(axis=1) == 3).all()

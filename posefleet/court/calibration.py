@@ -93,13 +93,6 @@ class Camera:
         px, _ = cv2.projectPoints(pts, self.rvec, self.t, self.K, self.dist)
         return px.reshape(-1, 2)
 
-    def normalised(self, pixels: np.ndarray) -> np.ndarray:
-        """Distorted pixels ``[N, 2]`` to undistorted normalised coordinates ``[N, 2]`` (z = 1)."""
-        px = np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 2)
-        if not len(px):
-            return np.zeros((0, 2))
-        return cv2.undistortPoints(px, self.K, self.dist).reshape(-1, 2)
-
     def to_model(self) -> CameraCalibration:
         return CameraCalibration(
             size=self.size,

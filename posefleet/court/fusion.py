@@ -214,37 +214,30 @@ class GroupFuser:
         view's people), in units of their own threshold, so calibrated and court-point pairs mix (1.0: the limit).
         Two people who were one player on the last frame (``last``: each view's people's group ids then, -1: none)
         have theirs scaled by ``hint_factor``: that keeps the association stable where costs are close. Every
-        calibrated pair's costs come from one batched call, and are scaled in one batch."""
+        calibrated pair's costs come from one batched call; all are scaled in one batch."""
         cfg = self.cfg
         streams = list(views)
-        rig = [self._view_index.get(s, -1) for s in streams]
-        scaled = None
-        if kp.shape[1]:
-            epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score)  # [V, V, N, N]
-            held = np.full(kp.shape[:2], -1)  # [V, N]
-            for s, r in zip(streams, rig, strict=True):
-                if r >= 0:
-                    held[r, : len(last[s])] = last[s]
-            same = (held[:, None, :, None] == held[None, :, None, :]) & (held[:, None, :, None] >= 0)
-            factor = np.where(same, cfg.hint_factor / cfg.max_epipolar, 1.0 / cfg.max_epipolar)
-            scaled = np.where(epipolar >= UNMATCHED, UNMATCHED, epipolar * factor)
-            if min(rig) >= 0:
-                return scaled[rig][:, rig]  # calibrated cameras only: the batch is the answer
-        N = max(map(len, views.values()), default=0)
-        out = np.full((len(streams), len(streams), N, N), UNMATCHED)
-        for a, (sa, ra) in enumerate(zip(streams, rig, strict=True)):
-            for b, (sb, rb) in enumerate(zip(streams, rig, strict=True)):
-                na, nb = len(views[sa]), len(views[sb])
-                if a == b or not (na and nb):
-                    continue
-                if ra >= 0 and rb >= 0 and scaled is not None:
-                    out[a, b, :na, :nb] = scaled[ra, rb, :na, :nb]
-                    continue
-                raw = ground_costs(views[sa], views[sb])
-                same = (last[sa][:, None] == last[sb][None]) & (last[sa][:, None] >= 0)
-                hint = np.where(same, cfg.hint_factor, 1.0)
-                out[a, b, :na, :nb] = np.where(raw >= UNMATCHED, UNMATCHED, raw / cfg.max_ground_m * hint)
-        return out
+        S, N = len(streams), max(map(len, views.values()), default=0)
+        calibrated = [a for a, s in enumerate(streams) if s in self._view_index]
+        rig = [self._view_index[streams[a]] for a in calibrated]
+        epipolar = epipolar_costs(self._essentials, norm, kp[..., 2], cfg.min_score) if kp.shape[1] else None
+        if epipolar is not None and len(calibrated) == S:  # calibrated cameras only: the batch, in frame order
+            raw, limit = epipolar[rig][:, rig], cfg.max_epipolar
+        else:
+            raw, limit = np.full((S, S, N, N), UNMATCHED), np.full((S, S, 1, 1), cfg.max_ground_m)
+            if epipolar is not None:
+                n = np.arange(epipolar.shape[2])
+                raw[np.ix_(calibrated, calibrated, n, n)] = epipolar[np.ix_(rig, rig)]
+                limit[np.ix_(calibrated, calibrated)] = cfg.max_epipolar
+            for a, sa in enumerate(streams):  # court-point cameras: metres between the people's court positions
+                for b, sb in enumerate(streams):
+                    if a != b and not (a in calibrated and b in calibrated):
+                        raw[a, b, : len(views[sa]), : len(views[sb])] = ground_costs(views[sa], views[sb])
+        held = np.full((S, N), -1)
+        for a, s in enumerate(streams):
+            held[a, : len(last[s])] = last[s]
+        same = (held[:, None, :, None] == held[None, :, None, :]) & (held[:, None, :, None] >= 0)
+        return np.where(raw >= UNMATCHED, UNMATCHED, raw / limit * np.where(same, cfg.hint_factor, 1.0))
 
     def fuse(self, results: Mapping[str, FrameResult], timestamp: float | None = None) -> GroupFrame:
         """One group frame from each camera's time-matched result (streams without a camera are left out)."""

@@ -92,7 +92,7 @@ class GroupTracker:
     cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))
     last_seen: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    views: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    views: np.ndarray = field(init=False)  # [T, len(streams)]
 
     def __post_init__(self) -> None:
         self.views = np.full((0, len(self.streams)), -1, np.int64)

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from posefleet.court.calibration import Camera
-from posefleet.court.compiled import KERNEL, f64, median_of_finite
+from posefleet.court.compiled import KERNEL, f64
 
 N_DIST = 14  # OpenCV's longest distortion model: k1 k2 p1 p2 k3 k4 k5 k6 s1 s2 s3 s4 tauX tauY
 
@@ -100,6 +100,22 @@ def _normal_terms(proj: np.ndarray) -> np.ndarray:
     T = lambda m: m.transpose(0, 2, 1)  # noqa: E731
     terms = [P3 @ T(P3), P3 @ T(P1) + P1 @ T(P3), P3 @ T(P2) + P2 @ T(P3), P1 @ T(P1) + P2 @ T(P2)]
     return np.stack([m.reshape(len(proj), 16) for m in terms])
+
+
+@njit(**KERNEL)
+def median_of_finite(values, buffer):
+    """The median of ``values``' finite entries (NaN where none), sorted into ``buffer`` by insertion (a few
+    dozen numbers: loops compile in a fraction of the time numpy's sort and masks take)."""
+    n = 0
+    for x in values:
+        if np.isfinite(x):
+            i = n
+            while i > 0 and buffer[i - 1] > x:
+                buffer[i] = buffer[i - 1]
+                i -= 1
+            buffer[i] = x
+            n += 1
+    return np.nan if n == 0 else (buffer[(n - 1) // 2] + buffer[n // 2]) / 2
 
 
 # -- compiled: one point at a time, every view ---------------------------------------------------------------------
@@ -313,17 +329,6 @@ def _solve_people(terms, R, t, K, dist, tilt, pixels, score, norm, min_score, ou
 
 
 @njit(**KERNEL)
-def _pixel_errors(R, t, K, dist, tilt, points, pixels):
-    M, V = pixels.shape[:2]
-    err, depth = np.empty((M, V)), np.empty((M, V))
-    for m in range(M):
-        for v in range(V):
-            u, w, depth[m, v] = _project(R, t, K, dist, tilt, points[m], v)
-            err[m, v] = np.sqrt((u - pixels[m, v, 0]) ** 2 + (w - pixels[m, v, 1]) ** 2)
-    return err, depth
-
-
-@njit(**KERNEL)
 def _mean_errors(R, t, K, dist, tilt, points, pixels, used):
     P, J, V = used.shape
     out = np.full((P, J), np.nan)
@@ -425,15 +430,10 @@ def triangulate(
 ) -> Triangulated:
     """One person's ``keypoints [V, J, 3]`` (x, y, score in each camera's pixels) seen by ``cameras``."""
     kp = np.asarray(keypoints, dtype=np.float64)
-    norm = np.stack([c.normalised(kp[v, :, :2]) for v, c in enumerate(cameras)], axis=1)  # [J, V, 2]
-    return triangulate_points(cameras, kp[..., :2].transpose(1, 0, 2), kp[..., 2].T, norm, min_score, outlier_px,
+    rig = Rig.of(cameras)
+    norm = rig.normalise(np.arange(len(rig)), kp[..., :2]).transpose(1, 0, 2)  # [J, V, 2]
+    return triangulate_points(rig, kp[..., :2].transpose(1, 0, 2), kp[..., 2].T, norm, min_score, outlier_px,
                               min_views)  # fmt: skip
-
-
-def pixel_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """How far ``points [M, 3]`` project from where each view saw them, ``pixels [M, V, 2]``: errors ``[M, V]``
-    (px) and depths ``[M, V]``."""
-    return _pixel_errors(*rig.optics, f64(points), f64(pixels))
 
 
 def mean_errors(rig: Rig, points: np.ndarray, pixels: np.ndarray, used: np.ndarray) -> np.ndarray:
